@@ -1,0 +1,239 @@
+//! [`NodeBackend`] kept in this process: the embedded default when no
+//! memcached is configured, and a deterministic stand-in for unit tests
+//! (it can be switched off to play a dead node, and counts operations).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::{Expiry, NodeBackend};
+use crate::error::BackendError;
+
+/// An in-process key/value store with memcached's expiry semantics.
+/// Uses `tokio::time`, so tests with a paused clock control expiry.
+#[derive(Debug, Default)]
+pub struct InMemoryNode {
+    items: Mutex<HashMap<String, Item>>,
+    down: AtomicBool,
+    counts: OperationCounts,
+}
+
+#[derive(Debug)]
+struct Item {
+    value: Vec<u8>,
+    expires_at: Option<Instant>,
+}
+
+impl Item {
+    fn live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+/// How many operations of each kind an [`InMemoryNode`] served.
+#[derive(Debug, Default)]
+pub struct OperationCounts {
+    /// `get` calls.
+    pub gets: AtomicU64,
+    /// `set` and successful or failed `add` calls.
+    pub sets: AtomicU64,
+    /// `touch` calls.
+    pub touches: AtomicU64,
+    /// `delete` calls.
+    pub deletes: AtomicU64,
+}
+
+fn deadline(expiry: Expiry, now: Instant) -> Option<Instant> {
+    match expiry {
+        Expiry::Never => None,
+        Expiry::After(d) => Some(now + d),
+    }
+}
+
+impl InMemoryNode {
+    /// An empty, available node.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Plays a dead node: while down, every operation fails as unreachable.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Drops every item, like a memcached restart.
+    pub fn clear(&self) {
+        self.items.lock().clear();
+    }
+
+    /// The operation counters.
+    pub fn counts(&self) -> &OperationCounts {
+        &self.counts
+    }
+
+    /// Whether a live item exists under `key` (no counters touched).
+    pub fn contains(&self, key: &str) -> bool {
+        let now = Instant::now();
+        self.items
+            .lock()
+            .get(key)
+            .is_some_and(|item| item.live(now))
+    }
+
+    /// Live keys, sorted (for assertions).
+    pub fn keys(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut keys: Vec<String> = self
+            .items
+            .lock()
+            .iter()
+            .filter(|(_, item)| item.live(now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Writes raw bytes under `key`, bypassing counters (to plant corrupt data).
+    pub fn put_raw(&self, key: &str, value: &[u8]) {
+        self.items.lock().insert(
+            key.to_owned(),
+            Item {
+                value: value.to_vec(),
+                expires_at: None,
+            },
+        );
+    }
+
+    fn check(&self, counter: &AtomicU64) -> Result<(), BackendError> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if self.down.load(Ordering::SeqCst) {
+            Err(BackendError::Unreachable(
+                "in-memory node is switched off".to_owned(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl NodeBackend for InMemoryNode {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        self.check(&self.counts.gets)?;
+        let now = Instant::now();
+        let mut items = self.items.lock();
+        match items.get(key) {
+            Some(item) if item.live(now) => Ok(Some(item.value.clone())),
+            Some(_) => {
+                items.remove(key);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError> {
+        self.check(&self.counts.sets)?;
+        let now = Instant::now();
+        self.items.lock().insert(
+            key.to_owned(),
+            Item {
+                value: value.to_vec(),
+                expires_at: deadline(expiry, now),
+            },
+        );
+        Ok(())
+    }
+
+    async fn add(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<bool, BackendError> {
+        self.check(&self.counts.sets)?;
+        let now = Instant::now();
+        let mut items = self.items.lock();
+        if items.get(key).is_some_and(|item| item.live(now)) {
+            return Ok(false);
+        }
+        items.insert(
+            key.to_owned(),
+            Item {
+                value: value.to_vec(),
+                expires_at: deadline(expiry, now),
+            },
+        );
+        Ok(true)
+    }
+
+    async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError> {
+        self.check(&self.counts.touches)?;
+        let now = Instant::now();
+        match self.items.lock().get_mut(key) {
+            Some(item) if item.live(now) => {
+                item.expires_at = deadline(expiry, now);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        self.check(&self.counts.deletes)?;
+        let now = Instant::now();
+        Ok(self
+            .items
+            .lock()
+            .remove(key)
+            .is_some_and(|item| item.live(now)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn behaves_like_memcached() {
+        let node = InMemoryNode::new();
+        assert_eq!(node.get("k").await.unwrap(), None);
+        assert!(
+            node.add("k", b"v", Expiry::After(Duration::from_secs(2)))
+                .await
+                .unwrap()
+        );
+        assert!(!node.add("k", b"w", Expiry::Never).await.unwrap());
+        assert_eq!(node.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            node.touch("k", Expiry::After(Duration::from_secs(2)))
+                .await
+                .unwrap()
+        );
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert!(node.contains("k"), "touch extended the expiry");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(node.get("k").await.unwrap(), None);
+        assert!(!node.touch("k", Expiry::Never).await.unwrap());
+        node.set("k", b"x", Expiry::Never).await.unwrap();
+        assert!(node.delete("k").await.unwrap());
+        assert!(!node.delete("k").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_switched_off_node_fails_every_operation() {
+        let node = InMemoryNode::new();
+        node.set_down(true);
+        assert!(node.get("k").await.unwrap_err().is_unavailable());
+        assert!(
+            node.set("k", b"v", Expiry::Never)
+                .await
+                .unwrap_err()
+                .is_unavailable()
+        );
+        node.set_down(false);
+        assert!(node.get("k").await.is_ok());
+    }
+}

@@ -1,0 +1,111 @@
+//! [`NodeBackend`] for a real memcached node, on `memcache`'s async meta
+//! protocol client (`exp::AsyncMemcache`): a per-node connection pool that
+//! redials dead connections by itself, so a node that comes back is used
+//! again without a restart.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use memcache::exp::{AsyncMemcache, Error as ClientError, Ttl};
+
+use super::{Expiry, NodeBackend};
+use crate::error::BackendError;
+
+/// Idle connections kept per node.
+const MAX_IDLE_CONNECTIONS: usize = 16;
+
+/// One memcached node.
+#[derive(Clone, Debug)]
+pub struct MemcachedNode {
+    client: AsyncMemcache,
+    timeout: Duration,
+}
+
+impl MemcachedNode {
+    /// Resolves `address` (`host:port`) now; connections are dialed lazily.
+    /// Every exchange, and every dial, is bounded by `timeout`.
+    pub async fn connect(address: &str, timeout: Duration) -> Result<Self, BackendError> {
+        let client = AsyncMemcache::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .max_idle(MAX_IDLE_CONNECTIONS)
+            .connect_async([address])
+            .await
+            .map_err(|e| map_error(e, timeout))?;
+        Ok(Self { client, timeout })
+    }
+
+    fn error(&self, error: ClientError) -> BackendError {
+        map_error(error, self.timeout)
+    }
+}
+
+fn ttl(expiry: Expiry) -> Ttl {
+    match expiry.whole_secs() {
+        None => Ttl::NEVER,
+        Some(secs) => Ttl::secs(secs),
+    }
+}
+
+fn map_error(error: ClientError, timeout: Duration) -> BackendError {
+    match error {
+        ClientError::Io(e) => BackendError::Unreachable(e.to_string()),
+        ClientError::Timeout { .. } => BackendError::Timeout(timeout),
+        ClientError::Ambiguous { source, .. } => match *source {
+            ClientError::Timeout { .. } => BackendError::Timeout(timeout),
+            other => BackendError::Unreachable(other.to_string()),
+        },
+        ClientError::Server(message) => BackendError::Server(message),
+        other => BackendError::Protocol(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl NodeBackend for MemcachedNode {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        self.client
+            .get::<Vec<u8>>(key)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError> {
+        self.client
+            .set(key, value, ttl(expiry))
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn add(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<bool, BackendError> {
+        self.client
+            .add(key, value, ttl(expiry))
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError> {
+        // `mg <key> T<ttl>` without value: one round trip that also says
+        // whether the key exists (the high-level `touch` does not).
+        let result = self
+            .client
+            .meta()
+            .get(key)
+            .touch(ttl(expiry))
+            .without_value()
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(result.hit())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        let result = self
+            .client
+            .meta()
+            .delete(key)
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(result.applied())
+    }
+}

@@ -1,0 +1,79 @@
+//! The memcached boundary: a small per-node trait with a real memcached
+//! implementation and an in-process one.
+//!
+//! One [`NodeBackend`] serves one node. A miss is `Ok(None)` / `Ok(false)`,
+//! never an error. Implementations need not bound their own latency: the
+//! manager wraps every call in `operationTimeout`.
+
+mod in_memory;
+mod memcached;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use self::in_memory::InMemoryNode;
+pub use self::memcached::MemcachedNode;
+use crate::error::BackendError;
+
+/// When a stored item expires. Relative durations above 30 days are sent to
+/// memcached as an absolute unix time (memcached's rule), which callers never
+/// need to care about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// Never expires (it may still be evicted under memory pressure).
+    Never,
+    /// Expires after this long; rounded up to whole seconds, at least one.
+    After(Duration),
+}
+
+impl Expiry {
+    /// Whole seconds, rounded up, at least 1; `None` for [`Expiry::Never`].
+    pub fn whole_secs(self) -> Option<u32> {
+        match self {
+            Self::Never => None,
+            Self::After(d) => {
+                let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                Some(u32::try_from(secs.max(1)).unwrap_or(u32::MAX))
+            }
+        }
+    }
+}
+
+/// Operations the session manager needs from one memcached node.
+#[async_trait]
+pub trait NodeBackend: Send + Sync + 'static {
+    /// Reads a value; `Ok(None)` on a miss.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError>;
+    /// Stores a value unconditionally.
+    async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError>;
+    /// Stores a value only if the key is absent; `true` when this call stored it.
+    async fn add(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<bool, BackendError>;
+    /// Sets a new expiry without rewriting the value; `false` when the key is missing.
+    async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError>;
+    /// Deletes a key; `false` when it was not there.
+    async fn delete(&self, key: &str) -> Result<bool, BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_rounds_up_to_whole_seconds() {
+        assert_eq!(Expiry::Never.whole_secs(), None);
+        assert_eq!(
+            Expiry::After(Duration::from_millis(1)).whole_secs(),
+            Some(1)
+        );
+        assert_eq!(Expiry::After(Duration::ZERO).whole_secs(), Some(1));
+        assert_eq!(
+            Expiry::After(Duration::from_millis(2500)).whole_secs(),
+            Some(3)
+        );
+        assert_eq!(
+            Expiry::After(Duration::from_secs(40 * 86_400)).whole_secs(),
+            Some(3_456_000)
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! Writing sessions to memcached: the per-session sync procedure and the
+//! bounded async queue in front of it.
+//!
+//! The queue carries session handles, not byte snapshots: a session waits
+//! in it at most once (later requests find it already queued), and the
+//! worker serializes whatever the session holds when its turn comes. So
+//! memory is bounded by the queue capacity, whatever memcached's latency,
+//! and a burst of requests on one session costs one write. When the queue
+//! is full the backup is dropped and counted; the session stays "changed"
+//! and is queued again by its next request. Nothing is lost: the primary
+//! copy is in this process.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backend::Expiry;
+use crate::envelope;
+use crate::manager::Shared;
+use crate::session_id::SessionId;
+use crate::session_state::{BackupNeed, SessionState, StoredMark};
+use crate::stats::Stats;
+
+/// The sender side of the async backup queue.
+pub(crate) struct BackupQueue {
+    sender: parking_lot::Mutex<Option<mpsc::Sender<Arc<SessionState>>>>,
+    capacity: usize,
+}
+
+impl BackupQueue {
+    /// Creates the queue and its dispatcher task, which runs at most
+    /// `concurrency` backups at once.
+    pub(crate) fn start(
+        shared: Weak<Shared>,
+        capacity: usize,
+        concurrency: usize,
+    ) -> (Self, JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        let dispatcher = tokio::spawn(dispatch(shared, receiver, concurrency));
+        let queue = Self {
+            sender: parking_lot::Mutex::new(Some(sender)),
+            capacity,
+        };
+        (queue, dispatcher)
+    }
+
+    /// Sessions waiting in the queue.
+    pub(crate) fn len(&self) -> usize {
+        self.sender
+            .lock()
+            .as_ref()
+            .map_or(0, |s| self.capacity - s.capacity())
+    }
+
+    /// Queues a backup unless one is already queued. Returns `false` when the
+    /// queue is full or closed (the caller decides what to do).
+    pub(crate) fn push(&self, session: &Arc<SessionState>, stats: &Stats) -> bool {
+        if session.backup_queued.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        let sent = match self.sender.lock().as_ref() {
+            Some(sender) => match sender.try_send(session.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    Stats::count(&stats.counters.backups_dropped);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+            None => false,
+        };
+        if !sent {
+            session.backup_queued.store(false, Ordering::Release);
+        }
+        sent
+    }
+
+    /// Stops accepting work; the dispatcher drains what is queued and exits.
+    pub(crate) fn close(&self) {
+        self.sender.lock().take();
+    }
+}
+
+async fn dispatch(
+    shared: Weak<Shared>,
+    mut receiver: mpsc::Receiver<Arc<SessionState>>,
+    concurrency: usize,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    while let Some(session) = receiver.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        tokio::spawn(async move {
+            sync_session(&shared, &session).await;
+            drop(permit);
+        });
+    }
+    // Wait for the backups still in flight.
+    let _all = permits.acquire_many(concurrency as u32).await;
+}
+
+/// One step of bringing a session's memcached copy up to date.
+enum Plan {
+    Nothing,
+    /// The session's node is unknown or down: wait for relocation.
+    Deferred,
+    Touch {
+        id: SessionId,
+        expiry: Expiry,
+    },
+    Write {
+        id: SessionId,
+        bytes: Vec<u8>,
+        version: u64,
+        epoch: u64,
+        expiry: Expiry,
+    },
+    Delete {
+        ids: Vec<SessionId>,
+        invalidated: bool,
+    },
+}
+
+fn plan(shared: &Shared, session: &SessionState) -> Plan {
+    let now = Instant::now();
+    let inner = session.inner.lock();
+    let node = shared.nodes.node_of(&inner.id).map(|i| shared.nodes.get(i));
+    let need = inner.backup_need(node.map(|n| n.epoch()));
+    let node_up = node.is_some_and(|n| n.is_available());
+    match need {
+        BackupNeed::Nothing => Plan::Nothing,
+        BackupNeed::Touch | BackupNeed::Write if !node_up => Plan::Deferred,
+        BackupNeed::Touch => Plan::Touch {
+            id: inner.id.clone(),
+            expiry: inner.write_expiry(now),
+        },
+        BackupNeed::Write => {
+            let started = Instant::now();
+            let bytes = envelope::encode(inner.record());
+            shared
+                .stats
+                .serialization_time
+                .record_duration(started.elapsed());
+            shared.stats.session_size.record(bytes.len() as u64);
+            Plan::Write {
+                id: inner.id.clone(),
+                bytes,
+                version: inner.version,
+                epoch: node.map_or(0, |n| n.epoch()),
+                expiry: inner.write_expiry(now),
+            }
+        }
+        BackupNeed::DeleteObsolete => Plan::Delete {
+            ids: inner.obsolete_ids.clone(),
+            invalidated: false,
+        },
+        BackupNeed::Delete => {
+            let mut ids = inner.obsolete_ids.clone();
+            ids.extend(inner.stored.as_ref().map(|s| s.id.clone()));
+            ids.push(inner.id.clone());
+            ids.dedup();
+            Plan::Delete {
+                ids,
+                invalidated: true,
+            }
+        }
+    }
+}
+
+fn expires_at(expiry: Expiry, from: Instant) -> Option<Instant> {
+    match expiry {
+        Expiry::Never => None,
+        Expiry::After(d) => Some(from + d),
+    }
+}
+
+/// Brings the memcached copy of `session` up to date: writes it, extends
+/// its TTL, or deletes it and its old keys, as needed. Runs one session at
+/// a time (per-session I/O lock), so a delete is never overtaken by an
+/// older write.
+pub(crate) async fn sync_session(shared: &Shared, session: &SessionState) {
+    let _io = session.io.lock().await;
+    session.backup_queued.store(false, Ordering::Release);
+    let counters = &shared.stats.counters;
+    // Two rounds at most: a touch that finds the key gone turns into a write.
+    for _ in 0..2 {
+        match plan(shared, session) {
+            Plan::Nothing => return,
+            Plan::Deferred => {
+                Stats::count(&counters.backups_deferred);
+                return;
+            }
+            Plan::Touch { id, expiry } => {
+                let Some(node) = shared.nodes.node_of(&id).map(|i| shared.nodes.get(i)) else {
+                    return;
+                };
+                let key = shared.session_key(&id);
+                let started = Instant::now();
+                match node.call(|b| b.touch(&key, expiry)).await {
+                    Ok(true) => {
+                        Stats::count(&counters.backups_touched);
+                        if let Some(stored) =
+                            session.inner.lock().stored.as_mut().filter(|s| s.id == id)
+                        {
+                            stored.expires_at = expires_at(expiry, started);
+                        }
+                        return;
+                    }
+                    Ok(false) => {
+                        // Evicted, or the node restarted before the prober noticed.
+                        tracing::info!(node = %node.label(), "session missing from its node; writing it again");
+                        Stats::count(&counters.backups_restored);
+                        session.inner.lock().stored = None;
+                    }
+                    Err(error) => {
+                        Stats::count(&counters.backups_failed);
+                        tracing::warn!(%error, "extending a session's TTL failed");
+                        return;
+                    }
+                }
+            }
+            Plan::Write {
+                id,
+                bytes,
+                version,
+                epoch,
+                expiry,
+            } => {
+                let Some(node) = shared.nodes.node_of(&id).map(|i| shared.nodes.get(i)) else {
+                    return;
+                };
+                let key = shared.session_key(&id);
+                let started = Instant::now();
+                let result = node.call(|b| b.set(&key, &bytes, expiry)).await;
+                shared.stats.backup_time.record_duration(started.elapsed());
+                match result {
+                    Ok(()) => {
+                        Stats::count(&counters.backups_written);
+                        let obsolete = {
+                            let mut inner = session.inner.lock();
+                            inner.stored = Some(StoredMark {
+                                id: id.clone(),
+                                version,
+                                epoch,
+                                expires_at: expires_at(expiry, started),
+                            });
+                            // The id may have moved while this write was in flight.
+                            inner.mark_obsolete(id);
+                            !inner.obsolete_ids.is_empty()
+                        };
+                        if obsolete {
+                            delete_keys(shared, session, false).await;
+                        }
+                    }
+                    Err(error) => {
+                        Stats::count(&counters.backups_failed);
+                        tracing::warn!(%error, "session backup failed");
+                    }
+                }
+                return;
+            }
+            Plan::Delete { ids, invalidated } => {
+                if invalidated {
+                    let mut inner = session.inner.lock();
+                    inner.obsolete_ids = ids;
+                    inner.stored = None;
+                    drop(inner);
+                }
+                delete_keys(shared, session, invalidated).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Deletes the keys of `obsolete_ids`; ids whose delete failed because the
+/// node is down stay for the next attempt (capped), the rest are dropped.
+async fn delete_keys(shared: &Shared, session: &SessionState, invalidated: bool) {
+    let ids = session.inner.lock().obsolete_ids.clone();
+    let mut failed = Vec::new();
+    for id in ids {
+        let Some(node) = shared.nodes.node_of(&id).map(|i| shared.nodes.get(i)) else {
+            continue;
+        };
+        let key = shared.session_key(&id);
+        match node.call(|b| b.delete(&key)).await {
+            Ok(_) => Stats::count(&shared.stats.counters.deletes),
+            Err(error) => {
+                tracing::debug!(%error, "deleting an old session key failed");
+                if error.is_unavailable() && !invalidated {
+                    failed.push(id);
+                }
+            }
+        }
+    }
+    let mut inner = session.inner.lock();
+    inner.obsolete_ids.retain(|id| failed.contains(id));
+}

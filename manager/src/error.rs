@@ -1,0 +1,148 @@
+//! Error types: one enum for the crate, one for configuration, one for the
+//! memcached boundary. Callers ask the error what it means
+//! ([`BackendError::is_unavailable`], [`Error::is_client_error`], …) instead
+//! of matching variants.
+
+use std::time::Duration;
+
+/// A configuration value that could not be accepted.
+///
+/// The message always names the setting (with its MSM spelling, e.g.
+/// `memcachedNodes`) and quotes the offending text, so it can be shown to an
+/// operator as is: `memcachedNodes: "n1:host" is not id:host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    setting: &'static str,
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            setting,
+            message: message.into(),
+        }
+    }
+
+    /// The setting that was rejected, spelled as in MSM (`memcachedNodes`).
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+/// A failed operation against one memcached node (or the in-process store).
+///
+/// A miss is never an error: reads return `Ok(None)`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The operation did not finish within `operationTimeout`.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The node could not be reached (connection refused or reset, I/O error).
+    #[error("node unreachable: {0}")]
+    Unreachable(String),
+    /// The node answered `SERVER_ERROR` (for example out of memory).
+    #[error("server error: {0}")]
+    Server(String),
+    /// The node's answer could not be understood, or the request was rejected
+    /// as malformed. Indicates a bug or a foreign server on that port.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl BackendError {
+    /// The operation timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout(_))
+    }
+
+    /// The node should be considered down: timeouts and transport failures.
+    /// A `SERVER_ERROR` is not: the node answers, it just refused this write.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::Unreachable(_))
+    }
+}
+
+/// Errors returned by the session manager and by [`Session`](crate::Session)
+/// accessors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A memcached operation failed.
+    #[error("memcached node {node}: {source}")]
+    Backend {
+        /// The node's id (or its address when the node has no id).
+        node: String,
+        /// What went wrong.
+        #[source]
+        source: BackendError,
+    },
+    /// An attribute value could not be serialized.
+    #[error("session attribute {key:?} could not be serialized: {source}")]
+    Encode {
+        /// The attribute name.
+        key: String,
+        /// The serializer's error.
+        #[source]
+        source: postcard::Error,
+    },
+    /// A stored attribute value could not be read as the requested type.
+    #[error("session attribute {key:?} could not be deserialized as the requested type: {source}")]
+    Decode {
+        /// The attribute name.
+        key: String,
+        /// The deserializer's error.
+        #[source]
+        source: postcard::Error,
+    },
+    /// The session is held by another instance that is taking it over right
+    /// now; the request can be retried. Mapped to `503 Service Unavailable`.
+    #[error("the session is being taken over by another instance; retry the request")]
+    TakeoverInProgress,
+    /// [`SessionManager::session`](crate::SessionManager::session) was used in
+    /// a route that is not wrapped by
+    /// [`SessionManager::layer`](crate::SessionManager::layer).
+    #[error(
+        "the session filter ran outside the session layer: wrap the routes with \
+         `.with(manager.layer())` (once, outermost)"
+    )]
+    MissingLayer,
+    /// Two requests ran concurrently inside one task (for example
+    /// `tokio::join!` over two `warp::test` requests); the layer cannot tell
+    /// their sessions apart. Spawn each request on its own task.
+    #[error(
+        "two requests are running concurrently in one task; the session layer needs one \
+         request per task (spawn concurrent test requests with tokio::spawn)"
+    )]
+    ConcurrentRequestsInOneTask,
+}
+
+impl Error {
+    /// The error was caused by the request, not by the server: the client may
+    /// retry or start over; never a reason for a 5xx other than 503.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::TakeoverInProgress)
+    }
+
+    /// The error is a programming mistake in the application (wrong type
+    /// requested, value that cannot be serialized, missing layer).
+    pub fn is_usage_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Encode { .. }
+                | Self::Decode { .. }
+                | Self::MissingLayer
+                | Self::ConcurrentRequestsInOneTask
+        )
+    }
+
+    /// The error comes from memcached being slow or unreachable.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Backend { source, .. } if source.is_unavailable())
+    }
+}

@@ -1,0 +1,200 @@
+//! The warp integration: [`SessionManager::wrap`] around the routes and
+//! [`SessionManager::session`] inside them.
+//!
+//! ```text
+//! request ──► wrap: read the cookie, check requestUriIgnorePattern
+//!               └─► routes ──► session(): find / load / relocate / take over
+//!                                 └─► handler uses Session
+//!          ◄── wrap: back up (async queue or sync), add Set-Cookie
+//! ```
+
+use cookie::{Cookie, SameSite};
+use warp::filters::path::FullPath;
+use warp::http::header::{COOKIE, RETRY_AFTER, SET_COOKIE};
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::error::Error;
+use crate::manager::{SessionManager, Shared};
+use crate::request::{CookieAction, IncomingId, RequestContext, RequestGuard};
+use crate::session::Session;
+use crate::session_id::SessionId;
+use crate::stats::Stats;
+
+/// A session error travelling as a warp rejection; turned into a response
+/// by [`SessionManager::wrap`], so applications never see it.
+#[derive(Debug)]
+struct SessionRejection(Error);
+
+impl warp::reject::Reject for SessionRejection {}
+
+fn reject(error: Error) -> Rejection {
+    warp::reject::custom(SessionRejection(error))
+}
+
+impl SessionRejection {
+    fn to_response(&self) -> Response {
+        let status = match &self.0 {
+            Error::TakeoverInProgress => StatusCode::SERVICE_UNAVAILABLE,
+            e if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self.0, "session layer misuse");
+        } else {
+            tracing::warn!(error = %self.0, "session temporarily unavailable");
+        }
+        let mut response = warp::reply::with_status(self.0.to_string(), status).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Every value of the session cookie across all `Cookie` headers.
+fn session_cookie_values<'a>(
+    headers: &'a HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|header| header.split(';'))
+        .filter_map(move |pair| {
+            let (key, value) = pair.split_once('=')?;
+            (key.trim() == name).then(|| value.trim().trim_matches('"'))
+        })
+}
+
+/// The session id the client sent: the first cookie value that is a valid
+/// id of ours (several cookies of the same name can come from different
+/// paths or domains).
+fn incoming_id(shared: &Shared, headers: &HeaderMap) -> IncomingId {
+    let mut seen = false;
+    for value in session_cookie_values(headers, &shared.config.cookie.name) {
+        seen = true;
+        if let Some(id) = SessionId::parse(value, |node| shared.nodes.is_known(node)) {
+            return IncomingId::Valid(id);
+        }
+    }
+    if seen {
+        Stats::count(&shared.stats.counters.invalid_session_ids);
+        tracing::debug!("ignoring a malformed or foreign session cookie");
+        IncomingId::Invalid
+    } else {
+        IncomingId::None
+    }
+}
+
+fn set_cookie_header(shared: &Shared, action: CookieAction) -> Option<HeaderValue> {
+    let config = &shared.config.cookie;
+    let mut cookie = match action {
+        CookieAction::None => return None,
+        CookieAction::Set(id) => Cookie::new(config.name.clone(), id),
+        CookieAction::Remove => {
+            let mut cookie = Cookie::new(config.name.clone(), "");
+            cookie.make_removal();
+            cookie
+        }
+    };
+    cookie.set_path(config.path.clone());
+    if let Some(domain) = &config.domain {
+        cookie.set_domain(domain.clone());
+    }
+    cookie.set_http_only(true);
+    cookie.set_secure(config.secure);
+    cookie.set_same_site(match config.same_site {
+        SameSite::Strict => SameSite::Strict,
+        SameSite::Lax => SameSite::Lax,
+        SameSite::None => SameSite::None,
+    });
+    HeaderValue::from_str(&cookie.to_string()).ok()
+}
+
+impl SessionManager {
+    /// A filter extracting the request's [`Session`].
+    ///
+    /// It finds the session the cookie names: in this process, or in
+    /// memcached when another instance held it (takeover); a session whose
+    /// node is down gets a new id on a live node (relocation). A missing,
+    /// malformed or unknown id extracts an empty `Session` (no session until
+    /// the handler inserts something). It never rejects for anything a
+    /// client sends; it rejects only when used outside
+    /// [`wrap`](Self::wrap) (500) or when memcached cannot answer during a
+    /// takeover (503 with `Retry-After`), both turned into responses by `wrap`.
+    pub fn session(
+        &self,
+    ) -> impl Filter<Extract = (Session,), Error = Rejection> + Clone + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        warp::any().and_then(move || {
+            let context = shared.slots.current();
+            async move {
+                let context = context.ok_or_else(|| reject(Error::MissingLayer))?;
+                context.resolve().await.map_err(reject)?;
+                Ok::<_, Rejection>(Session::new(context))
+            }
+        })
+    }
+
+    /// Wraps `routes` so their sessions are finished: after the handler,
+    /// the session is backed up (only if it changed; see the crate docs)
+    /// and `Set-Cookie` is added when the id is new or changed, or removed
+    /// after [`Session::invalidate`]. Apply it once, around all routes.
+    ///
+    /// Requests whose path matches `requestUriIgnorePattern` never touch
+    /// memcached: their handlers still see a session held in this process,
+    /// but nothing is loaded, relocated or backed up.
+    ///
+    /// Rejections of `routes` pass through unchanged (a session changed by
+    /// a rejected request is still backed up).
+    pub fn wrap<F, R>(
+        &self,
+        routes: F,
+    ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static
+    where
+        F: Filter<Extract = (R,), Error = Rejection> + Clone + Send + Sync + 'static,
+        R: Reply,
+    {
+        let shared = self.shared.clone();
+        let begin = warp::path::full()
+            .and(warp::header::headers_cloned())
+            .and_then(move |path: FullPath, headers: HeaderMap| {
+                let shared = shared.clone();
+                async move {
+                    let ignored = shared
+                        .config
+                        .ignore_pattern
+                        .as_ref()
+                        .is_some_and(|p| p.matches(path.as_str()));
+                    let incoming = incoming_id(&shared, &headers);
+                    let context = RequestContext::new(shared, incoming, ignored);
+                    RequestGuard::begin(context).map_err(reject)
+                }
+            });
+        let finish_shared = self.shared.clone();
+        begin
+            .and(routes)
+            .and_then(move |guard: RequestGuard, reply: R| {
+                let shared = finish_shared.clone();
+                async move {
+                    let mut response = reply.into_response();
+                    let action = guard.finish().await;
+                    if let Some(value) = set_cookie_header(&shared, action) {
+                        response.headers_mut().append(SET_COOKIE, value);
+                    }
+                    Ok::<_, Rejection>(response)
+                }
+            })
+            .or_else(|rejection: Rejection| async move {
+                match rejection.find::<SessionRejection>() {
+                    Some(session_rejection) => Ok((session_rejection.to_response(),)),
+                    None => Err(rejection),
+                }
+            })
+    }
+}

@@ -1,0 +1,142 @@
+//! Memcached-backed HTTP sessions with failover for [warp] apps, in the
+//! style of Java's [memcached-session-manager] (MSM).
+//!
+//! Web apps running as several instances behind a load balancer need each
+//! user's session on whichever instance serves the next request. This crate
+//! keeps the **primary copy** of every session in the app process (sticky
+//! mode) and **backs it up** to one memcached node, whose id is part of the
+//! session id — `<random>-<nodeId>[.<route>]` — so any instance can find it
+//! without a shared directory.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use memcached_sessions::{Config, Session, SessionManager};
+//! use warp::Filter;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::builder()
+//!     .memcached_nodes("n1:127.0.0.1:11211,n2:127.0.0.1:11212")
+//!     .route("app1")
+//!     .build()?;
+//! let sessions = SessionManager::start(config).await?;
+//!
+//! let visits = warp::path("visits")
+//!     .and(sessions.session())
+//!     .map(|session: Session| {
+//!         let n: u64 = session.get("visits").ok().flatten().unwrap_or(0) + 1;
+//!         session.insert("visits", &n).expect("u64 serializes");
+//!         format!("visit number {n}")
+//!     });
+//! warp::serve(sessions.wrap(visits)).run(([127, 0, 0, 1], 8080)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Configuration
+//!
+//! [`Config::builder`] takes MSM's settings typed, or as text by their MSM
+//! names with [`ConfigBuilder::set`]. `memcachedNodes` is
+//! `n1:host:port,n2:host:port` (comma or whitespace separated); a single
+//! `host:port` without id means session ids carry no node id. Without
+//! `memcachedNodes` the manager uses an embedded in-process store (one
+//! process only: no failover). Every invalid value is a [`ConfigError`]
+//! naming the setting and quoting the text.
+//!
+//! # Lifecycle of a request (sticky mode)
+//!
+//! 1. [`SessionManager::wrap`] reads the session cookie. A malformed id, one
+//!    naming an unknown node, or one nobody holds is "no session": a client
+//!    can never choose its own id.
+//! 2. [`SessionManager::session`] finds the session: in this process, or —
+//!    when this instance does not hold it — in memcached (**takeover**).
+//! 3. The handler uses the [`Session`] (typed `get` / `insert` / `remove`,
+//!    [`Session::invalidate`], [`Session::cycle_id`]).
+//! 4. After the handler, the session is backed up to the node named in its
+//!    id **only if** it changed (an exact per-attribute comparison, no
+//!    hashing: attributes are kept serialized), is new, or its id changed;
+//!    a session that was only read gets its memcached TTL extended with
+//!    `touch` when that is due (at most once per `margin / 2`, see below).
+//!    With `sessionBackupAsync=true` (default) the backup runs off the
+//!    request path through a bounded queue; with `false` the response waits
+//!    up to `sessionBackupTimeout`.
+//! 5. `Set-Cookie` (HttpOnly, SameSite, Path, Secure as configured) is sent
+//!    only when the id is new or changed.
+//!
+//! **TTL**: memcached keeps a session for its remaining inactivity time plus
+//! a margin of a quarter of `maxInactiveInterval` (1 s to 5 min); values
+//! over 30 days are sent as absolute time; `maxInactiveInterval <= 0` means
+//! never. A sweep expires idle sessions from memory every
+//! `expiry_sweep_interval` and deletes their memcached copies.
+//!
+//! # What happens when a memcached node dies
+//!
+//! Node availability is tracked per node (probed every second, and updated
+//! by every operation's outcome). At the next request of a session whose
+//! node is down, the session is **relocated**: same random part, a live
+//! node's id, the cookie re-set once, a full backup to the new node.
+//! New sessions go to a random available regular node; `failoverNodes` are
+//! used only when no regular node is available, and sessions leave them
+//! again when a regular node is back. With no node available at all,
+//! sessions keep being served from memory with unchanged ids (no cookie
+//! churn) and move to a node once one is back. A node that comes back
+//! **empty** is detected by a per-instance sentinel key, and every session
+//! this instance holds for it is written again.
+//!
+//! A frozen node costs at most one `operationTimeout`: every operation is
+//! bounded by it, and the failure marks the node down for everyone.
+//!
+//! # What happens when an app instance dies
+//!
+//! Another instance receives a session id it does not hold (its route names
+//! another instance). It claims the session with an atomic `add` of a
+//! takeover key (so two instances never both take it over: the loser
+//! answers `503` with `Retry-After: 1`), loads it from memcached, rewrites
+//! the route to its own, stores it under the new id, deletes the old key
+//! and re-sets the cookie. Concurrent requests for it on one instance wait
+//! for one takeover and share it. What the dead instance changed but had
+//! not yet backed up is lost: with async backup that is at most the last
+//! changes before the crash; `sessionBackupAsync=false` closes that window.
+//! An orderly [`SessionManager::shutdown`] writes every pending backup and
+//! keeps all sessions in memcached.
+//!
+//! # Concurrency guarantees
+//!
+//! In sticky mode all requests of a session on one instance share one
+//! in-memory session; each accessor is atomic; there is no lost update
+//! between requests on one instance. Backups of one session never run
+//! concurrently and a delete is never overtaken by an older write.
+//!
+//! [warp]: https://docs.rs/warp
+//! [memcached-session-manager]: https://github.com/magro/memcached-session-manager
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod backend;
+mod backup;
+mod config;
+mod envelope;
+mod error;
+mod filter;
+mod local_store;
+mod locking_mode;
+mod manager;
+mod node;
+mod nodes;
+mod request;
+mod session;
+mod session_id;
+mod session_state;
+mod stats;
+mod sticky;
+mod uri_pattern;
+
+pub use crate::config::{Config, ConfigBuilder, CookieConfig};
+pub use crate::error::{BackendError, ConfigError, Error};
+pub use crate::locking_mode::LockingMode;
+pub use crate::manager::SessionManager;
+pub use crate::node::{NodeId, NodeSpec};
+pub use crate::session::Session;
+pub use crate::stats::{CounterSnapshot, ProbeSnapshot, Statistics};
+pub use crate::uri_pattern::UriPattern;
+pub use cookie::SameSite;

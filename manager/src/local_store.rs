@@ -1,0 +1,118 @@
+//! Sessions held in this process, by id, plus short-lived forwarding entries
+//! from ids that moved (relocation, takeover) to their new ids, so requests
+//! already in flight with the old cookie still find their session.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::time::Instant;
+
+use crate::session_state::SessionState;
+
+/// How long a moved id keeps forwarding to the new one.
+const FORWARD_FOR: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+pub(crate) struct LocalSessions {
+    by_id: RwLock<HashMap<Box<str>, Arc<SessionState>>>,
+    forwards: Mutex<HashMap<Box<str>, (Box<str>, Instant)>>,
+}
+
+impl LocalSessions {
+    /// The session with this id, following a forward if the id moved.
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<SessionState>> {
+        if let Some(found) = self.by_id.read().get(id) {
+            return Some(found.clone());
+        }
+        let target = {
+            let forwards = self.forwards.lock();
+            let (to, until) = forwards.get(id)?;
+            if *until <= Instant::now() {
+                return None;
+            }
+            to.clone()
+        };
+        self.by_id.read().get(&target).cloned()
+    }
+
+    pub(crate) fn insert(&self, id: &str, session: Arc<SessionState>) {
+        self.by_id.write().insert(id.into(), session);
+    }
+
+    /// Re-files a session under its new id; `forward` keeps the old id
+    /// working for a minute (not for `cycle_id`, whose point is to kill it).
+    pub(crate) fn rekey(&self, old: &str, new: &str, forward: bool) {
+        {
+            let mut by_id = self.by_id.write();
+            if let Some(session) = by_id.remove(old) {
+                by_id.insert(new.into(), session);
+            }
+        }
+        let mut forwards = self.forwards.lock();
+        if forward {
+            forwards.insert(old.into(), (new.into(), Instant::now() + FORWARD_FOR));
+        } else {
+            forwards.remove(old);
+        }
+    }
+
+    /// Removes a session (and forwards pointing at it).
+    pub(crate) fn remove(&self, id: &str) -> Option<Arc<SessionState>> {
+        let removed = self.by_id.write().remove(id);
+        self.forwards.lock().retain(|_, (to, _)| &**to != id);
+        removed
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.read().len()
+    }
+
+    /// All sessions, for sweeps (a snapshot; the map is not held).
+    pub(crate) fn all(&self) -> Vec<Arc<SessionState>> {
+        self.by_id.read().values().cloned().collect()
+    }
+
+    /// Drops expired forwards.
+    pub(crate) fn prune_forwards(&self, now: Instant) {
+        self.forwards.lock().retain(|_, (_, until)| *until > now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session_id::SessionId;
+
+    fn state() -> Arc<SessionState> {
+        Arc::new(SessionState::new(SessionId::generate(None, None), None))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn moved_ids_forward_for_a_while() {
+        let store = LocalSessions::default();
+        let s = state();
+        store.insert("a", s.clone());
+        store.rekey("a", "b", true);
+        assert!(Arc::ptr_eq(&store.get("b").unwrap(), &s));
+        assert!(Arc::ptr_eq(&store.get("a").unwrap(), &s));
+        tokio::time::advance(FORWARD_FOR).await;
+        assert!(store.get("a").is_none());
+        store.prune_forwards(Instant::now());
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn cycled_ids_do_not_forward_and_removal_drops_forwards() {
+        let store = LocalSessions::default();
+        store.insert("a", state());
+        store.rekey("a", "b", false);
+        assert!(store.get("a").is_none());
+        store.insert("c", state());
+        store.rekey("c", "d", true);
+        store.remove("d");
+        assert!(store.get("c").is_none());
+        assert!(store.get("d").is_none());
+    }
+}

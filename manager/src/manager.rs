@@ -1,0 +1,365 @@
+//! [`SessionManager`]: owns the nodes, the sessions held in this process,
+//! the backup queue and the background tasks (node prober, expiry sweep).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::backend::{InMemoryNode, MemcachedNode, NodeBackend};
+use crate::backup::{self, BackupQueue};
+use crate::config::Config;
+use crate::error::Error;
+use crate::local_store::LocalSessions;
+use crate::node::NodeSpec;
+use crate::nodes::{NodeIndex, Nodes, ProbeOutcome};
+use crate::request::RequestSlots;
+use crate::session_id::SessionId;
+use crate::session_state::SessionState;
+use crate::stats::{Statistics, Stats};
+
+/// The session manager. Cheap to clone; clones share everything.
+///
+/// Create it once at start-up with [`SessionManager::start`], hand its
+/// [`session`](Self::session) filter to the routes that use sessions and
+/// wrap all routes with [`wrap`](Self::wrap). Call
+/// [`shutdown`](Self::shutdown) on an orderly stop so pending backups are
+/// written (sessions stay in memcached for other instances and restarts).
+#[derive(Clone)]
+pub struct SessionManager {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionManager")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the manager, its requests and its background tasks.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) nodes: Nodes,
+    pub(crate) sessions: LocalSessions,
+    pub(crate) stats: Stats,
+    pub(crate) backups: BackupQueue,
+    pub(crate) slots: RequestSlots,
+    /// One takeover at a time per foreign session id in this process.
+    takeover_locks: Mutex<HashMap<Box<str>, Arc<tokio::sync::Mutex<()>>>>,
+    /// Key of this instance's sentinel on every node (detects data loss).
+    sentinel_key: String,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    dispatcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SessionManager {
+    /// Starts a manager for `config`: connects to the configured memcached
+    /// nodes (connections are dialed lazily; a node that is down at start is
+    /// simply marked unavailable by the first probe), or uses the embedded
+    /// in-process store when no node is configured.
+    ///
+    /// Must be called inside a tokio runtime: it spawns the backup
+    /// dispatcher, the node prober and the expiry sweep.
+    pub async fn start(config: Config) -> Result<Self, Error> {
+        let mut backends: Vec<Arc<dyn NodeBackend>> = Vec::new();
+        if config.enabled {
+            match config.nodes() {
+                None => backends.push(Arc::new(InMemoryNode::new())),
+                Some(specs) => {
+                    for spec in specs {
+                        let node =
+                            MemcachedNode::connect(&spec.address(), config.operation_timeout)
+                                .await
+                                .map_err(|source| Error::Backend {
+                                    node: spec.label(),
+                                    source,
+                                })?;
+                        backends.push(Arc::new(node));
+                    }
+                }
+            }
+        }
+        Ok(Self::with_backends(config, backends))
+    }
+
+    /// Starts a manager on backends supplied by the caller, one per node in
+    /// the configured order (one for the embedded store when no node is
+    /// configured, none when `enabled` is false). Used by tests with
+    /// [`InMemoryNode`]s, and for custom stores.
+    ///
+    /// # Panics
+    /// If the number of backends does not match the configuration.
+    pub fn with_backends(config: Config, backends: Vec<Arc<dyn NodeBackend>>) -> Self {
+        let specs = if !config.enabled {
+            Vec::new()
+        } else {
+            config.nodes().map(<[NodeSpec]>::to_vec).unwrap_or_else(|| {
+                vec![NodeSpec {
+                    id: None,
+                    host: "in-process".to_owned(),
+                    port: 0,
+                    failover: false,
+                }]
+            })
+        };
+        assert_eq!(
+            specs.len(),
+            backends.len(),
+            "one backend per configured node"
+        );
+        let nodes = Nodes::new(specs, backends, config.operation_timeout);
+        let sentinel_key = format!(
+            "{}msm-probe:{}",
+            config.storage_key_prefix,
+            &SessionId::generate(None, None).as_str()[..16]
+        );
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
+            let (backups, dispatcher) = BackupQueue::start(
+                weak.clone(),
+                config.backup_queue_capacity,
+                config.backup_concurrency,
+            );
+            Shared {
+                nodes,
+                sessions: LocalSessions::default(),
+                stats: Stats::default(),
+                backups,
+                slots: RequestSlots::default(),
+                takeover_locks: Mutex::new(HashMap::new()),
+                sentinel_key,
+                tasks: Mutex::new(Vec::new()),
+                dispatcher: Mutex::new(Some(dispatcher)),
+                config,
+            }
+        });
+        let weak = Arc::downgrade(&shared);
+        let mut tasks = vec![tokio::spawn(sweep_expired(
+            weak.clone(),
+            shared.config.expiry_sweep_interval,
+        ))];
+        if !shared.nodes.is_empty() {
+            tasks.push(tokio::spawn(probe_nodes(
+                weak,
+                shared.config.node_probe_interval,
+            )));
+        }
+        *shared.tasks.lock() = tasks;
+        Self { shared }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// A snapshot of the statistics.
+    pub fn statistics(&self) -> Statistics {
+        let shared = &self.shared;
+        let mut statistics = shared.stats.snapshot();
+        statistics.local_sessions = shared.sessions.len() as u64;
+        statistics.backup_queue_len = shared.backups.len() as u64;
+        statistics.available_nodes = shared.nodes.available_labels();
+        statistics
+    }
+
+    /// Orderly shutdown: stops the background tasks and writes every
+    /// pending backup (waiting for each at most `operationTimeout`).
+    /// Sessions are **kept** in memcached, so other instances, or this one
+    /// after a restart, pick them up. Requests served afterwards still work
+    /// but back up synchronously.
+    pub async fn shutdown(&self) {
+        let shared = &self.shared;
+        for task in shared.tasks.lock().drain(..) {
+            task.abort();
+        }
+        shared.backups.close();
+        let dispatcher = shared.dispatcher.lock().take();
+        if let Some(dispatcher) = dispatcher {
+            let _ = dispatcher.await;
+        }
+        let mut flushes = JoinSet::new();
+        for session in shared.sessions.all() {
+            let shared = shared.clone();
+            flushes.spawn(async move { backup::sync_session(&shared, &session).await });
+        }
+        while flushes.join_next().await.is_some() {}
+        tracing::info!(
+            sessions = shared.sessions.len(),
+            "session manager shut down; sessions kept in memcached"
+        );
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Shared {
+    /// The memcached key of a session.
+    pub(crate) fn session_key(&self, id: &SessionId) -> String {
+        let mut key =
+            String::with_capacity(self.config.storage_key_prefix.len() + id.as_str().len());
+        key.push_str(&self.config.storage_key_prefix);
+        key.push_str(id.as_str());
+        key
+    }
+
+    /// The key an instance claims before taking over a foreign session.
+    pub(crate) fn takeover_key(&self, id: &SessionId) -> String {
+        format!("{}takeover:{}", self.config.storage_key_prefix, id)
+    }
+
+    /// The node a session id maps to, if it exists and is configured.
+    pub(crate) fn node_index(&self, id: &SessionId) -> Option<NodeIndex> {
+        self.nodes.node_of(id)
+    }
+
+    /// A new, empty session on a freshly chosen node.
+    pub(crate) fn create_session(&self) -> Arc<SessionState> {
+        let id = SessionId::generate(self.nodes.choose(), self.config.route());
+        if id.node().is_none() && self.nodes.iter().count() > 1 {
+            tracing::warn!(
+                "no memcached node available; new session kept in memory only until one is back"
+            );
+        }
+        let session = Arc::new(SessionState::new(id.clone(), self.config.max_inactive));
+        self.sessions.insert(id.as_str(), session.clone());
+        Stats::count(&self.stats.counters.sessions_created);
+        session
+    }
+
+    /// Queues (async mode) a backup of `session`.
+    pub(crate) fn schedule_backup(self: &Arc<Self>, session: &Arc<SessionState>) {
+        if !self.backups.push(session, &self.stats) && self.backups.len() == 0 {
+            // Closed queue (after shutdown): write inline, off the request.
+            let shared = self.clone();
+            let session = session.clone();
+            tokio::spawn(async move { backup::sync_session(&shared, &session).await });
+        }
+    }
+
+    /// Backs `sessions` up now and waits up to `sessionBackupTimeout`; the
+    /// writes go on in the background after that (bounded by `operationTimeout`).
+    pub(crate) async fn backup_now(self: &Arc<Self>, sessions: Vec<Arc<SessionState>>) {
+        let started = Instant::now();
+        let mut writes = JoinSet::new();
+        for session in sessions {
+            let shared = self.clone();
+            writes.spawn(async move { backup::sync_session(&shared, &session).await });
+        }
+        let _ = tokio::time::timeout(self.config.backup_timeout, async {
+            while writes.join_next().await.is_some() {}
+        })
+        .await;
+        writes.detach_all();
+        self.stats
+            .effective_backup_time
+            .record_duration(started.elapsed());
+    }
+
+    /// The lock serializing takeovers of one foreign id in this process.
+    pub(crate) fn takeover_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.takeover_locks
+            .lock()
+            .entry(id.into())
+            .or_default()
+            .clone()
+    }
+
+    /// Drops the takeover lock entry once nobody else waits on it.
+    pub(crate) fn release_takeover_lock(&self, id: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self.takeover_locks.lock();
+        drop(lock);
+        if locks.get(id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(id);
+        }
+    }
+
+    /// Expires a session: removes it here and deletes its memcached copy.
+    fn expire(self: &Arc<Self>, session: &Arc<SessionState>) {
+        let id = {
+            let mut inner = session.inner.lock();
+            if inner.invalidated {
+                return;
+            }
+            inner.invalidated = true;
+            inner.id.clone()
+        };
+        self.sessions.remove(id.as_str());
+        Stats::count(&self.stats.counters.sessions_expired);
+        self.schedule_backup(session);
+    }
+}
+
+/// Expires idle sessions from memory (and memcached) every `interval`.
+async fn sweep_expired(shared: Weak<Shared>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        for session in shared.sessions.all() {
+            let expired = session.inner.lock().is_expired(now);
+            if expired {
+                shared.expire(&session);
+            }
+        }
+        shared.sessions.prune_forwards(now);
+    }
+}
+
+/// Probes every node every `interval`; re-writes the sessions of a node
+/// that lost its data.
+async fn probe_nodes(shared: Weak<Shared>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let mut probes = JoinSet::new();
+        for index in 0..strong.nodes.iter().count() {
+            let shared = strong.clone();
+            probes.spawn(async move {
+                let outcome = shared.nodes.get(index).probe(&shared.sentinel_key).await;
+                (index, outcome)
+            });
+        }
+        drop(strong);
+        while let Some(result) = probes.join_next().await {
+            let Ok((index, ProbeOutcome::LostData)) = result else {
+                continue;
+            };
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let mut restored = 0u64;
+            for session in shared.sessions.all() {
+                let on_node = shared.node_index(&session.id()) == Some(index);
+                if on_node {
+                    shared.schedule_backup(&session);
+                    restored += 1;
+                }
+            }
+            shared
+                .stats
+                .counters
+                .backups_restored
+                .fetch_add(restored, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(node = %shared.nodes.get(index).label(), sessions = restored, "re-writing sessions to a node that lost its data");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! [`Session`]: the handle a handler receives.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::request::RequestContext;
+use crate::session_id::SessionId;
+use crate::session_state::SessionState;
+use crate::stats::Stats;
+
+/// The current request's session: cheap to clone, `Send + Sync`.
+///
+/// Accessors are synchronous: the session was found (or not) before the
+/// handler ran. A request without a session gets one on its first
+/// [`insert`](Self::insert); reads never create one. Values are stored
+/// serialized (postcard), so [`get`](Self::get) returns a copy, and
+/// changing a value means inserting it again. Types must be postcard
+/// compatible (no `serde_json::Value`, untagged enums or flatten).
+///
+/// Changes are written to memcached at the end of the request, only when
+/// something changed (see the crate docs).
+#[derive(Clone)]
+pub struct Session {
+    context: Arc<RequestContext>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.session_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(context: Arc<RequestContext>) -> Self {
+        Self { context }
+    }
+
+    fn current(&self) -> Option<Arc<SessionState>> {
+        self.context.state.lock().session.clone()
+    }
+
+    fn current_or_create(&self) -> Arc<SessionState> {
+        let mut state = self.context.state.lock();
+        state
+            .session
+            .get_or_insert_with(|| self.context.shared.create_session())
+            .clone()
+    }
+
+    /// The session id, or `None` while the request has no session.
+    pub fn id(&self) -> Option<String> {
+        self.session_id().map(|id| id.to_string())
+    }
+
+    fn session_id(&self) -> Option<SessionId> {
+        self.current().map(|s| s.id())
+    }
+
+    /// Whether the request has a session (an existing one or one created
+    /// by this request).
+    pub fn exists(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// Reads an attribute; `Ok(None)` when it (or the session) is absent,
+    /// `Err` when the stored value is not a `T`.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        let Some(session) = self.current() else {
+            return Ok(None);
+        };
+        let inner = session.inner.lock();
+        inner
+            .attributes
+            .get(key)
+            .map(|bytes| {
+                postcard::from_bytes(bytes).map_err(|source| Error::Decode {
+                    key: key.to_owned(),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// Stores an attribute, creating the session if there is none. Storing
+    /// a value equal to the current one is not a change.
+    pub fn insert<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
+        let bytes: Box<[u8]> = postcard::to_allocvec(value)
+            .map_err(|source| Error::Encode {
+                key: key.to_owned(),
+                source,
+            })?
+            .into();
+        let session = self.current_or_create();
+        let mut inner = session.inner.lock();
+        if inner.attributes.get(key) != Some(&bytes) {
+            inner.attributes.insert(key.to_owned(), bytes);
+            inner.version += 1;
+        }
+        Ok(())
+    }
+
+    /// Removes an attribute and returns its value; `Ok(None)` when absent.
+    /// On a type mismatch the attribute is still removed and `Err` returned.
+    pub fn remove<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        let Some(bytes) = self.remove_raw(key) else {
+            return Ok(None);
+        };
+        postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|source| Error::Decode {
+                key: key.to_owned(),
+                source,
+            })
+    }
+
+    /// Removes an attribute without reading it; `true` when it was there.
+    pub fn delete(&self, key: &str) -> bool {
+        self.remove_raw(key).is_some()
+    }
+
+    fn remove_raw(&self, key: &str) -> Option<Box<[u8]>> {
+        let session = self.current()?;
+        let mut inner = session.inner.lock();
+        let removed = inner.attributes.remove(key);
+        if removed.is_some() {
+            inner.version += 1;
+        }
+        removed
+    }
+
+    /// Removes every attribute (the session and its id stay).
+    pub fn clear(&self) {
+        if let Some(session) = self.current() {
+            let mut inner = session.inner.lock();
+            if !inner.attributes.is_empty() {
+                inner.attributes.clear();
+                inner.version += 1;
+            }
+        }
+    }
+
+    /// Whether the session has no attributes (or there is no session).
+    pub fn is_empty(&self) -> bool {
+        self.current()
+            .is_none_or(|s| s.inner.lock().attributes.is_empty())
+    }
+
+    /// The attribute names, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        self.current()
+            .map(|s| s.inner.lock().attributes.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Ends the session (logout): removed from this process now and from
+    /// memcached at the end of the request; the response expires the
+    /// cookie. A later [`insert`](Self::insert) in the same request starts
+    /// a new session with a new id.
+    pub fn invalidate(&self) {
+        let mut state = self.context.state.lock();
+        let Some(session) = state.session.take() else {
+            return;
+        };
+        let id = {
+            let mut inner = session.inner.lock();
+            inner.invalidated = true;
+            inner.id.clone()
+        };
+        let shared = &self.context.shared;
+        shared.sessions.remove(id.as_str());
+        Stats::count(&shared.stats.counters.sessions_invalidated);
+        state.invalidated.push(session);
+    }
+
+    /// Gives the session a new id, keeping its data (call it on login to
+    /// prevent session fixation). The old id stops working at once, here
+    /// and, once the backup is written, in memcached. Returns the new id,
+    /// or `None` when there is no session.
+    pub fn cycle_id(&self) -> Option<String> {
+        let session = self.current()?;
+        let shared = &self.context.shared;
+        let (old, new) = {
+            let mut inner = session.inner.lock();
+            let old = inner.id.clone();
+            let node = if shared.nodes.should_relocate(&old) {
+                shared.nodes.choose()
+            } else {
+                old.node()
+            };
+            let new = SessionId::generate(node, shared.config.route());
+            inner.change_id(new.clone());
+            (old, new)
+        };
+        shared.sessions.rekey(old.as_str(), new.as_str(), false);
+        Stats::count(&shared.stats.counters.ids_cycled);
+        Some(new.to_string())
+    }
+}

@@ -1,0 +1,326 @@
+//! One session held in this process, and what its memcached copy needs.
+
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::backend::Expiry;
+use crate::envelope::{Attributes, RecordRef, SessionRecord};
+use crate::session_id::SessionId;
+
+/// Old ids whose keys still have to be deleted are capped, so a node that
+/// stays down cannot make the list grow.
+const MAX_OBSOLETE_IDS: usize = 4;
+
+/// A session in local memory. In sticky mode this is the primary copy.
+pub(crate) struct SessionState {
+    pub(crate) inner: Mutex<SessionInner>,
+    /// Serializes this session's memcached writes and deletes, so a delete
+    /// can never be overtaken by an older write (held across awaits).
+    pub(crate) io: tokio::sync::Mutex<()>,
+    /// An async backup for this session is queued; coalesces requests.
+    pub(crate) backup_queued: AtomicBool,
+}
+
+/// The mutable part of a [`SessionState`].
+pub(crate) struct SessionInner {
+    pub(crate) id: SessionId,
+    pub(crate) attributes: Attributes,
+    /// Increases on every change of `attributes`.
+    pub(crate) version: u64,
+    pub(crate) created_at_ms: u64,
+    pub(crate) last_accessed: Instant,
+    pub(crate) last_accessed_ms: u64,
+    /// `None`: never expires.
+    pub(crate) max_inactive: Option<Duration>,
+    pub(crate) invalidated: bool,
+    /// The client has been told this id (cookie sent, or it sent it to us).
+    pub(crate) announced: bool,
+    /// The last successful write to memcached.
+    pub(crate) stored: Option<StoredMark>,
+    /// Ids this session had before (relocation, takeover, `cycle_id`) whose
+    /// keys must be deleted once the new copy is written.
+    pub(crate) obsolete_ids: Vec<SessionId>,
+}
+
+/// What memcached holds for a session, as far as this process knows.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredMark {
+    pub(crate) id: SessionId,
+    pub(crate) version: u64,
+    /// The node's epoch at write time; a newer epoch means the node lost it.
+    pub(crate) epoch: u64,
+    /// When the memcached copy expires; `None` = never.
+    pub(crate) expires_at: Option<Instant>,
+}
+
+/// What a session's memcached copy needs after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BackupNeed {
+    /// Up to date.
+    Nothing,
+    /// Unchanged, but its TTL must be extended.
+    Touch,
+    /// Changed, new, moved, or lost by its node: write it.
+    Write,
+    /// Only old keys are left to delete.
+    DeleteObsolete,
+    /// Invalidated or expired: delete it.
+    Delete,
+}
+
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// How long the memcached copy outlives the session's local expiry: a
+/// quarter of the inactivity interval, between 1 s and 5 min. Touches are
+/// sent when less than half of this margin is left, so an active session
+/// costs at most one touch per `margin / 2`.
+pub(crate) fn ttl_margin(max_inactive: Duration) -> Duration {
+    (max_inactive / 4).clamp(Duration::from_secs(1), Duration::from_secs(300))
+}
+
+impl SessionState {
+    pub(crate) fn new(id: SessionId, max_inactive: Option<Duration>) -> Self {
+        let now = SystemTime::now();
+        Self::from_parts(id, Attributes::new(), unix_ms(now), max_inactive, None)
+    }
+
+    /// A session loaded from memcached.
+    pub(crate) fn from_record(
+        id: SessionId,
+        record: SessionRecord,
+        stored: Option<StoredMark>,
+    ) -> Self {
+        let max_inactive =
+            (record.max_inactive_secs > 0).then(|| Duration::from_secs(record.max_inactive_secs));
+        Self::from_parts(
+            id,
+            record.attributes,
+            record.created_at_ms,
+            max_inactive,
+            stored,
+        )
+    }
+
+    fn from_parts(
+        id: SessionId,
+        attributes: Attributes,
+        created_at_ms: u64,
+        max_inactive: Option<Duration>,
+        stored: Option<StoredMark>,
+    ) -> Self {
+        Self {
+            inner: Mutex::new(SessionInner {
+                id,
+                attributes,
+                version: 0,
+                created_at_ms,
+                last_accessed: Instant::now(),
+                last_accessed_ms: unix_ms(SystemTime::now()),
+                max_inactive,
+                invalidated: false,
+                announced: false,
+                stored,
+                obsolete_ids: Vec::new(),
+            }),
+            io: tokio::sync::Mutex::new(()),
+            backup_queued: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn id(&self) -> SessionId {
+        self.inner.lock().id.clone()
+    }
+}
+
+impl SessionInner {
+    /// Whether the session is past its inactivity timeout at `now`.
+    pub(crate) fn is_expired(&self, now: Instant) -> bool {
+        self.max_inactive
+            .is_some_and(|max| now.saturating_duration_since(self.last_accessed) >= max)
+    }
+
+    pub(crate) fn touch_access(&mut self, now: Instant) {
+        self.last_accessed = now;
+        self.last_accessed_ms = unix_ms(SystemTime::now());
+    }
+
+    /// Changes the id. The old id's key, if it was written, must go.
+    pub(crate) fn change_id(&mut self, id: SessionId) {
+        let old = std::mem::replace(&mut self.id, id);
+        if self.stored.as_ref().is_some_and(|s| s.id == old) {
+            self.mark_obsolete(old);
+        }
+    }
+
+    /// Remembers a key to delete once the current id is written (capped).
+    pub(crate) fn mark_obsolete(&mut self, id: SessionId) {
+        if id == self.id || self.obsolete_ids.contains(&id) {
+            return;
+        }
+        if self.obsolete_ids.len() == MAX_OBSOLETE_IDS {
+            self.obsolete_ids.remove(0);
+        }
+        self.obsolete_ids.push(id);
+    }
+
+    /// The stored form of this session, borrowing the attributes.
+    pub(crate) fn record(&self) -> RecordRef<'_> {
+        RecordRef {
+            created_at_ms: self.created_at_ms,
+            last_accessed_ms: self.last_accessed_ms,
+            max_inactive_secs: self.max_inactive.map_or(0, |d| d.as_secs()),
+            attributes: &self.attributes,
+        }
+    }
+
+    /// The TTL for a full write at `now`: remaining inactivity plus margin.
+    pub(crate) fn write_expiry(&self, now: Instant) -> Expiry {
+        match self.max_inactive {
+            None => Expiry::Never,
+            Some(max) => {
+                let local_deadline = self.last_accessed + max;
+                Expiry::After(local_deadline.saturating_duration_since(now) + ttl_margin(max))
+            }
+        }
+    }
+
+    /// What the memcached copy needs, given the current epoch of the
+    /// session's node (`None`: the session has no node to write to).
+    pub(crate) fn backup_need(&self, node_epoch: Option<u64>) -> BackupNeed {
+        if self.invalidated {
+            let anything_stored = self.stored.is_some() || !self.obsolete_ids.is_empty();
+            return if anything_stored {
+                BackupNeed::Delete
+            } else {
+                BackupNeed::Nothing
+            };
+        }
+        let Some(epoch) = node_epoch else {
+            return if self.obsolete_ids.is_empty() {
+                BackupNeed::Nothing
+            } else {
+                BackupNeed::DeleteObsolete
+            };
+        };
+        let Some(stored) = &self.stored else {
+            return BackupNeed::Write;
+        };
+        if stored.version != self.version || stored.id != self.id || stored.epoch != epoch {
+            return BackupNeed::Write;
+        }
+        if !self.obsolete_ids.is_empty() {
+            return BackupNeed::DeleteObsolete;
+        }
+        match (stored.expires_at, self.max_inactive) {
+            (Some(expires_at), Some(max))
+                if expires_at < self.last_accessed + max + ttl_margin(max) / 2 =>
+            {
+                BackupNeed::Touch
+            }
+            _ => BackupNeed::Nothing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::NodeId;
+
+    fn session(max_inactive: Option<Duration>) -> SessionInner {
+        let id = SessionId::generate(Some(&NodeId::parse("n1").unwrap()), None);
+        SessionState::new(id, max_inactive).inner.into_inner()
+    }
+
+    fn stored_now(inner: &mut SessionInner, epoch: u64) {
+        let now = Instant::now();
+        let expires_at = match inner.write_expiry(now) {
+            Expiry::Never => None,
+            Expiry::After(d) => Some(now + d),
+        };
+        inner.stored = Some(StoredMark {
+            id: inner.id.clone(),
+            version: inner.version,
+            epoch,
+            expires_at,
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_changed_moved_or_lost_sessions_are_written() {
+        let mut s = session(Some(Duration::from_secs(60)));
+        assert_eq!(s.backup_need(Some(0)), BackupNeed::Write, "new");
+        assert_eq!(
+            s.backup_need(None),
+            BackupNeed::Nothing,
+            "no node to write to"
+        );
+        stored_now(&mut s, 0);
+        assert_eq!(s.backup_need(Some(0)), BackupNeed::Nothing);
+        s.version += 1;
+        assert_eq!(s.backup_need(Some(0)), BackupNeed::Write, "changed");
+        stored_now(&mut s, 0);
+        assert_eq!(
+            s.backup_need(Some(1)),
+            BackupNeed::Write,
+            "node lost its data"
+        );
+        let moved =
+            s.id.with_location(Some(&NodeId::parse("n2").unwrap()), None);
+        s.change_id(moved);
+        assert_eq!(s.obsolete_ids.len(), 1);
+        assert_eq!(s.backup_need(Some(0)), BackupNeed::Write, "moved");
+        s.invalidated = true;
+        assert_eq!(s.backup_need(Some(0)), BackupNeed::Delete);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_only_sessions_are_touched_once_the_margin_runs_low() {
+        let max = Duration::from_secs(60);
+        let mut s = session(Some(max));
+        stored_now(&mut s, 0);
+        // margin = 15 s; touch once the copy would outlive the session by less than 7.5 s.
+        tokio::time::advance(Duration::from_secs(7)).await;
+        s.touch_access(Instant::now());
+        assert_eq!(s.backup_need(Some(0)), BackupNeed::Nothing);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        s.touch_access(Instant::now());
+        assert_eq!(s.backup_need(Some(0)), BackupNeed::Touch);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_follows_remaining_inactivity_plus_margin() {
+        let s = session(Some(Duration::from_secs(1800)));
+        assert_eq!(
+            s.write_expiry(Instant::now()),
+            Expiry::After(Duration::from_secs(1800 + 300))
+        );
+        let never = session(None);
+        assert_eq!(never.write_expiry(Instant::now()), Expiry::Never);
+        assert!(!never.is_expired(Instant::now() + Duration::from_secs(86_400 * 365)));
+        let long = session(Some(Duration::from_secs(40 * 86_400)));
+        assert_eq!(
+            long.write_expiry(Instant::now()),
+            Expiry::After(Duration::from_secs(40 * 86_400 + 300)),
+            "over 30 days: the backend sends it as an absolute time"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_counts_from_the_last_access() {
+        let mut s = session(Some(Duration::from_secs(10)));
+        tokio::time::advance(Duration::from_secs(9)).await;
+        s.touch_access(Instant::now());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!s.is_expired(Instant::now()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(s.is_expired(Instant::now()));
+    }
+}

@@ -1,0 +1,224 @@
+//! Statistics: MSM-like counters and timing probes, kept in atomics and
+//! read as a plain [`Statistics`] snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Count, total, min and max of a measured duration or size.
+#[derive(Debug, Default)]
+pub(crate) struct Probe {
+    count: AtomicU64,
+    total: AtomicU64,
+    min: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Probe {
+    pub(crate) fn record(&self, value: u64) {
+        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.min.store(value, Ordering::Relaxed);
+        } else {
+            self.min.fetch_min(value, Ordering::Relaxed);
+        }
+        self.total.fetch_add(value, Ordering::Relaxed);
+        self.max.fetch_max(value, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_duration(&self, duration: Duration) {
+        self.record(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    fn snapshot(&self) -> ProbeSnapshot {
+        let count = self.count.load(Ordering::Relaxed);
+        let total = self.total.load(Ordering::Relaxed);
+        ProbeSnapshot {
+            count,
+            min: if count == 0 {
+                0
+            } else {
+                self.min.load(Ordering::Relaxed)
+            },
+            avg: total.checked_div(count).unwrap_or(0),
+            max: self.max.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One probe's figures. Durations are in microseconds, sizes in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProbeSnapshot {
+    /// How many values were recorded.
+    pub count: u64,
+    /// Smallest value.
+    pub min: u64,
+    /// Mean value.
+    pub avg: u64,
+    /// Largest value.
+    pub max: u64,
+}
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $( pub(crate) $name: AtomicU64, )*
+        }
+
+        /// Counters since start. Field names follow MSM's statistics where
+        /// one exists.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+        #[non_exhaustive]
+        pub struct CounterSnapshot {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Counters {
+            fn snapshot(&self) -> CounterSnapshot {
+                CounterSnapshot { $( $name: self.$name.load(Ordering::Relaxed), )* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Requests whose handler used an existing or new session.
+    requests_with_session,
+    /// Requests that went through the layer without a session.
+    requests_without_session,
+    /// Requests matching `requestUriIgnorePattern`.
+    requests_ignored,
+    /// Session ids from clients that were malformed or named an unknown node.
+    invalid_session_ids,
+    /// Session ids from clients that named no session known here or in memcached.
+    unknown_session_ids,
+    /// Sessions created.
+    sessions_created,
+    /// Sessions invalidated by the application.
+    sessions_invalidated,
+    /// Sessions expired from inactivity.
+    sessions_expired,
+    /// `cycle_id` calls.
+    ids_cycled,
+    /// Full session writes to memcached.
+    backups_written,
+    /// Requests after which the session was unchanged and not written.
+    backups_skipped,
+    /// TTL extensions (`touch`) of unchanged sessions.
+    backups_touched,
+    /// Writes or touches that failed (timeout, node down, server error).
+    backups_failed,
+    /// Backups not queued because the async queue was full (retried on the session's next request).
+    backups_dropped,
+    /// Backups postponed because the session's node was known to be down.
+    backups_deferred,
+    /// Sessions re-written because their node lost them (restarted empty).
+    backups_restored,
+    /// Sessions moved to another memcached node (MSM: memcached failover).
+    relocations,
+    /// Sessions taken over from another instance (MSM: Tomcat failover).
+    takeovers,
+    /// Takeovers refused because another instance was taking the same session over.
+    takeover_conflicts,
+    /// Sessions loaded from memcached.
+    loads,
+    /// Loads that found nothing.
+    load_misses,
+    /// Loads that failed (timeout, node down).
+    load_failures,
+    /// Stored values that could not be decoded (treated as no session).
+    decode_failures,
+    /// memcached deletes (invalidation, expiry, moved keys).
+    deletes,
+    /// Node availability changes observed (up→down or down→up).
+    node_state_changes,
+}
+
+/// All figures at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Statistics {
+    /// The counters.
+    #[serde(flatten)]
+    pub counters: CounterSnapshot,
+    /// Sessions held in this process.
+    pub local_sessions: u64,
+    /// Sessions waiting in the async backup queue.
+    pub backup_queue_len: u64,
+    /// Nodes currently considered available, by id.
+    pub available_nodes: Vec<String>,
+    /// Time spent in a backup (serialize + write), µs.
+    pub backup_time_us: ProbeSnapshot,
+    /// Time a request waited for its sync backup, µs.
+    pub effective_backup_time_us: ProbeSnapshot,
+    /// Time to load a session from memcached, µs.
+    pub load_time_us: ProbeSnapshot,
+    /// Time to serialize a session, µs.
+    pub serialization_time_us: ProbeSnapshot,
+    /// Serialized session size, bytes.
+    pub session_size_bytes: ProbeSnapshot,
+}
+
+/// The live counters and probes of one manager.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) counters: Counters,
+    pub(crate) backup_time: Probe,
+    pub(crate) effective_backup_time: Probe,
+    pub(crate) load_time: Probe,
+    pub(crate) serialization_time: Probe,
+    pub(crate) session_size: Probe,
+}
+
+impl Stats {
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Statistics {
+        Statistics {
+            counters: self.counters.snapshot(),
+            local_sessions: 0,
+            backup_queue_len: 0,
+            available_nodes: Vec::new(),
+            backup_time_us: self.backup_time.snapshot(),
+            effective_backup_time_us: self.effective_backup_time.snapshot(),
+            load_time_us: self.load_time.snapshot(),
+            serialization_time_us: self.serialization_time.snapshot(),
+            session_size_bytes: self.session_size.snapshot(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_tracks_min_avg_max() {
+        let probe = Probe::default();
+        assert_eq!(probe.snapshot(), ProbeSnapshot::default());
+        for v in [30, 10, 20] {
+            probe.record(v);
+        }
+        assert_eq!(
+            probe.snapshot(),
+            ProbeSnapshot {
+                count: 3,
+                min: 10,
+                avg: 20,
+                max: 30
+            }
+        );
+    }
+
+    #[test]
+    fn snapshot_serializes_flat() {
+        let stats = Stats::default();
+        Stats::count(&stats.counters.relocations);
+        let json = serde_json::to_value(stats.snapshot()).unwrap();
+        assert_eq!(json["relocations"], 1);
+        assert_eq!(json["backup_time_us"]["count"], 0);
+    }
+}

@@ -1,0 +1,208 @@
+//! Sticky mode: finding the session a request names, relocating it when its
+//! node is gone, and taking it over when another instance held it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backend::Expiry;
+use crate::envelope;
+use crate::error::Error;
+use crate::manager::Shared;
+use crate::session_id::SessionId;
+use crate::session_state::{SessionState, StoredMark};
+use crate::stats::Stats;
+
+/// How long a takeover claim blocks other instances from taking over the
+/// same session.
+const TAKEOVER_CLAIM_TTL: Duration = Duration::from_secs(30);
+
+/// The session named by `id`, held here or loaded from memcached.
+/// `local_only`: ignored requests never touch memcached.
+pub(crate) async fn resolve(
+    shared: &Arc<Shared>,
+    id: &SessionId,
+    local_only: bool,
+) -> Result<Option<Arc<SessionState>>, Error> {
+    if let Some(session) = find_local(shared, id) {
+        if !local_only {
+            relocate_if_needed(shared, &session);
+        }
+        return Ok(Some(session));
+    }
+    if local_only {
+        return Ok(None);
+    }
+    take_over(shared, id).await
+}
+
+/// A live session held here under `id` (or a forward of it); expired ones
+/// are expired on the spot.
+fn find_local(shared: &Arc<Shared>, id: &SessionId) -> Option<Arc<SessionState>> {
+    let session = shared.sessions.get(id.as_str())?;
+    let now = Instant::now();
+    let mut inner = session.inner.lock();
+    if inner.invalidated {
+        return None;
+    }
+    if inner.is_expired(now) {
+        inner.invalidated = true;
+        let current = inner.id.clone();
+        drop(inner);
+        shared.sessions.remove(current.as_str());
+        Stats::count(&shared.stats.counters.sessions_expired);
+        shared.schedule_backup(&session);
+        return None;
+    }
+    inner.touch_access(now);
+    inner.announced = true;
+    drop(inner);
+    Some(session)
+}
+
+/// Moves the session to a live node when its node is down, when it sits on
+/// a failover node while a regular one is back, or when it has no node and
+/// one is available. With nothing available the id stays as it is (no
+/// cookie churn); the session lives on in memory.
+fn relocate_if_needed(shared: &Arc<Shared>, session: &Arc<SessionState>) {
+    let mut inner = session.inner.lock();
+    if !shared.nodes.should_relocate(&inner.id) {
+        return;
+    }
+    let Some(target) = shared.nodes.choose() else {
+        return;
+    };
+    let old = inner.id.clone();
+    if old.node() == Some(target) {
+        return;
+    }
+    let new = old.with_location(Some(target), shared.config.route());
+    inner.change_id(new.clone());
+    drop(inner);
+    shared.sessions.rekey(old.as_str(), new.as_str(), true);
+    Stats::count(&shared.stats.counters.relocations);
+    tracing::info!(
+        from = old.node().map_or("none", |n| n.as_str()),
+        to = %target,
+        "relocating session to another memcached node"
+    );
+}
+
+/// Loads a session this instance does not hold. When the id names another
+/// route (another instance held it), the session is claimed, given this
+/// instance's route, stored under the new id and its old key deleted; a
+/// concurrent takeover of the same id by another instance makes this one
+/// fail with [`Error::TakeoverInProgress`]. Within this process, concurrent
+/// requests for the same id wait for one takeover and share its result.
+async fn take_over(
+    shared: &Arc<Shared>,
+    id: &SessionId,
+) -> Result<Option<Arc<SessionState>>, Error> {
+    let Some(index) = shared.node_index(id) else {
+        Stats::count(&shared.stats.counters.unknown_session_ids);
+        return Ok(None);
+    };
+    let node = shared.nodes.get(index);
+    if !node.is_available() {
+        tracing::info!(node = %node.label(), "session's node is down and the session is not held here; it is lost");
+        Stats::count(&shared.stats.counters.unknown_session_ids);
+        return Ok(None);
+    }
+    let lock = shared.takeover_lock(id.as_str());
+    let result = {
+        let _one_at_a_time = lock.lock().await;
+        match find_local(shared, id) {
+            Some(found) => Ok(Some(found)),
+            None => load_and_claim(shared, id, index).await,
+        }
+    };
+    shared.release_takeover_lock(id.as_str(), lock);
+    result
+}
+
+async fn load_and_claim(
+    shared: &Arc<Shared>,
+    id: &SessionId,
+    index: usize,
+) -> Result<Option<Arc<SessionState>>, Error> {
+    let node = shared.nodes.get(index);
+    let counters = &shared.stats.counters;
+    let foreign = id.route() != shared.config.route();
+    let new_id = if foreign {
+        id.with_location(id.node(), shared.config.route())
+    } else {
+        id.clone()
+    };
+    if foreign {
+        let claim = shared.takeover_key(id);
+        let claimed = node
+            .call(|b| {
+                b.add(
+                    &claim,
+                    new_id.as_str().as_bytes(),
+                    Expiry::After(TAKEOVER_CLAIM_TTL),
+                )
+            })
+            .await
+            .inspect_err(|_| Stats::count(&counters.load_failures))?;
+        if !claimed {
+            Stats::count(&counters.takeover_conflicts);
+            tracing::warn!(node = %node.label(), "another instance is taking this session over");
+            return Err(Error::TakeoverInProgress);
+        }
+    }
+    let key = shared.session_key(id);
+    let started = Instant::now();
+    let loaded = node
+        .call(|b| b.get(&key))
+        .await
+        .inspect_err(|_| Stats::count(&counters.load_failures))?;
+    shared.stats.load_time.record_duration(started.elapsed());
+    let Some(bytes) = loaded else {
+        Stats::count(&counters.load_misses);
+        Stats::count(&counters.unknown_session_ids);
+        return Ok(None);
+    };
+    let record = match envelope::decode(&bytes) {
+        Ok(record) => record,
+        Err(error) => {
+            Stats::count(&counters.decode_failures);
+            tracing::warn!(node = %node.label(), %error, "stored session could not be decoded; treating it as no session");
+            return Ok(None);
+        }
+    };
+    Stats::count(&counters.loads);
+    // A copy under our own route is already in memcached: only its TTL is
+    // unknown, so mark it as expiring now and the request's end touches it.
+    let stored = (!foreign).then(|| StoredMark {
+        id: id.clone(),
+        version: 0,
+        epoch: node.epoch(),
+        expires_at: Some(Instant::now()),
+    });
+    let session = Arc::new(SessionState::from_record(new_id.clone(), record, stored));
+    {
+        let mut inner = session.inner.lock();
+        inner.announced = true;
+        if foreign {
+            inner.mark_obsolete(id.clone());
+        }
+    }
+    if foreign {
+        // Filed under the new id, with the old one forwarding to it.
+        shared.sessions.insert(id.as_str(), session.clone());
+        shared.sessions.rekey(id.as_str(), new_id.as_str(), true);
+        Stats::count(&counters.takeovers);
+        tracing::info!(
+            from = id.route().unwrap_or("none"),
+            to = shared.config.route().unwrap_or("none"),
+            node = %node.label(),
+            "took over a session from another instance"
+        );
+    } else {
+        shared.sessions.insert(new_id.as_str(), session.clone());
+    }
+    relocate_if_needed(shared, &session);
+    Ok(Some(session))
+}
