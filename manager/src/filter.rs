@@ -129,7 +129,8 @@ impl SessionManager {
     /// takeover (503 with `Retry-After`), both turned into responses by `wrap`.
     pub fn session(
         &self,
-    ) -> impl Filter<Extract = (Session,), Error = Rejection> + Clone + Send + Sync + 'static {
+    ) -> impl Filter<Extract = (Session,), Error = Rejection> + Clone + Send + Sync + 'static + use<>
+    {
         let shared = self.shared.clone();
         warp::any().and_then(move || {
             let context = shared.slots.current();
@@ -155,7 +156,7 @@ impl SessionManager {
     pub fn wrap<F, R>(
         &self,
         routes: F,
-    ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static
+    ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static + use<F, R>
     where
         F: Filter<Extract = (R,), Error = Rejection> + Clone + Send + Sync + 'static,
         R: Reply,

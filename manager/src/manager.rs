@@ -98,14 +98,10 @@ impl SessionManager {
         let specs = if !config.enabled {
             Vec::new()
         } else {
-            config.nodes().map(<[NodeSpec]>::to_vec).unwrap_or_else(|| {
-                vec![NodeSpec {
-                    id: None,
-                    host: "in-process".to_owned(),
-                    port: 0,
-                    failover: false,
-                }]
-            })
+            config
+                .nodes()
+                .map(<[NodeSpec]>::to_vec)
+                .unwrap_or_else(|| vec![NodeSpec::embedded()])
         };
         assert_eq!(
             specs.len(),
@@ -164,6 +160,7 @@ impl SessionManager {
         statistics.local_sessions = shared.sessions.len() as u64;
         statistics.backup_queue_len = shared.backups.len() as u64;
         statistics.available_nodes = shared.nodes.available_labels();
+        statistics.counters.node_state_changes = shared.nodes.state_changes();
         statistics
     }
 

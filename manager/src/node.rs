@@ -79,7 +79,18 @@ impl NodeSpec {
     pub fn label(&self) -> String {
         match &self.id {
             Some(id) => id.to_string(),
+            None if self.port == 0 => self.host.clone(),
             None => self.address(),
+        }
+    }
+
+    /// The pseudo node of the embedded in-process store.
+    pub(crate) fn embedded() -> Self {
+        Self {
+            id: None,
+            host: "in-process".to_owned(),
+            port: 0,
+            failover: false,
         }
     }
 }

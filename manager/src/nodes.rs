@@ -38,6 +38,8 @@ pub(crate) struct Node {
     epoch: AtomicU64,
     /// Whether the prober has placed its sentinel at least once.
     sentinel_placed: AtomicBool,
+    /// How often the availability flipped.
+    state_changes: AtomicU64,
 }
 
 /// What a probe learned about a node.
@@ -74,6 +76,7 @@ impl Node {
         *observed_at = started;
         let before = self.available.swap(available, Ordering::AcqRel);
         if before != available {
+            self.state_changes.fetch_add(1, Ordering::Relaxed);
             if available {
                 tracing::info!(node = %self.label(), "memcached node is available again");
             } else {
@@ -163,6 +166,7 @@ impl Nodes {
                 observed_at: Mutex::new(now),
                 epoch: AtomicU64::new(0),
                 sentinel_placed: AtomicBool::new(false),
+                state_changes: AtomicU64::new(0),
             })
             .collect();
         Self { nodes, anonymous }
@@ -238,6 +242,14 @@ impl Nodes {
                 !node.is_available() || (node.spec.failover && regular_available())
             }
         }
+    }
+
+    /// Availability flips observed on all nodes.
+    pub(crate) fn state_changes(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| n.state_changes.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Ids of the nodes currently considered available.

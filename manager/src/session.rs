@@ -12,6 +12,22 @@ use crate::session_id::SessionId;
 use crate::session_state::SessionState;
 use crate::stats::Stats;
 
+fn encode_value<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Box<[u8]>, Error> {
+    postcard::to_allocvec(value)
+        .map(Vec::into_boxed_slice)
+        .map_err(|source| Error::Encode {
+            key: key.to_owned(),
+            source,
+        })
+}
+
+fn decode_value<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Error> {
+    postcard::from_bytes(bytes).map_err(|source| Error::Decode {
+        key: key.to_owned(),
+        source,
+    })
+}
+
 /// The current request's session: cheap to clone, `Send + Sync`.
 ///
 /// Accessors are synchronous: the session was found (or not) before the
@@ -78,31 +94,46 @@ impl Session {
         inner
             .attributes
             .get(key)
-            .map(|bytes| {
-                postcard::from_bytes(bytes).map_err(|source| Error::Decode {
-                    key: key.to_owned(),
-                    source,
-                })
-            })
+            .map(|bytes| decode_value(key, bytes))
             .transpose()
     }
 
     /// Stores an attribute, creating the session if there is none. Storing
     /// a value equal to the current one is not a change.
     pub fn insert<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
-        let bytes: Box<[u8]> = postcard::to_allocvec(value)
-            .map_err(|source| Error::Encode {
-                key: key.to_owned(),
-                source,
-            })?
-            .into();
+        let bytes = encode_value(key, value)?;
+        self.current_or_create()
+            .inner
+            .lock()
+            .set_attribute(key, bytes);
+        Ok(())
+    }
+
+    /// Reads, changes and stores an attribute atomically with respect to
+    /// the other requests of this session on this instance (a plain `get`
+    /// followed by `insert` can interleave with a concurrent request).
+    /// Creates the session if there is none. Returns the stored value.
+    ///
+    /// ```no_run
+    /// # fn f(session: memcached_sessions::Session) -> Result<(), memcached_sessions::Error> {
+    /// let hits: u64 = session.update("hits", |n: Option<u64>| n.unwrap_or(0) + 1)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn update<T, F>(&self, key: &str, change: F) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(Option<T>) -> T,
+    {
         let session = self.current_or_create();
         let mut inner = session.inner.lock();
-        if inner.attributes.get(key) != Some(&bytes) {
-            inner.attributes.insert(key.to_owned(), bytes);
-            inner.version += 1;
-        }
-        Ok(())
+        let current = inner
+            .attributes
+            .get(key)
+            .map(|bytes| decode_value(key, bytes))
+            .transpose()?;
+        let next = change(current);
+        inner.set_attribute(key, encode_value(key, &next)?);
+        Ok(next)
     }
 
     /// Removes an attribute and returns its value; `Ok(None)` when absent.

@@ -151,6 +151,14 @@ impl SessionInner {
         self.last_accessed_ms = unix_ms(SystemTime::now());
     }
 
+    /// Stores an encoded attribute; only a different value is a change.
+    pub(crate) fn set_attribute(&mut self, key: &str, bytes: Box<[u8]>) {
+        if self.attributes.get(key) != Some(&bytes) {
+            self.attributes.insert(key.to_owned(), bytes);
+            self.version += 1;
+        }
+    }
+
     /// Changes the id. The old id's key, if it was written, must go.
     pub(crate) fn change_id(&mut self, id: SessionId) {
         let old = std::mem::replace(&mut self.id, id);
