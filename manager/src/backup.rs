@@ -283,7 +283,17 @@ pub(crate) async fn sync_session(shared: &Shared, session: &SessionState) {
 /// Deletes the keys of `obsolete_ids`; ids whose delete failed because the
 /// node is down stay for the next attempt (capped), the rest are dropped.
 async fn delete_keys(shared: &Shared, session: &SessionState, invalidated: bool) {
-    let ids = session.inner.lock().obsolete_ids.clone();
+    let ids: Vec<SessionId> = {
+        let inner = session.inner.lock();
+        // A live session never deletes its own current key.
+        let current = (!invalidated).then(|| inner.id.clone());
+        inner
+            .obsolete_ids
+            .iter()
+            .filter(|id| Some(*id) != current.as_ref())
+            .cloned()
+            .collect()
+    };
     let mut failed = Vec::new();
     for id in ids {
         let Some(node) = shared.nodes.node_of(&id).map(|i| shared.nodes.get(i)) else {

@@ -24,8 +24,15 @@ use crate::stats::Stats;
 
 /// A session error travelling as a warp rejection; turned into a response
 /// by [`SessionManager::wrap`], so applications never see it.
-#[derive(Debug)]
 struct SessionRejection(Error);
+
+/// Shows the message, so warp's default "unhandled rejection" response
+/// (when `session()` is used outside `wrap`) says how to fix it.
+impl std::fmt::Debug for SessionRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionRejection({})", self.0)
+    }
+}
 
 impl warp::reject::Reject for SessionRejection {}
 

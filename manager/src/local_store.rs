@@ -14,10 +14,16 @@ use crate::session_state::SessionState;
 /// How long a moved id keeps forwarding to the new one.
 const FORWARD_FOR: Duration = Duration::from_secs(60);
 
+/// Where a moved id points, and until when.
+struct Forward {
+    to: Box<str>,
+    until: Instant,
+}
+
 #[derive(Default)]
 pub(crate) struct LocalSessions {
     by_id: RwLock<HashMap<Box<str>, Arc<SessionState>>>,
-    forwards: Mutex<HashMap<Box<str>, (Box<str>, Instant)>>,
+    forwards: Mutex<HashMap<Box<str>, Forward>>,
 }
 
 impl LocalSessions {
@@ -28,11 +34,11 @@ impl LocalSessions {
         }
         let target = {
             let forwards = self.forwards.lock();
-            let (to, until) = forwards.get(id)?;
-            if *until <= Instant::now() {
+            let forward = forwards.get(id)?;
+            if forward.until <= Instant::now() {
                 return None;
             }
-            to.clone()
+            forward.to.clone()
         };
         self.by_id.read().get(&target).cloned()
     }
@@ -52,7 +58,11 @@ impl LocalSessions {
         }
         let mut forwards = self.forwards.lock();
         if forward {
-            forwards.insert(old.into(), (new.into(), Instant::now() + FORWARD_FOR));
+            let forward = Forward {
+                to: new.into(),
+                until: Instant::now() + FORWARD_FOR,
+            };
+            forwards.insert(old.into(), forward);
         } else {
             forwards.remove(old);
         }
@@ -61,7 +71,7 @@ impl LocalSessions {
     /// Removes a session (and forwards pointing at it).
     pub(crate) fn remove(&self, id: &str) -> Option<Arc<SessionState>> {
         let removed = self.by_id.write().remove(id);
-        self.forwards.lock().retain(|_, (to, _)| &**to != id);
+        self.forwards.lock().retain(|_, forward| &*forward.to != id);
         removed
     }
 
@@ -76,7 +86,9 @@ impl LocalSessions {
 
     /// Drops expired forwards.
     pub(crate) fn prune_forwards(&self, now: Instant) {
-        self.forwards.lock().retain(|_, (_, until)| *until > now);
+        self.forwards
+            .lock()
+            .retain(|_, forward| forward.until > now);
     }
 }
 

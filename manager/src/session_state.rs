@@ -161,6 +161,8 @@ impl SessionInner {
 
     /// Changes the id. The old id's key, if it was written, must go.
     pub(crate) fn change_id(&mut self, id: SessionId) {
+        // Moving back to an earlier id (a node that returned): keep its key.
+        self.obsolete_ids.retain(|obsolete| *obsolete != id);
         let old = std::mem::replace(&mut self.id, id);
         if self.stored.as_ref().is_some_and(|s| s.id == old) {
             self.mark_obsolete(old);

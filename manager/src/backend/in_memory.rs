@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -18,6 +19,8 @@ use crate::error::BackendError;
 pub struct InMemoryNode {
     items: Mutex<HashMap<String, Item>>,
     down: AtomicBool,
+    /// Added latency per operation, in microseconds (plays a slow node).
+    delay_us: AtomicU64,
     counts: OperationCounts,
 }
 
@@ -64,6 +67,14 @@ impl InMemoryNode {
         self.down.store(down, Ordering::SeqCst);
     }
 
+    /// Makes every operation take at least `delay` (a slow or frozen node).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_us.store(
+            u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
     /// Drops every item, like a memcached restart.
     pub fn clear(&self) {
         self.items.lock().clear();
@@ -108,8 +119,12 @@ impl InMemoryNode {
         );
     }
 
-    fn check(&self, counter: &AtomicU64) -> Result<(), BackendError> {
+    async fn check(&self, counter: &AtomicU64) -> Result<(), BackendError> {
         counter.fetch_add(1, Ordering::Relaxed);
+        let delay = self.delay_us.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_micros(delay)).await;
+        }
         if self.down.load(Ordering::SeqCst) {
             Err(BackendError::Unreachable(
                 "in-memory node is switched off".to_owned(),
@@ -123,7 +138,7 @@ impl InMemoryNode {
 #[async_trait]
 impl NodeBackend for InMemoryNode {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        self.check(&self.counts.gets)?;
+        self.check(&self.counts.gets).await?;
         let now = Instant::now();
         let mut items = self.items.lock();
         match items.get(key) {
@@ -137,7 +152,7 @@ impl NodeBackend for InMemoryNode {
     }
 
     async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError> {
-        self.check(&self.counts.sets)?;
+        self.check(&self.counts.sets).await?;
         let now = Instant::now();
         self.items.lock().insert(
             key.to_owned(),
@@ -150,7 +165,7 @@ impl NodeBackend for InMemoryNode {
     }
 
     async fn add(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<bool, BackendError> {
-        self.check(&self.counts.sets)?;
+        self.check(&self.counts.sets).await?;
         let now = Instant::now();
         let mut items = self.items.lock();
         if items.get(key).is_some_and(|item| item.live(now)) {
@@ -167,7 +182,7 @@ impl NodeBackend for InMemoryNode {
     }
 
     async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError> {
-        self.check(&self.counts.touches)?;
+        self.check(&self.counts.touches).await?;
         let now = Instant::now();
         match self.items.lock().get_mut(key) {
             Some(item) if item.live(now) => {
@@ -179,7 +194,7 @@ impl NodeBackend for InMemoryNode {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        self.check(&self.counts.deletes)?;
+        self.check(&self.counts.deletes).await?;
         let now = Instant::now();
         Ok(self
             .items
@@ -191,8 +206,6 @@ impl NodeBackend for InMemoryNode {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,648 @@
+//! Sticky-mode flows through the real warp layer, on in-process nodes that
+//! can be switched off: deterministic tests of the failover decisions.
+//! (The same behaviours are tested against real memcached in `tests/`.)
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use memcached_sessions::backend::{InMemoryNode, NodeBackend};
+use memcached_sessions::{Config, ConfigBuilder, Session, SessionManager};
+use warp::Filter;
+use warp::http::StatusCode;
+
+struct Cluster {
+    nodes: Vec<Arc<InMemoryNode>>,
+}
+
+impl Cluster {
+    fn new(n: usize) -> Self {
+        Self {
+            nodes: (0..n).map(|_| Arc::new(InMemoryNode::new())).collect(),
+        }
+    }
+
+    fn spec(&self) -> String {
+        (1..=self.nodes.len())
+            .map(|i| format!("n{i}:127.0.0.1:{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A manager with synchronous backups (deterministic writes).
+    fn manager(&self, builder: ConfigBuilder) -> SessionManager {
+        self.manager_async(builder.session_backup_async(false))
+    }
+
+    /// A manager with the builder's backup mode (async by default).
+    fn manager_async(&self, builder: ConfigBuilder) -> SessionManager {
+        let config = builder
+            .memcached_nodes(self.spec())
+            .node_probe_interval(Duration::from_millis(20))
+            .session_backup_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let backends = self
+            .nodes
+            .iter()
+            .map(|n| n.clone() as Arc<dyn NodeBackend>)
+            .collect();
+        SessionManager::with_backends(config, backends)
+    }
+
+    fn node(&self, id: &str) -> &InMemoryNode {
+        let index: usize = id[1..].parse().unwrap();
+        &self.nodes[index - 1]
+    }
+
+    fn sets(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| n.counts().sets.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    fn gets(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| n.counts().gets.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// Keys that are sessions (not probe sentinels or claims).
+    fn session_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.keys())
+            .filter(|k| !k.contains(':'))
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+fn routes(
+    manager: &SessionManager,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone + use<> {
+    let session = manager.session();
+    let get = warp::path!("count")
+        .and(warp::get())
+        .and(session.clone())
+        .map(|s: Session| s.get::<u64>("count").unwrap().unwrap_or(0).to_string());
+    let incr = warp::path!("count")
+        .and(warp::post())
+        .and(session.clone())
+        .map(|s: Session| {
+            s.update("count", |c: Option<u64>| c.unwrap_or(0) + 1)
+                .unwrap()
+                .to_string()
+        });
+    let id = warp::path!("id")
+        .and(session.clone())
+        .map(|s: Session| s.id().unwrap_or_default());
+    let logout = warp::path!("logout")
+        .and(session.clone())
+        .map(|s: Session| {
+            s.invalidate();
+            String::new()
+        });
+    let login = warp::path!("login")
+        .and(session)
+        .map(|s: Session| s.cycle_id().unwrap_or_default());
+    manager.wrap(get.or(incr).or(id).or(logout).or(login))
+}
+
+struct Reply {
+    status: StatusCode,
+    body: String,
+    set_cookie: Option<String>,
+}
+
+impl Reply {
+    /// The session id from `Set-Cookie`, `Some("")` for a removal.
+    fn cookie_id(&self) -> Option<&str> {
+        let header = self.set_cookie.as_deref()?;
+        let value = header.strip_prefix("SESSIONID=")?;
+        Some(value.split(';').next().unwrap())
+    }
+}
+
+async fn call(manager: &SessionManager, method: &str, path: &str, cookie: Option<&str>) -> Reply {
+    let mut request = warp::test::request().method(method).path(path);
+    if let Some(id) = cookie {
+        request = request.header("cookie", format!("SESSIONID={id}"));
+    }
+    let response = request.reply(&routes(manager)).await;
+    Reply {
+        status: response.status(),
+        body: String::from_utf8_lossy(response.body()).into_owned(),
+        set_cookie: response
+            .headers()
+            .get("set-cookie")
+            .map(|v| v.to_str().unwrap().to_owned()),
+    }
+}
+
+/// A session with `count = n`, returning its id.
+async fn session_with_count(manager: &SessionManager, n: u64) -> String {
+    let first = call(manager, "POST", "/count", None).await;
+    let id = first
+        .cookie_id()
+        .expect("new session sets a cookie")
+        .to_owned();
+    for _ in 1..n {
+        call(manager, "POST", "/count", Some(&id)).await;
+    }
+    id
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn node_of(id: &str) -> &str {
+    let suffix = &id[32..];
+    suffix.trim_start_matches('-').split('.').next().unwrap()
+}
+
+#[tokio::test]
+async fn a_session_is_created_by_the_first_write_and_announced_once() {
+    let cluster = Cluster::new(2);
+    let manager = cluster.manager(Config::builder());
+    let read = call(&manager, "GET", "/count", None).await;
+    assert_eq!(
+        (read.body.as_str(), read.set_cookie.as_deref()),
+        ("0", None),
+        "reads create nothing"
+    );
+    let first = call(&manager, "POST", "/count", None).await;
+    let id = first.cookie_id().unwrap().to_owned();
+    assert!(first.set_cookie.as_deref().unwrap().contains("HttpOnly"));
+    assert!(
+        first
+            .set_cookie
+            .as_deref()
+            .unwrap()
+            .contains("SameSite=Lax")
+    );
+    assert!(first.set_cookie.as_deref().unwrap().contains("Path=/"));
+    let second = call(&manager, "POST", "/count", Some(&id)).await;
+    assert_eq!(second.body, "2");
+    assert_eq!(second.set_cookie, None);
+    assert_eq!(cluster.session_keys(), vec![id.clone()]);
+    assert!(cluster.node(node_of(&id)).contains(&id));
+}
+
+#[tokio::test]
+async fn only_changed_sessions_are_written_and_reads_touch_nothing() {
+    let cluster = Cluster::new(2);
+    let manager = cluster.manager(Config::builder());
+    let id = session_with_count(&manager, 1).await;
+    let (sets, gets) = (cluster.sets(), cluster.gets());
+    for _ in 0..5 {
+        assert_eq!(call(&manager, "GET", "/count", Some(&id)).await.body, "1");
+    }
+    assert_eq!(cluster.sets(), sets, "read-only requests write nothing");
+    let probe_gets = cluster.gets() - gets;
+    assert!(probe_gets < 20, "only probe reads happen: {probe_gets}");
+    for n in 2..=4 {
+        assert_eq!(
+            call(&manager, "POST", "/count", Some(&id)).await.body,
+            n.to_string()
+        );
+    }
+    assert_eq!(cluster.sets() - sets, 3, "one write per modifying request");
+    let stats = manager.statistics();
+    assert!(stats.counters.backups_skipped >= 5);
+}
+
+#[tokio::test]
+async fn a_session_moves_off_a_dead_node_with_its_data() {
+    let cluster = Cluster::new(3);
+    let manager = cluster.manager(Config::builder().route("a"));
+    let id = session_with_count(&manager, 3).await;
+    let dead = node_of(&id).to_owned();
+    cluster.node(&dead).set_down(true);
+    wait_until("the prober sees the node down", || {
+        !manager.statistics().available_nodes.contains(&dead)
+    })
+    .await;
+    let moved = call(&manager, "POST", "/count", Some(&id)).await;
+    assert_eq!(moved.body, "4", "data survives the relocation");
+    let new_id = moved
+        .cookie_id()
+        .expect("relocation re-sets the cookie")
+        .to_owned();
+    assert_ne!(node_of(&new_id), dead);
+    assert_eq!(&new_id[..32], &id[..32], "same random part");
+    assert!(new_id.ends_with(".a"));
+    assert!(
+        cluster.node(node_of(&new_id)).contains(&new_id),
+        "forced backup on the new node"
+    );
+    let after = call(&manager, "GET", "/count", Some(&new_id)).await;
+    assert_eq!(
+        (after.body.as_str(), after.set_cookie.as_deref()),
+        ("4", None),
+        "no cookie churn"
+    );
+    let stale = call(&manager, "GET", "/count", Some(&id)).await;
+    assert_eq!(
+        stale.body, "4",
+        "requests in flight with the old cookie still find it"
+    );
+    assert_eq!(manager.statistics().counters.relocations, 1);
+}
+
+#[tokio::test]
+async fn with_every_node_down_sessions_live_in_memory_without_cookie_churn() {
+    let cluster = Cluster::new(2);
+    let manager = cluster.manager(Config::builder());
+    let id = session_with_count(&manager, 1).await;
+    for node in &cluster.nodes {
+        node.set_down(true);
+    }
+    wait_until("all nodes down", || {
+        manager.statistics().available_nodes.is_empty()
+    })
+    .await;
+    for n in 2..=4 {
+        let reply = call(&manager, "POST", "/count", Some(&id)).await;
+        assert_eq!((reply.body, reply.set_cookie), (n.to_string(), None));
+    }
+    let fresh = call(&manager, "POST", "/count", None).await;
+    let fresh_id = fresh.cookie_id().unwrap().to_owned();
+    assert_eq!(fresh_id.len(), 32, "no node available: no node suffix");
+    assert_eq!(
+        call(&manager, "POST", "/count", Some(&fresh_id))
+            .await
+            .set_cookie,
+        None
+    );
+
+    cluster.nodes[1].set_down(false);
+    wait_until("n2 back", || manager.statistics().available_nodes == ["n2"]).await;
+    let moved = call(&manager, "GET", "/count", Some(&fresh_id)).await;
+    let moved_id = moved
+        .cookie_id()
+        .expect("gets a node once one is back")
+        .to_owned();
+    assert!(moved_id.ends_with("-n2"));
+    assert!(cluster.nodes[1].contains(&moved_id));
+    assert_eq!(
+        call(&manager, "GET", "/count", Some(&moved_id))
+            .await
+            .set_cookie,
+        None
+    );
+}
+
+#[tokio::test]
+async fn failover_nodes_are_used_only_while_regular_nodes_are_down() {
+    let cluster = Cluster::new(2);
+    let manager = cluster.manager(Config::builder().failover_nodes("n2"));
+    for _ in 0..10 {
+        let id = session_with_count(&manager, 1).await;
+        assert_eq!(node_of(&id), "n1");
+    }
+    let id = session_with_count(&manager, 1).await;
+    cluster.nodes[0].set_down(true);
+    wait_until("n1 down", || manager.statistics().available_nodes == ["n2"]).await;
+    let on_failover = call(&manager, "POST", "/count", Some(&id)).await;
+    let failover_id = on_failover.cookie_id().unwrap().to_owned();
+    assert!(failover_id.ends_with("-n2"));
+    assert_eq!(
+        call(&manager, "GET", "/count", Some(&failover_id))
+            .await
+            .set_cookie,
+        None
+    );
+    cluster.nodes[0].set_down(false);
+    wait_until("n1 back", || {
+        manager.statistics().available_nodes.len() == 2
+    })
+    .await;
+    let back = call(&manager, "GET", "/count", Some(&failover_id)).await;
+    let back_id = back
+        .cookie_id()
+        .expect("leaves the failover node")
+        .to_owned();
+    assert!(back_id.ends_with("-n1"));
+    assert_eq!(back.body, "2");
+    assert!(cluster.nodes[0].contains(&back_id));
+}
+
+#[tokio::test]
+async fn another_instance_takes_a_session_over_once() {
+    let cluster = Cluster::new(2);
+    let a = cluster.manager(Config::builder().route("a"));
+    let b = cluster.manager(Config::builder().route("b"));
+    let id = session_with_count(&a, 5).await;
+    assert!(id.ends_with(".a"));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (b, id) = (b.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            call(&b, "POST", "/count", Some(&id)).await
+        }));
+    }
+    let mut bodies = Vec::new();
+    let mut new_ids = Vec::new();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        bodies.push(reply.body.parse::<u64>().unwrap());
+        new_ids.extend(reply.cookie_id().map(str::to_owned));
+    }
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [6, 7, 8, 9],
+        "every concurrent request saw one shared session"
+    );
+    new_ids.dedup();
+    assert_eq!(new_ids.len(), 1);
+    let new_id = &new_ids[0];
+    assert_eq!(&new_id[..new_id.len() - 2], &id[..id.len() - 2]);
+    assert!(new_id.ends_with(".b"), "route rewritten");
+    assert_eq!(b.statistics().counters.takeovers, 1);
+    assert_eq!(
+        cluster.session_keys(),
+        vec![new_id.clone()],
+        "old key deleted, new key written"
+    );
+}
+
+#[tokio::test]
+async fn a_concurrent_takeover_by_another_instance_is_refused_with_503() {
+    let cluster = Cluster::new(1);
+    let a = cluster.manager(Config::builder().route("a"));
+    let b = cluster.manager(Config::builder().route("b"));
+    let id = session_with_count(&a, 1).await;
+    // Instance c already claimed it.
+    cluster.nodes[0].put_raw(&format!("takeover:{id}"), b"elsewhere");
+    let reply = call(&b, "POST", "/count", Some(&id)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(b.statistics().counters.takeover_conflicts, 1);
+    assert!(cluster.nodes[0].contains(&id), "nothing was taken");
+}
+
+#[tokio::test]
+async fn invalidate_and_cycle_id_remove_the_old_keys() {
+    let cluster = Cluster::new(2);
+    let manager = cluster.manager(Config::builder());
+    let id = session_with_count(&manager, 2).await;
+    let login = call(&manager, "POST", "/login", Some(&id)).await;
+    let new_id = login.cookie_id().unwrap().to_owned();
+    assert_ne!(new_id[..32], id[..32], "cycle_id draws a new random part");
+    assert_eq!(cluster.session_keys(), vec![new_id.clone()]);
+    let old = call(&manager, "GET", "/count", Some(&id)).await;
+    assert_eq!(old.body, "0", "the old id is dead at once");
+    assert_eq!(
+        call(&manager, "GET", "/count", Some(&new_id)).await.body,
+        "2"
+    );
+
+    let logout = call(&manager, "POST", "/logout", Some(&new_id)).await;
+    assert_eq!(logout.cookie_id(), Some(""), "cookie removed");
+    assert!(logout.set_cookie.unwrap().contains("Max-Age=0"));
+    assert!(cluster.session_keys().is_empty());
+    assert_eq!(
+        call(&manager, "GET", "/count", Some(&new_id)).await.body,
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn ignored_requests_never_touch_memcached() {
+    let cluster = Cluster::new(1);
+    let manager = cluster.manager(Config::builder().request_uri_ignore_pattern("/id"));
+    let id = session_with_count(&manager, 1).await;
+    let ops = || cluster.sets() + cluster.gets();
+    let before = ops();
+    let reply = call(&manager, "GET", "/id", Some(&id)).await;
+    assert_eq!(reply.body, id, "the local session is still visible");
+    // A foreign id would need a load: not on an ignored path.
+    let foreign = format!("{}.zz", &id);
+    assert_eq!(call(&manager, "GET", "/id", Some(&foreign)).await.body, "");
+    let probes_meanwhile = ops() - before;
+    assert!(
+        probes_meanwhile <= 4,
+        "only the prober talked to memcached: {probes_meanwhile}"
+    );
+    assert_eq!(manager.statistics().counters.requests_ignored, 2);
+}
+
+#[tokio::test]
+async fn garbage_cookies_mean_no_session() {
+    let cluster = Cluster::new(1);
+    let manager = cluster.manager(Config::builder());
+    let valid_shape = format!("{}-n9", "A".repeat(32));
+    for garbage in [
+        "",
+        "x",
+        "%00",
+        "a b",
+        "\u{1}",
+        &"z".repeat(8000),
+        &valid_shape,
+        "abc\r\nflush_all",
+    ] {
+        let mut request = warp::test::request().path("/count").method("POST");
+        if let Ok(value) = warp::http::HeaderValue::from_str(&format!("SESSIONID={garbage}")) {
+            request = request.header("cookie", value);
+        }
+        let response = request.reply(&routes(&manager)).await;
+        assert_eq!(response.status(), StatusCode::OK, "{garbage:?}");
+        assert_eq!(
+            response.body(),
+            "1",
+            "a fresh session, never the client's id"
+        );
+        let set = response.headers()["set-cookie"].to_str().unwrap();
+        let issued = set
+            .strip_prefix("SESSIONID=")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
+        assert!(
+            issued.len() == 35 && issued.ends_with("-n1"),
+            "a fresh id of ours: {issued}"
+        );
+        assert_ne!(issued, garbage);
+    }
+    // Two of the eight cannot even be sent as a header value (control characters).
+    assert_eq!(manager.statistics().counters.invalid_session_ids, 6);
+}
+
+#[tokio::test]
+async fn undecodable_stored_sessions_are_no_session() {
+    let cluster = Cluster::new(1);
+    let a = cluster.manager(Config::builder().route("a"));
+    let b = cluster.manager(Config::builder().route("b"));
+    let id = session_with_count(&a, 1).await;
+    cluster.nodes[0].put_raw(&id, b"\xA5\x53garbage");
+    let reply = call(&b, "GET", "/count", Some(&id)).await;
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "0"));
+    assert_eq!(b.statistics().counters.decode_failures, 1);
+}
+
+#[tokio::test]
+async fn a_node_that_lost_its_data_gets_the_sessions_back_without_a_request() {
+    let cluster = Cluster::new(1);
+    let manager = cluster.manager(Config::builder());
+    let id = session_with_count(&manager, 2).await;
+    wait_until("the prober placed its sentinel", || {
+        cluster.nodes[0].keys().len() == 2
+    })
+    .await;
+    cluster.nodes[0].clear();
+    wait_until("the session is re-written", || {
+        cluster.nodes[0].contains(&id)
+    })
+    .await;
+    assert!(manager.statistics().counters.backups_restored >= 1);
+}
+
+#[tokio::test]
+async fn sessions_survive_an_orderly_restart() {
+    let cluster = Cluster::new(2);
+    let config = Config::builder().route("a");
+    let first = cluster.manager_async(config.clone());
+    let id = session_with_count(&first, 3).await;
+    first.shutdown().await;
+    let second = cluster.manager(config);
+    let reply = call(&second, "GET", "/count", Some(&id)).await;
+    assert_eq!(
+        (reply.body.as_str(), reply.set_cookie.as_deref()),
+        ("3", None),
+        "same route: same id"
+    );
+    assert_eq!(second.statistics().counters.loads, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_sessions_expire_here_and_in_memcached() {
+    let cluster = Cluster::new(1);
+    let manager = cluster.manager(
+        Config::builder()
+            .max_inactive_interval_secs(60)
+            .expiry_sweep_interval(Duration::from_secs(1)),
+    );
+    let id = session_with_count(&manager, 1).await;
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert_eq!(
+        call(&manager, "GET", "/count", Some(&id)).await.body,
+        "1",
+        "reads keep it alive"
+    );
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert!(
+        cluster.nodes[0].contains(&id),
+        "the memcached copy outlives the local session"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(manager.statistics().counters.sessions_expired, 1);
+    assert!(
+        !cluster.nodes[0].contains(&id),
+        "expiry deletes the memcached copy"
+    );
+    assert_eq!(call(&manager, "GET", "/count", Some(&id)).await.body, "0");
+}
+
+#[tokio::test]
+async fn async_backups_of_one_session_are_coalesced() {
+    let cluster = Cluster::new(1);
+    let manager = cluster.manager_async(Config::builder().backup_concurrency(1));
+    let id = session_with_count(&manager, 1).await;
+    cluster.nodes[0].set_delay(Duration::from_millis(100));
+    for _ in 0..20 {
+        call(&manager, "POST", "/count", Some(&id)).await;
+    }
+    wait_until("the queue drained", || {
+        manager.statistics().backup_queue_len == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = manager.statistics().counters.backups_written;
+    assert!(
+        written <= 4,
+        "20 changes while a write was in flight cost a few writes, not 20: {written}"
+    );
+    cluster.nodes[0].set_delay(Duration::ZERO);
+    let other = cluster.manager(Config::builder());
+    assert_eq!(
+        call(&other, "GET", "/count", Some(&id)).await.body,
+        "21",
+        "the latest state was written"
+    );
+}
+
+#[tokio::test]
+async fn a_full_backup_queue_drops_and_counts_but_loses_nothing() {
+    let cluster = Cluster::new(1);
+    let manager = cluster.manager_async(
+        Config::builder()
+            .backup_queue_capacity(1)
+            .backup_concurrency(1),
+    );
+    cluster.nodes[0].set_delay(Duration::from_millis(50));
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(
+            call(&manager, "POST", "/count", None)
+                .await
+                .cookie_id()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let dropped = manager.statistics().counters.backups_dropped;
+    assert!(
+        dropped >= 5,
+        "a queue of one overflows under a burst: {dropped}"
+    );
+    assert!(
+        manager.statistics().backup_queue_len <= 1,
+        "memory stays bounded"
+    );
+    cluster.nodes[0].set_delay(Duration::ZERO);
+    wait_until("the queue drained", || {
+        manager.statistics().backup_queue_len == 0
+    })
+    .await;
+    // The next request of each session queues its backup again.
+    for id in &ids {
+        call(&manager, "GET", "/count", Some(id)).await;
+        wait_until("written", || cluster.nodes[0].contains(id)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_session_filter_outside_the_layer_is_a_clear_500() {
+    let cluster = Cluster::new(1);
+    let manager = cluster.manager(Config::builder());
+    let unwrapped = warp::path!("x")
+        .and(manager.session())
+        .map(|_s: Session| "unreachable")
+        .recover(|r: warp::Rejection| async move {
+            Ok::<_, std::convert::Infallible>(format!("{r:?}"))
+        });
+    let response = warp::test::request().path("/x").reply(&unwrapped).await;
+    assert!(String::from_utf8_lossy(response.body()).contains("wrap the routes"));
+    // Without a recover, warp's own 500 carries the same hint.
+    let bare = warp::path!("x")
+        .and(manager.session())
+        .map(|_s: Session| "unreachable");
+    let response = warp::test::request().path("/x").reply(&bare).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(String::from_utf8_lossy(response.body()).contains("wrap the routes"));
+}
