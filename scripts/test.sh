@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace: formatting, clippy, unit,
+# integration (real memcached processes) and end-to-end (real demo-app
+# binary) tests. Installs memcached from Debian's packages when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v memcached >/dev/null 2>&1 && [ ! -x /usr/bin/memcached ]; then
+  echo "== installing memcached (Debian package)"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq memcached >/dev/null
+fi
+echo "== memcached: $( (memcached -V || /usr/bin/memcached -V) 2>/dev/null)"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+  # nextest does not run doctests
+  cargo test --workspace --doc --locked
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
