@@ -299,6 +299,12 @@ async fn delete_keys(shared: &Shared, session: &SessionState, invalidated: bool)
         let Some(node) = shared.nodes.node_of(&id).map(|i| shared.nodes.get(i)) else {
             continue;
         };
+        if !invalidated && !node.is_available() {
+            // Known down (e.g. frozen): do not wait operationTimeout on it
+            // for every request; retry once it is back.
+            failed.push(id);
+            continue;
+        }
         let key = shared.session_key(&id);
         match node.call(|b| b.delete(&key)).await {
             Ok(_) => Stats::count(&shared.stats.counters.deletes),

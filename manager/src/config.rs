@@ -11,7 +11,7 @@ use std::time::Duration;
 use cookie::SameSite;
 
 use crate::error::ConfigError;
-use crate::locking_mode::LockingMode;
+use crate::locking_mode::{LockFailure, LockingMode};
 use crate::node::{self, NodeSpec};
 use crate::uri_pattern::UriPattern;
 
@@ -39,6 +39,7 @@ pub struct Config {
     pub(crate) cookie: CookieConfig,
     pub(crate) locking_mode: LockingMode,
     pub(crate) lock_expiration: Duration,
+    pub(crate) lock_failure: LockFailure,
     pub(crate) backup_queue_capacity: usize,
     pub(crate) backup_concurrency: usize,
     pub(crate) node_probe_interval: Duration,
@@ -115,6 +116,11 @@ impl Config {
         self.lock_expiration
     }
 
+    /// What a non-sticky request does when its lock cannot be had.
+    pub fn lock_failure(&self) -> LockFailure {
+        self.lock_failure
+    }
+
     /// The session cookie's name.
     pub fn cookie_name(&self) -> &str {
         &self.cookie.name
@@ -144,6 +150,7 @@ pub struct ConfigBuilder {
     cookie_same_site: SameSite,
     locking_mode: String,
     lock_expiration: Duration,
+    lock_failure: LockFailure,
     backup_queue_capacity: usize,
     backup_concurrency: usize,
     node_probe_interval: Duration,
@@ -171,6 +178,7 @@ impl Default for ConfigBuilder {
             cookie_same_site: SameSite::Lax,
             locking_mode: "none".to_owned(),
             lock_expiration: Config::DEFAULT_LOCK_EXPIRATION,
+            lock_failure: LockFailure::Fail,
             backup_queue_capacity: Config::DEFAULT_BACKUP_QUEUE_CAPACITY,
             backup_concurrency: Config::DEFAULT_BACKUP_CONCURRENCY,
             node_probe_interval: Config::DEFAULT_NODE_PROBE_INTERVAL,
@@ -354,6 +362,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// `lockFailure` (non-sticky, default `fail`): what a request does when
+    /// it cannot get its session's lock within `operationTimeout`.
+    pub fn lock_failure(mut self, policy: LockFailure) -> Self {
+        self.lock_failure = policy;
+        self
+    }
+
     /// Capacity of the async backup queue (default 10 000 sessions). A full
     /// queue defers backups (counted) instead of growing memory.
     pub fn backup_queue_capacity(mut self, capacity: usize) -> Self {
@@ -422,6 +437,7 @@ impl ConfigBuilder {
             "cookieSameSite" => self.cookie_same_site(parse_same_site(value)?),
             "lockingMode" => self.locking_mode(value),
             "lockExpiration" => self.lock_expiration(parse_millis("lockExpiration", value)?),
+            "lockFailure" => self.lock_failure(LockFailure::parse(value)?),
             _ => {
                 return Err(ConfigError::new(
                     "config",
@@ -576,6 +592,7 @@ impl ConfigBuilder {
             },
             locking_mode,
             lock_expiration: self.lock_expiration,
+            lock_failure: self.lock_failure,
             backup_queue_capacity: self.backup_queue_capacity,
             backup_concurrency: self.backup_concurrency,
             node_probe_interval: self.node_probe_interval,

@@ -104,6 +104,14 @@ pub enum Error {
     /// now; the request can be retried. Mapped to `503 Service Unavailable`.
     #[error("the session is being taken over by another instance; retry the request")]
     TakeoverInProgress,
+    /// Non-sticky mode: the session's lock could not be had within
+    /// `operationTimeout` and `lockFailure` is `fail`. Mapped to `503`.
+    #[error("the session is locked by a concurrent request; retry the request")]
+    LockUnavailable,
+    /// Non-sticky mode: the session's lock expired during the request (it
+    /// could not be renewed), so its changes were not saved. Mapped to `503`.
+    #[error("the session lock was lost during the request; its changes were not saved")]
+    LockLost,
     /// [`SessionManager::session`](crate::SessionManager::session) was used in
     /// a route that is not wrapped by
     /// [`SessionManager::layer`](crate::SessionManager::layer).
@@ -126,7 +134,10 @@ impl Error {
     /// The error was caused by the request, not by the server: the client may
     /// retry or start over; never a reason for a 5xx other than 503.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::TakeoverInProgress)
+        matches!(
+            self,
+            Self::TakeoverInProgress | Self::LockUnavailable | Self::LockLost
+        )
     }
 
     /// The error is a programming mistake in the application (wrong type

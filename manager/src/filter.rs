@@ -11,7 +11,7 @@
 use cookie::{Cookie, SameSite};
 use warp::filters::path::FullPath;
 use warp::http::header::{COOKIE, RETRY_AFTER, SET_COOKIE};
-use warp::http::{HeaderMap, HeaderValue, StatusCode};
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
@@ -43,7 +43,9 @@ fn reject(error: Error) -> Rejection {
 impl SessionRejection {
     fn to_response(&self) -> Response {
         let status = match &self.0 {
-            Error::TakeoverInProgress => StatusCode::SERVICE_UNAVAILABLE,
+            Error::TakeoverInProgress | Error::LockUnavailable | Error::LockLost => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             e if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -169,9 +171,10 @@ impl SessionManager {
         R: Reply,
     {
         let shared = self.shared.clone();
-        let begin = warp::path::full()
+        let begin = warp::method()
+            .and(warp::path::full())
             .and(warp::header::headers_cloned())
-            .and_then(move |path: FullPath, headers: HeaderMap| {
+            .and_then(move |method: Method, path: FullPath, headers: HeaderMap| {
                 let shared = shared.clone();
                 async move {
                     let ignored = shared
@@ -180,7 +183,13 @@ impl SessionManager {
                         .as_ref()
                         .is_some_and(|p| p.matches(path.as_str()));
                     let incoming = incoming_id(&shared, &headers);
-                    let context = RequestContext::new(shared, incoming, ignored);
+                    let context = RequestContext::new(
+                        shared,
+                        incoming,
+                        ignored,
+                        method.as_str(),
+                        path.as_str(),
+                    );
                     RequestGuard::begin(context).map_err(reject)
                 }
             });
@@ -191,9 +200,14 @@ impl SessionManager {
                 let shared = finish_shared.clone();
                 async move {
                     let mut response = reply.into_response();
-                    let action = guard.finish().await;
-                    if let Some(value) = set_cookie_header(&shared, action) {
-                        response.headers_mut().append(SET_COOKIE, value);
+                    match guard.finish().await {
+                        Ok(action) => {
+                            if let Some(value) = set_cookie_header(&shared, action) {
+                                response.headers_mut().append(SET_COOKIE, value);
+                            }
+                        }
+                        // The handler ran, but its session changes were not saved: say so.
+                        Err(error) => response = SessionRejection(error).to_response(),
                     }
                     Ok::<_, Rejection>(response)
                 }

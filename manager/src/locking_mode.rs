@@ -66,6 +66,35 @@ impl fmt::Debug for LockingMode {
     }
 }
 
+/// What a non-sticky request does when it cannot get its session's lock
+/// within `operationTimeout` (text: `fail` or `proceed`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LockFailure {
+    /// Answer `503 Service Unavailable` with `Retry-After: 1` and do not run
+    /// the handler's changes: no update can be lost. The default.
+    #[default]
+    Fail,
+    /// Serve the request without the lock, with a warning (MSM's
+    /// behaviour): the request succeeds, but a concurrent request may
+    /// overwrite its changes or it may overwrite theirs.
+    Proceed,
+}
+
+impl LockFailure {
+    /// Parses `fail` or `proceed`; errors name `lockFailure`.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        match text.trim() {
+            "fail" => Ok(Self::Fail),
+            "proceed" => Ok(Self::Proceed),
+            _ => Err(ConfigError::new(
+                "lockFailure",
+                format!("{text:?} is not fail or proceed"),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

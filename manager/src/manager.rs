@@ -14,8 +14,10 @@ use crate::backup::{self, BackupQueue};
 use crate::config::Config;
 use crate::error::Error;
 use crate::local_store::LocalSessions;
+use crate::locking::LockPolicy;
 use crate::node::NodeSpec;
 use crate::nodes::{NodeIndex, Nodes, ProbeOutcome};
+use crate::non_sticky::InFlightSessions;
 use crate::request::RequestSlots;
 use crate::session_id::SessionId;
 use crate::session_state::SessionState;
@@ -49,8 +51,14 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     pub(crate) backups: BackupQueue,
     pub(crate) slots: RequestSlots,
-    /// One takeover at a time per foreign session id in this process.
-    takeover_locks: Mutex<HashMap<Box<str>, Arc<tokio::sync::Mutex<()>>>>,
+    /// Non-sticky: sessions in use by this instance's requests.
+    pub(crate) inflight: InFlightSessions,
+    /// Non-sticky: which requests lock.
+    pub(crate) lock_policy: LockPolicy,
+    /// Serializes, per session id, the loads and takeovers of this process.
+    id_gates: Mutex<HashMap<Box<str>, Arc<tokio::sync::Mutex<()>>>>,
+    /// Random name of this manager instance (lock values, sentinel key).
+    pub(crate) instance_token: String,
     /// Key of this instance's sentinel on every node (detects data loss).
     sentinel_key: String,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -109,11 +117,8 @@ impl SessionManager {
             "one backend per configured node"
         );
         let nodes = Nodes::new(specs, backends, config.operation_timeout);
-        let sentinel_key = format!(
-            "{}msm-probe:{}",
-            config.storage_key_prefix,
-            &SessionId::generate(None, None).as_str()[..16]
-        );
+        let instance_token = SessionId::generate(None, None).as_str()[..16].to_owned();
+        let sentinel_key = format!("{}msm-probe:{instance_token}", config.storage_key_prefix);
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
             let (backups, dispatcher) = BackupQueue::start(
                 weak.clone(),
@@ -126,7 +131,10 @@ impl SessionManager {
                 stats: Stats::default(),
                 backups,
                 slots: RequestSlots::default(),
-                takeover_locks: Mutex::new(HashMap::new()),
+                inflight: InFlightSessions::default(),
+                lock_policy: LockPolicy::default(),
+                id_gates: Mutex::new(HashMap::new()),
+                instance_token,
                 sentinel_key,
                 tasks: Mutex::new(Vec::new()),
                 dispatcher: Mutex::new(Some(dispatcher)),
@@ -157,7 +165,7 @@ impl SessionManager {
     pub fn statistics(&self) -> Statistics {
         let shared = &self.shared;
         let mut statistics = shared.stats.snapshot();
-        statistics.local_sessions = shared.sessions.len() as u64;
+        statistics.local_sessions = (shared.sessions.len() + shared.inflight.len()) as u64;
         statistics.backup_queue_len = shared.backups.len() as u64;
         statistics.available_nodes = shared.nodes.available_labels();
         statistics.counters.node_state_changes = shared.nodes.state_changes();
@@ -210,6 +218,31 @@ impl Shared {
         key
     }
 
+    /// The key of a non-sticky session's validity record.
+    pub(crate) fn validity_key(&self, id: &SessionId) -> String {
+        format!("validity:{}{}", self.config.storage_key_prefix, id)
+    }
+
+    /// The key of a non-sticky session's backup copy.
+    pub(crate) fn backup_key(&self, id: &SessionId) -> String {
+        format!("bak:{}{}", self.config.storage_key_prefix, id)
+    }
+
+    /// The key of a non-sticky session's backup validity record.
+    pub(crate) fn backup_validity_key(&self, id: &SessionId) -> String {
+        format!("bak:validity:{}{}", self.config.storage_key_prefix, id)
+    }
+
+    /// The key of a non-sticky session's lock: by the random part only, so
+    /// it does not move when the session is relocated.
+    pub(crate) fn lock_key(&self, id: &SessionId) -> String {
+        format!(
+            "lock:{}{}",
+            self.config.storage_key_prefix,
+            id.random_part()
+        )
+    }
+
     /// The key an instance claims before taking over a foreign session.
     pub(crate) fn takeover_key(&self, id: &SessionId) -> String {
         format!("{}takeover:{}", self.config.storage_key_prefix, id)
@@ -229,7 +262,9 @@ impl Shared {
             );
         }
         let session = Arc::new(SessionState::new(id.clone(), self.config.max_inactive));
-        self.sessions.insert(id.as_str(), session.clone());
+        if self.config.sticky {
+            self.sessions.insert(id.as_str(), session.clone());
+        }
         Stats::count(&self.stats.counters.sessions_created);
         session
     }
@@ -263,21 +298,18 @@ impl Shared {
             .record_duration(started.elapsed());
     }
 
-    /// The lock serializing takeovers of one foreign id in this process.
-    pub(crate) fn takeover_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.takeover_locks
-            .lock()
-            .entry(id.into())
-            .or_default()
-            .clone()
+    /// The gate serializing loads and takeovers of one session id in this
+    /// process (concurrent requests wait for one load and share it).
+    pub(crate) fn id_gate(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.id_gates.lock().entry(id.into()).or_default().clone()
     }
 
-    /// Drops the takeover lock entry once nobody else waits on it.
-    pub(crate) fn release_takeover_lock(&self, id: &str, lock: Arc<tokio::sync::Mutex<()>>) {
-        let mut locks = self.takeover_locks.lock();
-        drop(lock);
-        if locks.get(id).is_some_and(|l| Arc::strong_count(l) == 1) {
-            locks.remove(id);
+    /// Drops the gate entry once nobody else waits on it.
+    pub(crate) fn release_id_gate(&self, id: &str, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut gates = self.id_gates.lock();
+        drop(gate);
+        if gates.get(id).is_some_and(|g| Arc::strong_count(g) == 1) {
+            gates.remove(id);
         }
     }
 

@@ -252,6 +252,29 @@ impl Nodes {
             .sum()
     }
 
+    /// The other nodes in configured order after `index`, wrapping around:
+    /// where non-sticky backups go and where they are looked for.
+    pub(crate) fn ring_after(&self, index: NodeIndex) -> impl Iterator<Item = NodeIndex> + '_ {
+        let n = self.nodes.len();
+        (1..n).map(move |step| (index + step) % n)
+    }
+
+    /// The first available node after `index` (the backup node), if any.
+    pub(crate) fn next_available(&self, index: NodeIndex) -> Option<NodeIndex> {
+        self.ring_after(index)
+            .find(|&i| self.nodes[i].is_available())
+    }
+
+    /// `index` if available, else the first available node after it: where
+    /// a session's primary copy lives (or moves to) and where its lock is.
+    pub(crate) fn home_of(&self, index: NodeIndex) -> Option<NodeIndex> {
+        if self.nodes[index].is_available() {
+            Some(index)
+        } else {
+            self.next_available(index)
+        }
+    }
+
     /// Ids of the nodes currently considered available.
     pub(crate) fn available_labels(&self) -> Vec<String> {
         self.nodes
@@ -327,6 +350,24 @@ mod tests {
             !nodes.should_relocate(&on("n2")),
             "stay on the failover node while n1 is down"
         );
+    }
+
+    #[tokio::test]
+    async fn the_ring_skips_unavailable_nodes_and_wraps() {
+        let (nodes, _) = nodes("n1:h:1 n2:h:2 n3:h:3", "");
+        assert_eq!(nodes.ring_after(2).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(nodes.next_available(0), Some(1));
+        set_available(&nodes, 1, false);
+        assert_eq!(
+            nodes.next_available(0),
+            Some(2),
+            "backup goes past a dead next node"
+        );
+        assert_eq!(nodes.home_of(1), Some(2));
+        assert_eq!(nodes.home_of(0), Some(0));
+        set_available(&nodes, 2, false);
+        set_available(&nodes, 0, false);
+        assert_eq!(nodes.home_of(0), None);
     }
 
     #[tokio::test]

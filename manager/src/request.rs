@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 
 use crate::error::Error;
 use crate::manager::Shared;
+use crate::non_sticky::{self, Claim};
 use crate::session_id::SessionId;
 use crate::session_state::{BackupNeed, SessionState};
 use crate::stats::Stats;
@@ -66,6 +67,9 @@ pub(crate) struct RequestContext {
     pub(crate) incoming: IncomingId,
     /// The path matched `requestUriIgnorePattern`: no memcached traffic.
     pub(crate) ignored: bool,
+    /// Method and path (without query), for `lockingMode`.
+    method: String,
+    path: String,
     resolved: OnceCell<()>,
     pub(crate) state: Mutex<RequestState>,
 }
@@ -76,17 +80,27 @@ pub(crate) struct RequestState {
     pub(crate) session: Option<Arc<SessionState>>,
     /// Sessions invalidated during this request (to delete at its end).
     pub(crate) invalidated: Vec<Arc<SessionState>>,
+    /// Non-sticky: this request's share of the session it loaded.
+    claim: Option<Claim>,
     /// The handler extracted the session.
     pub(crate) used: bool,
     finished: bool,
 }
 
 impl RequestContext {
-    pub(crate) fn new(shared: Arc<Shared>, incoming: IncomingId, ignored: bool) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        incoming: IncomingId,
+        ignored: bool,
+        method: &str,
+        path: &str,
+    ) -> Self {
         Self {
             shared,
             incoming,
             ignored,
+            method: method.to_owned(),
+            path: path.to_owned(),
             resolved: OnceCell::new(),
             state: Mutex::new(RequestState::default()),
         }
@@ -96,14 +110,27 @@ impl RequestContext {
     pub(crate) async fn resolve(self: &Arc<Self>) -> Result<(), Error> {
         self.resolved
             .get_or_try_init(|| async {
-                let found = match &self.incoming {
-                    IncomingId::Valid(id) => {
-                        sticky::resolve(&self.shared, id, self.ignored).await?
+                let shared = &self.shared;
+                let (found, claim) = match &self.incoming {
+                    IncomingId::Valid(id) if shared.config.sticky => {
+                        (sticky::resolve(shared, id, self.ignored).await?, None)
                     }
-                    IncomingId::None | IncomingId::Invalid => None,
+                    // Non-sticky sessions live in memcached: ignored requests see none.
+                    IncomingId::Valid(_) if self.ignored => (None, None),
+                    IncomingId::Valid(id) => {
+                        let wants_lock = shared.lock_policy.should_lock(
+                            &shared.config.locking_mode,
+                            &self.method,
+                            &self.path,
+                        );
+                        let claim = non_sticky::resolve(shared, id, wants_lock).await?;
+                        (claim.as_ref().map(|c| c.session().clone()), claim)
+                    }
+                    IncomingId::None | IncomingId::Invalid => (None, None),
                 };
                 let mut state = self.state.lock();
                 state.used = true;
+                state.claim = claim;
                 if state.session.is_none() {
                     state.session = found;
                 }
@@ -119,6 +146,34 @@ impl RequestContext {
             IncomingId::Valid(id) => Some(id.as_str()),
             _ => None,
         }
+    }
+
+    /// Non-sticky end of request: releases this request's claim (the last
+    /// user writes), writes a session created here, and slides the validity
+    /// of a session id that was carried but not used.
+    async fn finish_non_sticky(
+        &self,
+        claim: Option<Claim>,
+        session: Option<&Arc<SessionState>>,
+    ) -> Result<(), Error> {
+        let shared = &self.shared;
+        let claimed = claim.as_ref().map(|c| c.session().clone());
+        let released = match claim {
+            Some(claim) => non_sticky::release(shared, claim, &self.method, &self.path).await,
+            None => Ok(()),
+        };
+        if let Some(session) = session {
+            let is_claimed = claimed.as_ref().is_some_and(|c| Arc::ptr_eq(c, session));
+            if !is_claimed {
+                non_sticky::store_new(shared, session).await;
+            }
+        }
+        if claimed.is_none() && self.resolved.get().is_none() && !self.ignored {
+            if let IncomingId::Valid(id) = &self.incoming {
+                non_sticky::refresh_validity(shared, id).await;
+            }
+        }
+        released
     }
 }
 
@@ -152,13 +207,14 @@ impl RequestGuard {
         Ok(Self { context, key })
     }
 
-    /// Ends the request: schedules or performs backups and says what the
-    /// cookie needs.
-    pub(crate) async fn finish(self) -> CookieAction {
+    /// Ends the request: backs the session up (sticky) or stores it
+    /// (non-sticky), and says what the cookie needs. An error means the
+    /// request's session changes were not saved (non-sticky lock lost).
+    pub(crate) async fn finish(self) -> Result<CookieAction, Error> {
         let context = self.context.clone();
         let shared = &context.shared;
         let counters = &shared.stats.counters;
-        let (session, invalidated) = {
+        let (session, invalidated, claim) = {
             let mut state = context.state.lock();
             state.finished = true;
             if state.used || state.session.is_some() {
@@ -169,53 +225,77 @@ impl RequestGuard {
             (
                 state.session.clone(),
                 std::mem::take(&mut state.invalidated),
+                state.claim.take(),
             )
-        };
-        let cookie = match &session {
-            Some(session) => {
-                let mut inner = session.inner.lock();
-                inner.announced = true;
-                if context.incoming_text() == Some(inner.id.as_str()) {
-                    CookieAction::None
-                } else {
-                    CookieAction::Set(inner.id.to_string())
-                }
-            }
-            None if !invalidated.is_empty() && context.incoming_text().is_some() => {
-                CookieAction::Remove
-            }
-            None => CookieAction::None,
         };
         if context.ignored {
             Stats::count(&counters.requests_ignored);
-            return cookie;
         }
-        let mut to_sync = invalidated;
-        if let Some(session) = session {
-            let need = {
-                let inner = session.inner.lock();
-                inner.backup_need(
-                    shared
-                        .node_index(&inner.id)
-                        .map(|i| shared.nodes.get(i).epoch()),
-                )
-            };
-            if need == BackupNeed::Nothing {
-                Stats::count(&counters.backups_skipped);
+        let any_invalidated = !invalidated.is_empty();
+        if shared.config.sticky {
+            if !context.ignored {
+                back_up_sticky(shared, session.as_ref(), invalidated).await;
+            }
+        } else {
+            context.finish_non_sticky(claim, session.as_ref()).await?;
+        }
+        Ok(cookie_action(&context, session.as_ref(), any_invalidated))
+    }
+}
+
+/// Sticky mode: queue (async) or perform (sync) the backups this request needs.
+async fn back_up_sticky(
+    shared: &Arc<Shared>,
+    session: Option<&Arc<SessionState>>,
+    invalidated: Vec<Arc<SessionState>>,
+) {
+    let mut to_sync = invalidated;
+    if let Some(session) = session {
+        let need = {
+            let inner = session.inner.lock();
+            inner.backup_need(
+                shared
+                    .node_index(&inner.id)
+                    .map(|i| shared.nodes.get(i).epoch()),
+            )
+        };
+        if need == BackupNeed::Nothing {
+            Stats::count(&shared.stats.counters.backups_skipped);
+        } else {
+            to_sync.push(session.clone());
+        }
+    }
+    if to_sync.is_empty() {
+        return;
+    }
+    if shared.config.backup_async {
+        for session in &to_sync {
+            shared.schedule_backup(session);
+        }
+    } else {
+        shared.backup_now(to_sync).await;
+    }
+}
+
+/// `Set-Cookie` when the id is new or changed; removal after an invalidation
+/// that left no session.
+fn cookie_action(
+    context: &RequestContext,
+    session: Option<&Arc<SessionState>>,
+    any_invalidated: bool,
+) -> CookieAction {
+    match session {
+        Some(session) => {
+            let mut inner = session.inner.lock();
+            inner.announced = true;
+            if context.incoming_text() == Some(inner.id.as_str()) {
+                CookieAction::None
             } else {
-                to_sync.push(session);
+                CookieAction::Set(inner.id.to_string())
             }
         }
-        if !to_sync.is_empty() {
-            if shared.config.backup_async {
-                for session in &to_sync {
-                    shared.schedule_backup(session);
-                }
-            } else {
-                shared.backup_now(to_sync).await;
-            }
-        }
-        cookie
+        None if any_invalidated && context.incoming_text().is_some() => CookieAction::Remove,
+        None => CookieAction::None,
     }
 }
 
@@ -235,9 +315,23 @@ impl Drop for RequestGuard {
         if state.finished {
             return;
         }
-        // Rejected or cancelled: keep memcached in step with what the
-        // handler changed; a session created here was never announced to
-        // the client, so nobody can reach it: drop it.
+        // Rejected or cancelled.
+        if !shared.config.sticky {
+            // Finish in the background: the last user writes and unlocks. A
+            // session created here was never announced: nothing to store.
+            let claim = state.claim.take();
+            drop(state);
+            let context = self.context.clone();
+            tokio::spawn(async move {
+                if let Err(error) = context.finish_non_sticky(claim, None).await {
+                    tracing::warn!(%error, "finishing an abandoned request");
+                }
+            });
+            return;
+        }
+        // Keep memcached in step with what the handler changed; a session
+        // created here was never announced to the client, so nobody can
+        // reach it: drop it.
         for session in state.invalidated.drain(..) {
             shared.schedule_backup(&session);
         }

@@ -109,6 +109,11 @@ impl SessionId {
         &self.text
     }
 
+    /// The random part (the first 32 characters).
+    pub(crate) fn random_part(&self) -> &str {
+        &self.text[..RANDOM_LEN]
+    }
+
     /// The node holding the backup, if any.
     pub(crate) fn node(&self) -> Option<&NodeId> {
         self.node.as_ref()

@@ -133,6 +133,20 @@ counters! {
     deletes,
     /// Node availability changes observed (up→down or down→up).
     node_state_changes,
+    /// Non-sticky: requests that used the session without changing it.
+    read_only_requests,
+    /// Non-sticky: sessions read from their backup node (primary down or empty).
+    backup_node_loads,
+    /// Non-sticky: primary or backup copies re-created after a node lost them.
+    backups_recreated,
+    /// Non-sticky: session locks acquired.
+    locks_acquired,
+    /// Non-sticky: session locks not acquired within `operationTimeout` (or failed).
+    lock_failures,
+    /// Non-sticky: session locks released.
+    locks_released,
+    /// Non-sticky: session locks that expired during a request.
+    locks_lost,
 }
 
 /// All figures at one moment.
@@ -158,6 +172,14 @@ pub struct Statistics {
     pub serialization_time_us: ProbeSnapshot,
     /// Serialized session size, bytes.
     pub session_size_bytes: ProbeSnapshot,
+    /// Time to acquire a session lock, µs.
+    pub lock_acquire_time_us: ProbeSnapshot,
+    /// Time spent before giving up on a lock, µs.
+    pub lock_failure_time_us: ProbeSnapshot,
+    /// Time to release a session lock, µs.
+    pub lock_release_time_us: ProbeSnapshot,
+    /// Time a session lock was held, µs.
+    pub lock_hold_time_us: ProbeSnapshot,
 }
 
 /// The live counters and probes of one manager.
@@ -169,6 +191,10 @@ pub(crate) struct Stats {
     pub(crate) load_time: Probe,
     pub(crate) serialization_time: Probe,
     pub(crate) session_size: Probe,
+    pub(crate) lock_acquire_time: Probe,
+    pub(crate) lock_failure_time: Probe,
+    pub(crate) lock_release_time: Probe,
+    pub(crate) lock_hold_time: Probe,
 }
 
 impl Stats {
@@ -187,6 +213,10 @@ impl Stats {
             load_time_us: self.load_time.snapshot(),
             serialization_time_us: self.serialization_time.snapshot(),
             session_size_bytes: self.session_size.snapshot(),
+            lock_acquire_time_us: self.lock_acquire_time.snapshot(),
+            lock_failure_time_us: self.lock_failure_time.snapshot(),
+            lock_release_time_us: self.lock_release_time.snapshot(),
+            lock_hold_time_us: self.lock_hold_time.snapshot(),
         }
     }
 }

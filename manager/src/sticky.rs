@@ -109,7 +109,7 @@ async fn take_over(
         Stats::count(&shared.stats.counters.unknown_session_ids);
         return Ok(None);
     }
-    let lock = shared.takeover_lock(id.as_str());
+    let lock = shared.id_gate(id.as_str());
     let result = {
         let _one_at_a_time = lock.lock().await;
         match find_local(shared, id) {
@@ -117,7 +117,7 @@ async fn take_over(
             None => load_and_claim(shared, id, index).await,
         }
     };
-    shared.release_takeover_lock(id.as_str(), lock);
+    shared.release_id_gate(id.as_str(), lock);
     result
 }
 
@@ -134,12 +134,12 @@ async fn load_and_claim(
     } else {
         id.clone()
     };
-    if foreign {
-        let claim = shared.takeover_key(id);
+    let claim = foreign.then(|| shared.takeover_key(id));
+    if let Some(claim) = &claim {
         let claimed = node
             .call(|b| {
                 b.add(
-                    &claim,
+                    claim,
                     new_id.as_str().as_bytes(),
                     Expiry::After(TAKEOVER_CLAIM_TTL),
                 )
@@ -159,9 +159,17 @@ async fn load_and_claim(
         .await
         .inspect_err(|_| Stats::count(&counters.load_failures))?;
     shared.stats.load_time.record_duration(started.elapsed());
+    // Nothing to take over: release the claim, or every later request with
+    // this id (e.g. a garbage or expired cookie) would get 503 until it expires.
+    let release_claim = || async {
+        if let Some(claim) = &claim {
+            let _ = node.call(|b| b.delete(claim)).await;
+        }
+    };
     let Some(bytes) = loaded else {
         Stats::count(&counters.load_misses);
         Stats::count(&counters.unknown_session_ids);
+        release_claim().await;
         return Ok(None);
     };
     let record = match envelope::decode(&bytes) {
@@ -169,6 +177,7 @@ async fn load_and_claim(
         Err(error) => {
             Stats::count(&counters.decode_failures);
             tracing::warn!(node = %node.label(), %error, "stored session could not be decoded; treating it as no session");
+            release_claim().await;
             return Ok(None);
         }
     };

@@ -21,6 +21,8 @@ pub struct InMemoryNode {
     down: AtomicBool,
     /// Added latency per operation, in microseconds (plays a slow node).
     delay_us: AtomicU64,
+    /// Source of CAS tokens.
+    next_cas: AtomicU64,
     counts: OperationCounts,
 }
 
@@ -28,6 +30,7 @@ pub struct InMemoryNode {
 struct Item {
     value: Vec<u8>,
     expires_at: Option<Instant>,
+    cas: u64,
 }
 
 impl Item {
@@ -115,8 +118,13 @@ impl InMemoryNode {
             Item {
                 value: value.to_vec(),
                 expires_at: None,
+                cas: self.cas(),
             },
         );
+    }
+
+    fn cas(&self) -> u64 {
+        self.next_cas.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     async fn check(&self, counter: &AtomicU64) -> Result<(), BackendError> {
@@ -159,26 +167,51 @@ impl NodeBackend for InMemoryNode {
             Item {
                 value: value.to_vec(),
                 expires_at: deadline(expiry, now),
+                cas: self.cas(),
             },
         );
         Ok(())
     }
 
     async fn add(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<bool, BackendError> {
+        Ok(self.add_with_cas(key, value, expiry).await?.is_some())
+    }
+
+    async fn add_with_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        expiry: Expiry,
+    ) -> Result<Option<u64>, BackendError> {
         self.check(&self.counts.sets).await?;
         let now = Instant::now();
         let mut items = self.items.lock();
         if items.get(key).is_some_and(|item| item.live(now)) {
-            return Ok(false);
+            return Ok(None);
         }
+        let cas = self.cas();
         items.insert(
             key.to_owned(),
             Item {
                 value: value.to_vec(),
                 expires_at: deadline(expiry, now),
+                cas,
             },
         );
-        Ok(true)
+        Ok(Some(cas))
+    }
+
+    async fn delete_if_cas(&self, key: &str, cas: u64) -> Result<bool, BackendError> {
+        self.check(&self.counts.deletes).await?;
+        let now = Instant::now();
+        let mut items = self.items.lock();
+        match items.get(key) {
+            Some(item) if item.live(now) && item.cas == cas => {
+                items.remove(key);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError> {
@@ -233,6 +266,29 @@ mod tests {
         node.set("k", b"x", Expiry::Never).await.unwrap();
         assert!(node.delete("k").await.unwrap());
         assert!(!node.delete("k").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn cas_guards_deletes() {
+        let node = InMemoryNode::new();
+        let cas = node
+            .add_with_cas("lock", b"a", Expiry::Never)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            node.add_with_cas("lock", b"b", Expiry::Never)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(node.touch("lock", Expiry::Never).await.unwrap());
+        assert!(!node.delete_if_cas("lock", cas + 1).await.unwrap());
+        assert!(
+            node.delete_if_cas("lock", cas).await.unwrap(),
+            "a touch keeps the token"
+        );
+        assert!(!node.delete_if_cas("lock", cas).await.unwrap());
     }
 
     #[tokio::test]

@@ -83,6 +83,42 @@ impl NodeBackend for MemcachedNode {
             .map_err(|e| self.error(e))
     }
 
+    async fn add_with_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        expiry: Expiry,
+    ) -> Result<Option<u64>, BackendError> {
+        let result = self
+            .client
+            .meta()
+            .set(key, value)
+            .ttl(ttl(expiry))
+            .add()
+            .return_cas()
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        if !result.applied() {
+            return Ok(None);
+        }
+        result.cas.map(Some).ok_or_else(|| {
+            BackendError::Protocol("memcached did not return the CAS token".to_owned())
+        })
+    }
+
+    async fn delete_if_cas(&self, key: &str, cas: u64) -> Result<bool, BackendError> {
+        let result = self
+            .client
+            .meta()
+            .delete(key)
+            .compare_cas(cas)
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(result.applied())
+    }
+
     async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError> {
         // `mg <key> T<ttl>` without value: one round trip that also says
         // whether the key exists (the high-level `touch` does not).

@@ -49,6 +49,18 @@ pub trait NodeBackend: Send + Sync + 'static {
     async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError>;
     /// Stores a value only if the key is absent; `true` when this call stored it.
     async fn add(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<bool, BackendError>;
+    /// Like [`add`](Self::add), returning the stored item's CAS token (for
+    /// [`delete_if_cas`](Self::delete_if_cas)); `None` when the key existed.
+    /// Locks use this: only their owner can release them.
+    async fn add_with_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        expiry: Expiry,
+    ) -> Result<Option<u64>, BackendError>;
+    /// Deletes the key only if its CAS token is still `cas`; `false` when it
+    /// changed or is gone. A `touch` does not change the token.
+    async fn delete_if_cas(&self, key: &str, cas: u64) -> Result<bool, BackendError>;
     /// Sets a new expiry without rewriting the value; `false` when the key is missing.
     async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError>;
     /// Deletes a key; `false` when it was not there.

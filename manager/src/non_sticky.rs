@@ -1,0 +1,604 @@
+//! Non-sticky mode: every request that uses a session loads it from
+//! memcached and writes it back at its end if it changed; no instance owns
+//! a session, so a load balancer may send any request anywhere.
+//!
+//! Keys of a session with id `I` (prefix `P`):
+//!
+//! | key | node | TTL | what |
+//! |---|---|---|---|
+//! | `P I` | primary (named in `I`) | 2 × maxInactive | the session |
+//! | `validity:P I` | primary | maxInactive | the validity record: its TTL is the inactivity clock |
+//! | `bak:P I`, `bak:validity:P I` | next available node in the ring | same | the backup copies |
+//! | `lock:P <random part of I>` | primary (or where it moves) | lockExpiration | the lock |
+//!
+//! Operations per request kind (R = round trip; reads of one request go out
+//! in parallel):
+//!
+//! * **read-only** (session used, not changed): `get` session + `touch`
+//!   validity on the primary, `touch` backup validity on the backup node =
+//!   3 operations, 1 R. The touches slide the inactivity clock; the backup
+//!   touch also tells whether the backup copy still exists.
+//! * **modifying**: the read above, then `set` session + `set` validity on
+//!   the primary and the same two on the backup node, in parallel = 7
+//!   operations, 2 R.
+//! * **with a lock**: + `add` lock before and `delete` lock after (CAS
+//!   guarded) = 2 more operations, 2 more R.
+//! * **request carrying the id without using the session**: `touch`
+//!   validity + `touch` backup validity after the response = 2 operations.
+//! * With a **single node** there is no backup: read-only 2, modifying 4.
+//!
+//! The session itself is rewritten at least once per half inactivity
+//! interval even when unchanged, so it always outlives its validity record.
+//!
+//! A primary that lost the session (restarted empty) is re-created from the
+//! backup; a missing backup is re-created from the primary. When the
+//! primary node is down, the backup is read from the next available node
+//! in the ring (walking further if that one is down too), the id is
+//! relocated to that node, and new primary and backup copies are written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::backend::Expiry;
+use crate::envelope::{self, SessionRecord};
+use crate::error::Error;
+use crate::locking::{self, HeldLock};
+use crate::locking_mode::LockFailure;
+use crate::manager::Shared;
+use crate::nodes::NodeIndex;
+use crate::session_id::SessionId;
+use crate::session_state::{SessionState, StoredMark, unix_ms};
+use crate::stats::Stats;
+use crate::validity::Validity;
+
+/// What a load found out about a session's copies.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LoadInfo {
+    /// Created by this request: nothing stored yet.
+    new: bool,
+    /// The primary copy must be (re-)written: lost by its node, or relocated.
+    primary_missing: bool,
+    /// The backup copy must be re-written.
+    backup_missing: bool,
+    /// When the session was last written (from the stored record).
+    written_ms: u64,
+}
+
+/// A session in use by requests of this instance.
+struct InFlight {
+    session: Arc<SessionState>,
+    users: usize,
+    lock: Option<HeldLock>,
+    load: LoadInfo,
+}
+
+/// The sessions non-sticky requests of this instance are using right now.
+#[derive(Default)]
+pub(crate) struct InFlightSessions {
+    by_id: Mutex<HashMap<Box<str>, InFlight>>,
+}
+
+impl InFlightSessions {
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.lock().len()
+    }
+}
+
+/// One request's share of an in-flight session.
+pub(crate) struct Claim {
+    /// The id the session was loaded under (its key in the in-flight map).
+    key: Box<str>,
+    session: Arc<SessionState>,
+    version_at_start: u64,
+}
+
+impl Claim {
+    pub(crate) fn session(&self) -> &Arc<SessionState> {
+        &self.session
+    }
+}
+
+fn data_expiry(max_inactive: Option<Duration>) -> Expiry {
+    max_inactive.map_or(Expiry::Never, |max| Expiry::After(max * 2))
+}
+
+fn validity_expiry(max_inactive: Option<Duration>) -> Expiry {
+    max_inactive.map_or(Expiry::Never, Expiry::After)
+}
+
+/// Finds the session `id` for a request, sharing it with the requests of
+/// this instance already using it; takes the lock first when `wants_lock`.
+pub(crate) async fn resolve(
+    shared: &Arc<Shared>,
+    id: &SessionId,
+    wants_lock: bool,
+) -> Result<Option<Claim>, Error> {
+    let gate = shared.id_gate(id.as_str());
+    let result = {
+        let _one_at_a_time = gate.lock().await;
+        join_or_load(shared, id, wants_lock).await
+    };
+    shared.release_id_gate(id.as_str(), gate);
+    result
+}
+
+async fn join_or_load(
+    shared: &Arc<Shared>,
+    id: &SessionId,
+    wants_lock: bool,
+) -> Result<Option<Claim>, Error> {
+    let present = shared
+        .inflight
+        .by_id
+        .lock()
+        .get(id.as_str())
+        .map(|e| e.lock.is_some());
+    if let Some(locked) = present {
+        let lock = if wants_lock && !locked {
+            lock_for(shared, id).await?
+        } else {
+            None
+        };
+        let reload = if lock.is_some() {
+            load(shared, id).await.ok().flatten()
+        } else {
+            None
+        };
+        let mut map = shared.inflight.by_id.lock();
+        if let Some(entry) = map.get_mut(id.as_str()) {
+            if lock.is_some() {
+                entry.lock = lock;
+                // Loaded without the lock: refresh it unless it was changed meanwhile.
+                if let Some((fresh, load)) = reload {
+                    let mut inner = entry.session.inner.lock();
+                    if inner.version == 0 && !inner.invalidated {
+                        inner.attributes = std::mem::take(&mut fresh.inner.lock().attributes);
+                        entry.load = load;
+                    }
+                }
+            }
+            entry.users += 1;
+            let session = entry.session.clone();
+            let version_at_start = session.inner.lock().version;
+            return Ok(Some(Claim {
+                key: id.as_str().into(),
+                session,
+                version_at_start,
+            }));
+        }
+        // The entry cannot vanish while we hold the gate; fall through defensively.
+    }
+    let lock = if wants_lock {
+        lock_for(shared, id).await?
+    } else {
+        None
+    };
+    match load(shared, id).await {
+        Ok(Some((session, load))) => {
+            let session = Arc::new(session);
+            shared.inflight.by_id.lock().insert(
+                id.as_str().into(),
+                InFlight {
+                    session: session.clone(),
+                    users: 1,
+                    lock,
+                    load,
+                },
+            );
+            Ok(Some(Claim {
+                key: id.as_str().into(),
+                session,
+                version_at_start: 0,
+            }))
+        }
+        other => {
+            if let Some(lock) = lock {
+                locking::release(shared, lock).await;
+            }
+            other.map(|_| None)
+        }
+    }
+}
+
+/// Takes the lock of `id`'s session, applying `lockFailure` when it cannot.
+async fn lock_for(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<HeldLock>, Error> {
+    let Some(home) = shared.node_index(id).and_then(|i| shared.nodes.home_of(i)) else {
+        return Ok(None);
+    };
+    let outcome = locking::acquire(shared, home, shared.lock_key(id)).await;
+    match (outcome, shared.config.lock_failure) {
+        (Ok(Some(lock)), _) => Ok(Some(lock)),
+        (Ok(None), LockFailure::Fail) => Err(Error::LockUnavailable),
+        (Err(error), LockFailure::Fail) => Err(error),
+        (failed, LockFailure::Proceed) => {
+            let reason = failed
+                .err()
+                .map_or_else(|| "timed out".to_owned(), |e| e.to_string());
+            tracing::warn!(%reason, "session lock not acquired; proceeding without it (lockFailure=proceed)");
+            Ok(None)
+        }
+    }
+}
+
+fn decode(shared: &Shared, bytes: &[u8], node: NodeIndex) -> Option<SessionRecord> {
+    match envelope::decode(bytes) {
+        Ok(record) => Some(record),
+        Err(error) => {
+            Stats::count(&shared.stats.counters.decode_failures);
+            tracing::warn!(node = %shared.nodes.get(node).label(), %error, "stored session could not be decoded; treating it as no session");
+            None
+        }
+    }
+}
+
+/// A session read from memcached under `stored_as`, given the id `id`
+/// (different when relocated: the old keys then become obsolete).
+fn loaded(
+    stored_as: &SessionId,
+    id: SessionId,
+    record: SessionRecord,
+    load: LoadInfo,
+) -> (SessionState, LoadInfo) {
+    let load = LoadInfo {
+        written_ms: record.last_accessed_ms,
+        ..load
+    };
+    // Marked as stored under its old id, so cycle_id or relocation makes
+    // those keys obsolete.
+    let stored = StoredMark {
+        id: stored_as.clone(),
+        version: 0,
+        epoch: 0,
+        expires_at: None,
+    };
+    let session = SessionState::from_record(id, record, Some(stored));
+    {
+        let mut inner = session.inner.lock();
+        inner.announced = true;
+        inner.mark_obsolete(stored_as.clone());
+    }
+    (session, load)
+}
+
+/// Loads a session from its primary node, or from a backup node when the
+/// primary is down or lost it.
+async fn load(
+    shared: &Arc<Shared>,
+    id: &SessionId,
+) -> Result<Option<(SessionState, LoadInfo)>, Error> {
+    let counters = &shared.stats.counters;
+    let Some(primary) = shared.node_index(id) else {
+        Stats::count(&counters.unknown_session_ids);
+        return Ok(None);
+    };
+    let max_inactive = shared.config.max_inactive;
+    let started = Instant::now();
+    if shared.nodes.get(primary).is_available() {
+        let node = shared.nodes.get(primary);
+        let backup = shared.nodes.next_available(primary);
+        let (data_key, validity_key) = (shared.session_key(id), shared.validity_key(id));
+        let backup_validity_key = shared.backup_validity_key(id);
+        let (data, valid, backup_valid) = tokio::join!(
+            node.call(|b| b.get(&data_key)),
+            node.call(|b| b.touch(&validity_key, validity_expiry(max_inactive))),
+            async {
+                match backup {
+                    Some(b) => Some(
+                        shared
+                            .nodes
+                            .get(b)
+                            .call(|n| n.touch(&backup_validity_key, validity_expiry(max_inactive)))
+                            .await,
+                    ),
+                    None => None,
+                }
+            }
+        );
+        shared.stats.load_time.record_duration(started.elapsed());
+        let backup_missing = backup_valid
+            .as_ref()
+            .is_some_and(|v| !matches!(v, Ok(true)));
+        match (data, valid) {
+            (Ok(Some(bytes)), Ok(true)) => {
+                Stats::count(&counters.loads);
+                let Some(record) = decode(shared, &bytes, primary) else {
+                    return Ok(None);
+                };
+                let load = LoadInfo {
+                    backup_missing,
+                    ..LoadInfo::default()
+                };
+                return Ok(Some(loaded(id, id.clone(), record, load)));
+            }
+            (Ok(Some(_)), Ok(false)) => {
+                // Expired: the validity record is gone.
+                Stats::count(&counters.sessions_expired);
+                delete_session_keys(shared, id).await;
+                return Ok(None);
+            }
+            (Ok(None), Ok(_)) => {
+                if !matches!(backup_valid, Some(Ok(true))) {
+                    Stats::count(&counters.load_misses);
+                    Stats::count(&counters.unknown_session_ids);
+                    return Ok(None);
+                }
+                // The primary lost it (restarted empty): take the backup.
+                let backup = backup.expect("a backup validity answer implies a backup node");
+                return load_backup(shared, id, backup, id.clone()).await;
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                if !error.is_unavailable() {
+                    Stats::count(&counters.load_failures);
+                    return Err(error);
+                }
+                // The primary just failed: fall through to the backups.
+            }
+        }
+    }
+    for candidate in shared.nodes.ring_after(primary) {
+        if !shared.nodes.get(candidate).is_available() {
+            continue;
+        }
+        let relocated = id.with_location(
+            shared.nodes.get(candidate).spec.id.as_ref(),
+            shared.config.route(),
+        );
+        match load_backup(shared, id, candidate, relocated).await {
+            Ok(Some(found)) => {
+                Stats::count(&counters.relocations);
+                tracing::info!(
+                    from = %shared.nodes.get(primary).label(),
+                    to = %shared.nodes.get(candidate).label(),
+                    "primary node down; session read from its backup and relocated"
+                );
+                return Ok(Some(found));
+            }
+            Ok(None) => continue,
+            Err(error) if error.is_unavailable() => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Stats::count(&counters.load_misses);
+    Stats::count(&counters.unknown_session_ids);
+    Ok(None)
+}
+
+/// Reads the backup copy of `id` on `node`; the session gets `new_id`.
+async fn load_backup(
+    shared: &Arc<Shared>,
+    id: &SessionId,
+    node: NodeIndex,
+    new_id: SessionId,
+) -> Result<Option<(SessionState, LoadInfo)>, Error> {
+    let handle = shared.nodes.get(node);
+    let (data_key, validity_key) = (shared.backup_key(id), shared.backup_validity_key(id));
+    let (data, valid) = tokio::join!(
+        handle.call(|b| b.get(&data_key)),
+        handle.call(|b| b.touch(&validity_key, validity_expiry(shared.config.max_inactive))),
+    );
+    let (Some(bytes), true) = (data?, valid?) else {
+        return Ok(None);
+    };
+    let Some(record) = decode(shared, &bytes, node) else {
+        return Ok(None);
+    };
+    Stats::count(&shared.stats.counters.backup_node_loads);
+    Stats::count(&shared.stats.counters.loads);
+    let load = LoadInfo {
+        primary_missing: true,
+        ..LoadInfo::default()
+    };
+    Ok(Some(loaded(id, new_id, record, load)))
+}
+
+/// Ends one request's use of an in-flight session. The last user writes
+/// the session if needed, deletes it if invalidated, and releases the lock.
+/// `Err(LockLost)` when the lock expired under the request: nothing is
+/// written, so no concurrent writer is overwritten.
+pub(crate) async fn release(
+    shared: &Arc<Shared>,
+    claim: Claim,
+    method: &str,
+    path: &str,
+) -> Result<(), Error> {
+    let modified = claim.session.inner.lock().version != claim.version_at_start;
+    if matches!(shared.config.locking_mode, crate::LockingMode::Auto) {
+        shared.lock_policy.learn(method, path, modified);
+    }
+    let gate = shared.id_gate(&claim.key);
+    let result = {
+        let _one_at_a_time = gate.lock().await;
+        let last = {
+            let mut map = shared.inflight.by_id.lock();
+            match map.get_mut(&*claim.key) {
+                Some(entry) if entry.users > 1 => {
+                    entry.users -= 1;
+                    None
+                }
+                Some(_) => map.remove(&*claim.key),
+                None => None,
+            }
+        };
+        match last {
+            None => Ok(()),
+            Some(entry) => finish_session(shared, entry).await,
+        }
+    };
+    shared.release_id_gate(&claim.key, gate);
+    result
+}
+
+async fn finish_session(shared: &Arc<Shared>, entry: InFlight) -> Result<(), Error> {
+    let lost = entry.lock.as_ref().is_some_and(HeldLock::is_lost);
+    let result = if lost {
+        Err(Error::LockLost)
+    } else {
+        store(shared, &entry.session, entry.load).await;
+        Ok(())
+    };
+    if let Some(lock) = entry.lock {
+        locking::release(shared, lock).await;
+    }
+    result
+}
+
+/// Writes a session created by this request.
+pub(crate) async fn store_new(shared: &Arc<Shared>, session: &Arc<SessionState>) {
+    let load = LoadInfo {
+        new: true,
+        ..LoadInfo::default()
+    };
+    store(shared, session, load).await;
+}
+
+/// Brings memcached in line with the session: delete it (invalidated),
+/// write both copies (changed, new, relocated, primary lost, or due for its
+/// periodic rewrite), re-create a lost backup, or nothing (read-only).
+async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) {
+    let counters = &shared.stats.counters;
+    let max_inactive = shared.config.max_inactive;
+    let (id, invalidated, changed, obsolete) = {
+        let inner = session.inner.lock();
+        let changed = inner.version != 0;
+        (
+            inner.id.clone(),
+            inner.invalidated,
+            changed,
+            inner.obsolete_ids.clone(),
+        )
+    };
+    if invalidated {
+        for old in obsolete.iter().chain(std::iter::once(&id)) {
+            delete_session_keys(shared, old).await;
+        }
+        return;
+    }
+    let now_ms = unix_ms(SystemTime::now());
+    let due = max_inactive.is_some_and(|max| {
+        now_ms.saturating_sub(load.written_ms)
+            >= u64::try_from(max.as_millis() / 2).unwrap_or(u64::MAX)
+    });
+    let write_primary = changed || due || load.new || load.primary_missing || !obsolete.is_empty();
+    if !write_primary && !load.backup_missing {
+        Stats::count(&counters.read_only_requests);
+        Stats::count(&counters.backups_skipped);
+        return;
+    }
+    let relocated = !obsolete.is_empty();
+    if (load.primary_missing && !relocated) || (load.backup_missing && !changed && !load.new) {
+        Stats::count(&counters.backups_recreated);
+    }
+    let Some(primary) = shared.node_index(&id) else {
+        Stats::count(&counters.backups_deferred);
+        return;
+    };
+    let bytes = {
+        let mut inner = session.inner.lock();
+        inner.last_accessed_ms = now_ms;
+        let started = Instant::now();
+        let bytes = envelope::encode(inner.record());
+        shared
+            .stats
+            .serialization_time
+            .record_duration(started.elapsed());
+        bytes
+    };
+    shared.stats.session_size.record(bytes.len() as u64);
+    let validity = Validity {
+        max_inactive_secs: max_inactive.map_or(0, |d| d.as_secs()),
+        last_written_ms: now_ms,
+    }
+    .encode();
+    let backup = shared.nodes.next_available(primary);
+    let started = Instant::now();
+    let primary_write = async {
+        if !write_primary {
+            return Ok(());
+        }
+        let node = shared.nodes.get(primary);
+        let (data_key, validity_key) = (shared.session_key(&id), shared.validity_key(&id));
+        let (data, valid) = tokio::join!(
+            node.call(|b| b.set(&data_key, &bytes, data_expiry(max_inactive))),
+            node.call(|b| b.set(&validity_key, &validity, validity_expiry(max_inactive))),
+        );
+        data.and(valid)
+    };
+    let backup_write = async {
+        let Some(backup) = backup else { return Ok(()) };
+        let node = shared.nodes.get(backup);
+        let (data_key, validity_key) = (shared.backup_key(&id), shared.backup_validity_key(&id));
+        let (data, valid) = tokio::join!(
+            node.call(|b| b.set(&data_key, &bytes, data_expiry(max_inactive))),
+            node.call(|b| b.set(&validity_key, &validity, validity_expiry(max_inactive))),
+        );
+        data.and(valid)
+    };
+    let (primary_result, backup_result) = tokio::join!(primary_write, backup_write);
+    shared.stats.backup_time.record_duration(started.elapsed());
+    match (&primary_result, &backup_result) {
+        (Ok(()), Ok(())) => Stats::count(&counters.backups_written),
+        _ => {
+            Stats::count(&counters.backups_failed);
+            for error in [primary_result.err(), backup_result.err()]
+                .into_iter()
+                .flatten()
+            {
+                tracing::warn!(%error, "writing a non-sticky session failed");
+            }
+        }
+    }
+    for old in obsolete.iter().filter(|old| **old != id) {
+        delete_session_keys(shared, old).await;
+    }
+}
+
+/// Deletes the session, validity and backup keys of `id` (best effort;
+/// unavailable nodes are skipped).
+pub(crate) async fn delete_session_keys(shared: &Shared, id: &SessionId) {
+    let Some(primary) = shared.node_index(id) else {
+        return;
+    };
+    let primary_keys = [shared.session_key(id), shared.validity_key(id)];
+    let backup_keys = [shared.backup_key(id), shared.backup_validity_key(id)];
+    let mut targets: Vec<(NodeIndex, &[String; 2])> = Vec::new();
+    if shared.nodes.get(primary).is_available() {
+        targets.push((primary, &primary_keys));
+    }
+    if let Some(backup) = shared.nodes.next_available(primary) {
+        targets.push((backup, &backup_keys));
+    }
+    for (index, keys) in targets {
+        let node = shared.nodes.get(index);
+        for key in keys {
+            if let Ok(true) = node.call(|b| b.delete(key)).await {
+                Stats::count(&shared.stats.counters.deletes);
+            }
+        }
+    }
+}
+
+/// Slides the inactivity clock of a session a request carried but did not
+/// use (MSM refreshes validity on every request with a session id).
+pub(crate) async fn refresh_validity(shared: &Shared, id: &SessionId) {
+    let Some(primary) = shared.node_index(id) else {
+        return;
+    };
+    let expiry = validity_expiry(shared.config.max_inactive);
+    let node = shared.nodes.get(primary);
+    if node.is_available() {
+        let key = shared.validity_key(id);
+        let _ = node.call(|b| b.touch(&key, expiry)).await;
+    }
+    if let Some(backup) = shared.nodes.next_available(primary) {
+        let key = shared.backup_validity_key(id);
+        let _ = shared
+            .nodes
+            .get(backup)
+            .call(|b| b.touch(&key, expiry))
+            .await;
+    }
+}
