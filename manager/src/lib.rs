@@ -99,12 +99,41 @@
 //! An orderly [`SessionManager::shutdown`] writes every pending backup and
 //! keeps all sessions in memcached.
 //!
+//! # Non-sticky mode
+//!
+//! With `sticky(false)` no instance owns a session: a request that uses
+//! one loads it from memcached and writes it back at its end if it changed
+//! (the write completes before the response, so the next request sees it on
+//! any instance). Concurrent requests of one instance share one in-memory
+//! copy and the last to finish writes it. A validity record whose TTL is the
+//! inactivity clock is slid with `touch` by every request carrying the id,
+//! and a backup copy of session and validity lives on the next available
+//! node of the ring; a node that lost either copy gets it back at the next
+//! request, and a dead primary is replaced by its backup (relocation). The
+//! exact memcached operations per request kind are listed in the README.
+//!
+//! **Locking** (`lockingMode`): `none` (last writer wins), `all` (every
+//! request that uses a session holds its lock), `uriPattern:<regex>` (the
+//! matching paths), `auto` (locks until a request kind — method + path — is
+//! seen not to change the session; a kind seen changing it always locks). A
+//! lock is an atomic `add` with TTL `lockExpiration`, retried with backoff
+//! (10 ms doubling to 500 ms) for up to `operationTimeout`, renewed while
+//! held, and released (CAS-guarded) at the end of the request, on every
+//! error path and on invalidation. When it cannot be had, `lockFailure`
+//! decides: `fail` (default) answers 503 with `Retry-After` and saves
+//! nothing — no update can be lost; `proceed` serves the request unlocked
+//! with a warning, as MSM does. A request whose lock expired anyway (it
+//! could not be renewed) answers 503 and saves nothing.
+//!
 //! # Concurrency guarantees
 //!
 //! In sticky mode all requests of a session on one instance share one
-//! in-memory session; each accessor is atomic; there is no lost update
-//! between requests on one instance. Backups of one session never run
-//! concurrently and a delete is never overtaken by an older write.
+//! in-memory session; each accessor is atomic ([`Session::update`] for
+//! read-modify-write); there is no lost update between requests on one
+//! instance. Backups of one session never run concurrently and a delete is
+//! never overtaken by an older write. In non-sticky mode with locking,
+//! requests of different instances on one session run one at a time; without
+//! locking the last writer wins.
 //!
 //! [warp]: https://docs.rs/warp
 //! [memcached-session-manager]: https://github.com/magro/memcached-session-manager
