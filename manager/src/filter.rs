@@ -157,8 +157,10 @@ impl SessionManager {
     /// after [`Session::invalidate`]. Apply it once, around all routes.
     ///
     /// Requests whose path matches `requestUriIgnorePattern` never touch
-    /// memcached: their handlers still see a session held in this process,
-    /// but nothing is loaded, relocated or backed up.
+    /// memcached. In sticky mode their handlers still see a session held in
+    /// this process, but nothing is loaded, relocated or backed up; in
+    /// non-sticky mode they see no session, and one they create is
+    /// discarded (never stored, no cookie).
     ///
     /// Rejections of `routes` pass through unchanged (a session changed by
     /// a rejected request is still backed up).

@@ -206,10 +206,21 @@ async fn join_or_load(
 
 /// Takes the lock of `id`'s session, applying `lockFailure` when it cannot.
 async fn lock_for(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<HeldLock>, Error> {
-    let Some(home) = shared.node_index(id).and_then(|i| shared.nodes.home_of(i)) else {
+    let Some(primary) = shared.node_index(id) else {
         return Ok(None);
     };
-    let outcome = locking::acquire(shared, home, shared.lock_key(id)).await;
+    let mut outcome = Ok(None);
+    // A node found dead while locking is marked down: lock on the next
+    // (where the session is about to be relocated).
+    for _ in 0..shared.nodes.iter().count() {
+        let Some(home) = shared.nodes.home_of(primary) else {
+            return Ok(None);
+        };
+        outcome = locking::acquire(shared, home, shared.lock_key(id)).await;
+        if !matches!(&outcome, Err(error) if error.is_unavailable()) {
+            break;
+        }
+    }
     match (outcome, shared.config.lock_failure) {
         (Ok(Some(lock)), _) => Ok(Some(lock)),
         (Ok(None), LockFailure::Fail) => Err(Error::LockUnavailable),
@@ -406,6 +417,9 @@ pub(crate) async fn release(
     path: &str,
 ) -> Result<(), Error> {
     let modified = claim.session.inner.lock().version != claim.version_at_start;
+    if !modified {
+        Stats::count(&shared.stats.counters.read_only_requests);
+    }
     if matches!(shared.config.locking_mode, crate::LockingMode::Auto) {
         shared.lock_policy.learn(method, path, modified);
     }
@@ -484,7 +498,6 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) {
     });
     let write_primary = changed || due || load.new || load.primary_missing || !obsolete.is_empty();
     if !write_primary && !load.backup_missing {
-        Stats::count(&counters.read_only_requests);
         Stats::count(&counters.backups_skipped);
         return;
     }

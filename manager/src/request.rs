@@ -162,7 +162,7 @@ impl RequestContext {
             Some(claim) => non_sticky::release(shared, claim, &self.method, &self.path).await,
             None => Ok(()),
         };
-        if let Some(session) = session {
+        if let Some(session) = session.filter(|_| !self.ignored) {
             let is_claimed = claimed.as_ref().is_some_and(|c| Arc::ptr_eq(c, session));
             if !is_claimed {
                 non_sticky::store_new(shared, session).await;
@@ -238,6 +238,11 @@ impl RequestGuard {
             }
         } else {
             context.finish_non_sticky(claim, session.as_ref()).await?;
+        }
+        if context.ignored && !shared.config.sticky {
+            // Non-sticky ignored requests never touch memcached, so a
+            // session created by one is not stored: do not announce it.
+            return Ok(CookieAction::None);
         }
         Ok(cookie_action(&context, session.as_ref(), any_invalidated))
     }
