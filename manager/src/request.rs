@@ -82,8 +82,6 @@ pub(crate) struct RequestState {
     pub(crate) invalidated: Vec<Arc<SessionState>>,
     /// Non-sticky: this request's share of the session it loaded.
     claim: Option<Claim>,
-    /// The handler extracted the session.
-    pub(crate) used: bool,
     finished: bool,
 }
 
@@ -129,7 +127,6 @@ impl RequestContext {
                     IncomingId::None | IncomingId::Invalid => (None, None),
                 };
                 let mut state = self.state.lock();
-                state.used = true;
                 state.claim = claim;
                 if state.session.is_none() {
                     state.session = found;
@@ -217,7 +214,7 @@ impl RequestGuard {
         let (session, invalidated, claim) = {
             let mut state = context.state.lock();
             state.finished = true;
-            if state.used || state.session.is_some() {
+            if state.session.is_some() || !state.invalidated.is_empty() {
                 Stats::count(&counters.requests_with_session);
             } else {
                 Stats::count(&counters.requests_without_session);

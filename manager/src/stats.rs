@@ -83,9 +83,9 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Requests whose handler used an existing or new session.
+    /// Requests that ended with a session (existing, new or invalidated).
     requests_with_session,
-    /// Requests that went through the layer without a session.
+    /// Requests that ended without any session.
     requests_without_session,
     /// Requests matching `requestUriIgnorePattern`.
     requests_ignored,

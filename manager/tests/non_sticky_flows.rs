@@ -73,7 +73,7 @@ async fn memcached_operations_per_request_kind() {
     let cluster = Cluster::new(3);
     let manager = cluster.manager(non_sticky().request_uri_ignore_pattern("/id"));
     let id = session_with_count(&manager, 1).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    cluster.wait_for_probes().await;
     // Probes run every 20 ms in these tests (gets only); count around them.
     let quiet = |f: [u64; 4]| [0, f[1], f[2], f[3]];
 
@@ -101,6 +101,7 @@ async fn memcached_operations_per_request_kind() {
     let single = Cluster::new(1);
     let manager = single.manager(non_sticky());
     let id = session_with_count(&manager, 1).await;
+    single.wait_for_probes().await;
     let before = ops(&single);
     call(&manager, "GET", "/count", Some(&id)).await;
     assert_eq!(
@@ -117,6 +118,15 @@ async fn memcached_operations_per_request_kind() {
     );
 
     let locked = single.manager(non_sticky().locking_mode("all"));
+    wait_until("the second prober's sentinel", || {
+        single.nodes[0]
+            .keys()
+            .iter()
+            .filter(|k| k.starts_with("msm-probe:"))
+            .count()
+            == 2
+    })
+    .await;
     let before = ops(&single);
     call(&locked, "POST", "/count", Some(&id)).await;
     assert_eq!(

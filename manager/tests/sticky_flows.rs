@@ -44,6 +44,7 @@ async fn only_changed_sessions_are_written_and_reads_touch_nothing() {
     let cluster = Cluster::new(2);
     let manager = cluster.manager(Config::builder());
     let id = session_with_count(&manager, 1).await;
+    cluster.wait_for_probes().await;
     let (sets, gets) = (cluster.sets(), cluster.gets());
     for _ in 0..5 {
         assert_eq!(call(&manager, "GET", "/count", Some(&id)).await.body, "1");

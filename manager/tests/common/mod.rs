@@ -89,6 +89,17 @@ impl Cluster {
         keys
     }
 
+    /// Waits until every prober placed its sentinels (their `set`s would
+    /// otherwise blur operation counts).
+    pub async fn wait_for_probes(&self) {
+        wait_until("sentinels placed", || {
+            self.nodes
+                .iter()
+                .all(|n| n.keys().iter().any(|k| k.starts_with("msm-probe:")))
+        })
+        .await;
+    }
+
     pub fn gets(&self) -> u64 {
         self.nodes
             .iter()
