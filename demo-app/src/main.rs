@@ -17,10 +17,7 @@ mod routes;
 
 /// Command line and environment.
 #[derive(Debug, Parser)]
-#[command(
-    version,
-    about = "Demo app for memcached-backed sessions with failover"
-)]
+#[command(version, about = "Demo app for memcached-backed sessions with failover")]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8080")]
@@ -81,9 +78,7 @@ impl Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -95,9 +90,7 @@ async fn main() -> ExitCode {
         }
     };
     if config.nodes().is_none() {
-        tracing::warn!(
-            "no --memcached-nodes: using the embedded in-process store (no failover between instances)"
-        );
+        tracing::warn!("no --memcached-nodes: using the embedded in-process store (no failover between instances)");
     }
     let manager = match SessionManager::start(config).await {
         Ok(manager) => manager,
@@ -132,11 +125,10 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return ctrl_c.await.unwrap_or_default(),
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return ctrl_c.await.unwrap_or_default(),
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -105,8 +105,7 @@ fn json_or_error(result: Result<CounterBody, memcached_sessions::Error>) -> Resp
         Ok(body) => warp::reply::json(&body).into_response(),
         Err(error) => {
             tracing::error!(%error, "session data of an unexpected type");
-            warp::reply::with_status(error.to_string(), StatusCode::INTERNAL_SERVER_ERROR)
-                .into_response()
+            warp::reply::with_status(error.to_string(), StatusCode::INTERNAL_SERVER_ERROR).into_response()
         }
     }
 }
@@ -117,11 +116,7 @@ fn counter_json(session: Session, instance: String) -> Response {
 }
 
 /// `POST /counter?delay_ms=N`: holds the session N ms, then increments.
-async fn increment(
-    query: DelayQuery,
-    session: Session,
-    instance: String,
-) -> Result<Response, Rejection> {
+async fn increment(query: DelayQuery, session: Session, instance: String) -> Result<Response, Rejection> {
     let delay = query.delay_ms.unwrap_or(0).min(MAX_DELAY_MS);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -185,38 +180,20 @@ async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> 
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "not found".to_owned())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed".to_owned(),
-        )
+        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".to_owned())
     } else if let Some(error) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("bad request body: {error}"),
-        )
+        (StatusCode::BAD_REQUEST, format!("bad request body: {error}"))
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
         (StatusCode::BAD_REQUEST, "bad query string".to_owned())
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload too large".to_owned(),
-        )
-    } else if rejection
-        .find::<warp::reject::UnsupportedMediaType>()
-        .is_some()
-    {
-        (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported media type".to_owned(),
-        )
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload too large".to_owned())
+    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported media type".to_owned())
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         (StatusCode::LENGTH_REQUIRED, "length required".to_owned())
     } else {
         tracing::error!(?rejection, "unhandled rejection");
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error".to_owned(),
-        )
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
     };
     Ok(warp::reply::with_status(message, status).into_response())
 }
@@ -227,9 +204,6 @@ mod tests {
 
     #[test]
     fn escapes_html() {
-        assert_eq!(
-            escape(r#"<a href="x">&'"#),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
+        assert_eq!(escape(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
     }
 }

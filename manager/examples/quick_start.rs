@@ -19,9 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and(warp::post())
         .and(sessions.session())
         .map(|session: Session| {
-            let n: u64 = session
-                .update("count", |n: Option<u64>| n.unwrap_or(0) + 1)
-                .unwrap();
+            let n: u64 = session.update("count", |n: Option<u64>| n.unwrap_or(0) + 1).unwrap();
             n.to_string()
         });
     let login = warp::path("login")

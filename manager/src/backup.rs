@@ -33,11 +33,7 @@ pub(crate) struct BackupQueue {
 impl BackupQueue {
     /// Creates the queue and its dispatcher task, which runs at most
     /// `concurrency` backups at once.
-    pub(crate) fn start(
-        shared: Weak<Shared>,
-        capacity: usize,
-        concurrency: usize,
-    ) -> (Self, JoinHandle<()>) {
+    pub(crate) fn start(shared: Weak<Shared>, capacity: usize, concurrency: usize) -> (Self, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(capacity);
         let dispatcher = tokio::spawn(dispatch(shared, receiver, concurrency));
         let queue = Self {
@@ -49,10 +45,7 @@ impl BackupQueue {
 
     /// Sessions waiting in the queue.
     pub(crate) fn len(&self) -> usize {
-        self.sender
-            .lock()
-            .as_ref()
-            .map_or(0, |s| self.capacity - s.capacity())
+        self.sender.lock().as_ref().map_or(0, |s| self.capacity - s.capacity())
     }
 
     /// Queues a backup unless one is already queued. Returns `false` when the
@@ -84,11 +77,7 @@ impl BackupQueue {
     }
 }
 
-async fn dispatch(
-    shared: Weak<Shared>,
-    mut receiver: mpsc::Receiver<Arc<SessionState>>,
-    concurrency: usize,
-) {
+async fn dispatch(shared: Weak<Shared>, mut receiver: mpsc::Receiver<Arc<SessionState>>, concurrency: usize) {
     let permits = Arc::new(Semaphore::new(concurrency));
     while let Some(session) = receiver.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -144,10 +133,7 @@ fn plan(shared: &Shared, session: &SessionState) -> Plan {
         BackupNeed::Write => {
             let started = Instant::now();
             let bytes = envelope::encode(inner.record());
-            shared
-                .stats
-                .serialization_time
-                .record_duration(started.elapsed());
+            shared.stats.serialization_time.record_duration(started.elapsed());
             shared.stats.session_size.record(bytes.len() as u64);
             Plan::Write {
                 id: inner.id.clone(),
@@ -166,10 +152,7 @@ fn plan(shared: &Shared, session: &SessionState) -> Plan {
             ids.extend(inner.stored.as_ref().map(|s| s.id.clone()));
             ids.push(inner.id.clone());
             ids.dedup();
-            Plan::Delete {
-                ids,
-                invalidated: true,
-            }
+            Plan::Delete { ids, invalidated: true }
         }
     }
 }
@@ -206,9 +189,7 @@ pub(crate) async fn sync_session(shared: &Shared, session: &SessionState) {
                 match node.call(|b| b.touch(&key, expiry)).await {
                     Ok(true) => {
                         Stats::count(&counters.backups_touched);
-                        if let Some(stored) =
-                            session.inner.lock().stored.as_mut().filter(|s| s.id == id)
-                        {
+                        if let Some(stored) = session.inner.lock().stored.as_mut().filter(|s| s.id == id) {
                             stored.expires_at = expires_at(expiry, started);
                         }
                         return;

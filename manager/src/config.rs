@@ -9,6 +9,8 @@
 use std::time::Duration;
 
 use cookie::SameSite;
+use warp::http::HeaderName;
+use warp::http::header::{COOKIE, SET_COOKIE};
 
 use crate::error::ConfigError;
 use crate::locking_mode::{LockFailure, LockingMode};
@@ -37,6 +39,9 @@ pub struct Config {
     pub(crate) ignore_pattern: Option<UriPattern>,
     pub(crate) route: Option<String>,
     pub(crate) cookie: CookieConfig,
+    /// Header carrying the session id besides (or instead of) the cookie.
+    pub(crate) id_header: Option<HeaderName>,
+    pub(crate) max_session_size: usize,
     pub(crate) locking_mode: LockingMode,
     pub(crate) lock_expiration: Duration,
     pub(crate) lock_failure: LockFailure,
@@ -49,6 +54,10 @@ pub struct Config {
 /// How the session cookie is written. `HttpOnly` is always set.
 #[derive(Clone, Debug)]
 pub struct CookieConfig {
+    /// `false`: ids travel only in the session id header.
+    pub(crate) enabled: bool,
+    /// Send `Max-Age` (the inactivity interval), refreshed on every response.
+    pub(crate) persistent: bool,
     pub(crate) name: String,
     pub(crate) path: String,
     pub(crate) domain: Option<String>,
@@ -67,6 +76,11 @@ impl Config {
     pub const DEFAULT_LOCK_EXPIRATION: Duration = Duration::from_secs(5);
     /// Default cookie name.
     pub const DEFAULT_COOKIE_NAME: &'static str = "SESSIONID";
+    /// Default `maxSessionSize`: well below memcached's 1 MB item limit.
+    pub const DEFAULT_MAX_SESSION_SIZE: usize = 512 * 1024;
+    /// Largest accepted `maxSessionSize` (memcached's default item limit
+    /// is 1 MiB, keys and item overhead included).
+    pub const MAX_SESSION_SIZE_LIMIT: usize = 1000 * 1024;
     /// Default number of sessions that may wait for an async backup.
     pub const DEFAULT_BACKUP_QUEUE_CAPACITY: usize = 10_000;
     /// Default number of async backups in flight at once.
@@ -143,6 +157,10 @@ pub struct ConfigBuilder {
     storage_key_prefix: String,
     ignore_pattern: Option<String>,
     route: Option<String>,
+    cookie_enabled: bool,
+    cookie_persistent: bool,
+    id_header: Option<String>,
+    max_session_size: usize,
     cookie_name: String,
     cookie_path: String,
     cookie_domain: Option<String>,
@@ -171,6 +189,10 @@ impl Default for ConfigBuilder {
             storage_key_prefix: String::new(),
             ignore_pattern: None,
             route: None,
+            cookie_enabled: true,
+            cookie_persistent: false,
+            id_header: None,
+            max_session_size: Config::DEFAULT_MAX_SESSION_SIZE,
             cookie_name: Config::DEFAULT_COOKIE_NAME.to_owned(),
             cookie_path: "/".to_owned(),
             cookie_domain: None,
@@ -191,18 +213,11 @@ fn parse_bool(setting: &'static str, value: &str) -> Result<bool, ConfigError> {
     match value.trim() {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(ConfigError::new(
-            setting,
-            format!("{value:?} is not true or false"),
-        )),
+        _ => Err(ConfigError::new(setting, format!("{value:?} is not true or false"))),
     }
 }
 
-fn parse_int<T: std::str::FromStr>(
-    setting: &'static str,
-    value: &str,
-    what: &str,
-) -> Result<T, ConfigError> {
+fn parse_int<T: std::str::FromStr>(setting: &'static str, value: &str, what: &str) -> Result<T, ConfigError> {
     value
         .trim()
         .parse()
@@ -320,7 +335,41 @@ impl ConfigBuilder {
         self
     }
 
-    /// Cookie name (default `SESSIONID`).
+    /// `cookieEnabled` (default `true`): `false` sends and accepts ids only
+    /// in the [`session_id_header`](Self::session_id_header).
+    pub fn cookie_enabled(mut self, enabled: bool) -> Self {
+        self.cookie_enabled = enabled;
+        self
+    }
+
+    /// `cookiePersistent` (default `false`): the cookie gets `Max-Age` =
+    /// `maxInactiveInterval` (capped at 400 days, the browsers' limit),
+    /// re-sent on every response of a request with a session, so cookie
+    /// and memcached expiry slide together and never drift apart.
+    pub fn cookie_persistent(mut self, persistent: bool) -> Self {
+        self.cookie_persistent = persistent;
+        self
+    }
+
+    /// `sessionIdHeader` (default none): a request header (e.g.
+    /// `X-Session-Id`) that carries the session id for API and mobile
+    /// clients, checked before the cookie; the response carries the id in
+    /// the same header when it is new or changed (empty after invalidation).
+    pub fn session_id_header(mut self, name: impl Into<String>) -> Self {
+        self.id_header = Some(name.into());
+        self
+    }
+
+    /// `maxSessionSize` in bytes (default 512 KiB, at most 1000 KiB): an
+    /// `insert` that would make the serialized session larger fails with
+    /// [`Error::SessionTooLarge`](crate::Error::SessionTooLarge).
+    pub fn max_session_size(mut self, bytes: usize) -> Self {
+        self.max_session_size = bytes;
+        self
+    }
+
+    /// Cookie name (default `SESSIONID`). A `__Host-` name requires
+    /// `cookieSecure`, path `/` and no domain; `__Secure-` requires `cookieSecure`.
     pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
         self.cookie_name = name.into();
         self
@@ -415,22 +464,20 @@ impl ConfigBuilder {
             "failoverNodes" => self.failover_nodes(value),
             "sticky" => self.sticky(parse_bool("sticky", value)?),
             "enabled" => self.enabled(parse_bool("enabled", value)?),
-            "sessionBackupAsync" => {
-                self.session_backup_async(parse_bool("sessionBackupAsync", value)?)
-            }
-            "sessionBackupTimeout" => {
-                self.session_backup_timeout(parse_millis("sessionBackupTimeout", value)?)
-            }
+            "sessionBackupAsync" => self.session_backup_async(parse_bool("sessionBackupAsync", value)?),
+            "sessionBackupTimeout" => self.session_backup_timeout(parse_millis("sessionBackupTimeout", value)?),
             "operationTimeout" => self.operation_timeout(parse_millis("operationTimeout", value)?),
-            "maxInactiveInterval" => self.max_inactive_interval_secs(parse_int(
-                "maxInactiveInterval",
-                value,
-                "a whole number of seconds",
-            )?),
+            "maxInactiveInterval" => {
+                self.max_inactive_interval_secs(parse_int("maxInactiveInterval", value, "a whole number of seconds")?)
+            }
             "storageKeyPrefix" => self.storage_key_prefix(value),
             "requestUriIgnorePattern" => self.request_uri_ignore_pattern(value),
             "route" | "jvmRoute" => self.route(value),
             "cookieName" => self.cookie_name(value),
+            "cookieEnabled" => self.cookie_enabled(parse_bool("cookieEnabled", value)?),
+            "cookiePersistent" => self.cookie_persistent(parse_bool("cookiePersistent", value)?),
+            "sessionIdHeader" => self.session_id_header(value),
+            "maxSessionSize" => self.max_session_size(parse_int("maxSessionSize", value, "a whole number of bytes")?),
             "cookiePath" => self.cookie_path(value),
             "cookieDomain" => self.cookie_domain(value),
             "cookieSecure" => self.cookie_secure(parse_bool("cookieSecure", value)?),
@@ -439,10 +486,7 @@ impl ConfigBuilder {
             "lockExpiration" => self.lock_expiration(parse_millis("lockExpiration", value)?),
             "lockFailure" => self.lock_failure(LockFailure::parse(value)?),
             _ => {
-                return Err(ConfigError::new(
-                    "config",
-                    format!("{name:?} is not a known setting"),
-                ));
+                return Err(ConfigError::new("config", format!("{name:?} is not a known setting")));
             }
         })
     }
@@ -461,16 +505,10 @@ impl ConfigBuilder {
             ));
         }
         if self.operation_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "operationTimeout",
-                "\"0\" must be at least 1 ms",
-            ));
+            return Err(ConfigError::new("operationTimeout", "\"0\" must be at least 1 ms"));
         }
         if self.backup_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "sessionBackupTimeout",
-                "\"0\" must be at least 1 ms",
-            ));
+            return Err(ConfigError::new("sessionBackupTimeout", "\"0\" must be at least 1 ms"));
         }
         if self.lock_expiration < Duration::from_secs(1) {
             return Err(ConfigError::new(
@@ -495,9 +533,7 @@ impl ConfigBuilder {
         if prefix.len() > MAX_KEY_PREFIX_LEN || !is_key_safe(&prefix) {
             return Err(ConfigError::new(
                 "storageKeyPrefix",
-                format!(
-                    "{prefix:?} must be at most {MAX_KEY_PREFIX_LEN} printable ASCII characters without spaces"
-                ),
+                format!("{prefix:?} must be at most {MAX_KEY_PREFIX_LEN} printable ASCII characters without spaces"),
             ));
         }
         let ignore_pattern = self
@@ -521,18 +557,10 @@ impl ConfigBuilder {
                 format!("{:?} is not a valid cookie name", self.cookie_name),
             ));
         }
-        if !self.cookie_path.starts_with('/')
-            || !self
-                .cookie_path
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b';')
-        {
+        if !self.cookie_path.starts_with('/') || !self.cookie_path.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
             return Err(ConfigError::new(
                 "cookiePath",
-                format!(
-                    "{:?} must start with / and contain no spaces or ';'",
-                    self.cookie_path
-                ),
+                format!("{:?} must start with / and contain no spaces or ';'", self.cookie_path),
             ));
         }
         if let Some(domain) = &self.cookie_domain {
@@ -553,24 +581,59 @@ impl ConfigBuilder {
                 "\"None\" requires cookieSecure=true (browsers drop such cookies otherwise)",
             ));
         }
+        if self.cookie_name.starts_with("__Host-")
+            && (!self.cookie_secure || self.cookie_path != "/" || self.cookie_domain.is_some())
+        {
+            return Err(ConfigError::new(
+                "cookieName",
+                format!(
+                    "{:?}: a __Host- cookie requires cookieSecure=true, cookiePath=/ and no cookieDomain",
+                    self.cookie_name
+                ),
+            ));
+        }
+        if self.cookie_name.starts_with("__Secure-") && !self.cookie_secure {
+            return Err(ConfigError::new(
+                "cookieName",
+                format!("{:?}: a __Secure- cookie requires cookieSecure=true", self.cookie_name),
+            ));
+        }
+        let id_header = self
+            .id_header
+            .as_deref()
+            .filter(|h| !h.is_empty())
+            .map(|name| {
+                HeaderName::from_bytes(name.as_bytes())
+                    .ok()
+                    .filter(|h| *h != COOKIE && *h != SET_COOKIE)
+                    .ok_or_else(|| ConfigError::new("sessionIdHeader", format!("{name:?} is not a usable header name")))
+            })
+            .transpose()?;
+        if !self.cookie_enabled && id_header.is_none() {
+            return Err(ConfigError::new(
+                "cookieEnabled",
+                "\"false\" needs a sessionIdHeader, or ids could not travel at all",
+            ));
+        }
+        if self.max_session_size < 1024 || self.max_session_size > Config::MAX_SESSION_SIZE_LIMIT {
+            return Err(ConfigError::new(
+                "maxSessionSize",
+                format!(
+                    "\"{}\" must be between 1024 and {} bytes",
+                    self.max_session_size,
+                    Config::MAX_SESSION_SIZE_LIMIT
+                ),
+            ));
+        }
         let locking_mode = LockingMode::parse(&self.locking_mode)?;
         if self.backup_queue_capacity == 0 {
-            return Err(ConfigError::new(
-                "backupQueueCapacity",
-                "\"0\" must be at least 1",
-            ));
+            return Err(ConfigError::new("backupQueueCapacity", "\"0\" must be at least 1"));
         }
         if self.backup_concurrency == 0 {
-            return Err(ConfigError::new(
-                "backupConcurrency",
-                "\"0\" must be at least 1",
-            ));
+            return Err(ConfigError::new("backupConcurrency", "\"0\" must be at least 1"));
         }
         if self.node_probe_interval.is_zero() || self.expiry_sweep_interval.is_zero() {
-            return Err(ConfigError::new(
-                "probe/sweep interval",
-                "\"0\" must be at least 1 ms",
-            ));
+            return Err(ConfigError::new("probe/sweep interval", "\"0\" must be at least 1 ms"));
         }
         Ok(Config {
             nodes,
@@ -583,7 +646,11 @@ impl ConfigBuilder {
             storage_key_prefix: prefix,
             ignore_pattern,
             route,
+            id_header,
+            max_session_size: self.max_session_size,
             cookie: CookieConfig {
+                enabled: self.cookie_enabled,
+                persistent: self.cookie_persistent,
                 name: self.cookie_name,
                 path: self.cookie_path,
                 domain: self.cookie_domain,
@@ -650,10 +717,7 @@ mod tests {
             ),
         ];
         for (name, value, expected) in cases {
-            assert_eq!(
-                Config::builder().set(name, value).unwrap_err().to_string(),
-                expected
-            );
+            assert_eq!(Config::builder().set(name, value).unwrap_err().to_string(), expected);
         }
         assert!(Config::builder().set("nope", "1").is_err());
     }
@@ -661,20 +725,11 @@ mod tests {
     #[test]
     fn build_rejects_bad_values() {
         let cases: Vec<(ConfigBuilder, &str)> = vec![
-            (
-                Config::builder().memcached_nodes("n1:host"),
-                "memcachedNodes",
-            ),
+            (Config::builder().memcached_nodes("n1:host"), "memcachedNodes"),
             (Config::builder().failover_nodes("n1"), "failoverNodes"),
             (Config::builder().route("a.b"), "route"),
-            (
-                Config::builder().storage_key_prefix("has space"),
-                "storageKeyPrefix",
-            ),
-            (
-                Config::builder().storage_key_prefix("x".repeat(65)),
-                "storageKeyPrefix",
-            ),
+            (Config::builder().storage_key_prefix("has space"), "storageKeyPrefix"),
+            (Config::builder().storage_key_prefix("x".repeat(65)), "storageKeyPrefix"),
             (
                 Config::builder().request_uri_ignore_pattern("(("),
                 "requestUriIgnorePattern",
@@ -682,23 +737,43 @@ mod tests {
             (Config::builder().cookie_name("bad name"), "cookieName"),
             (Config::builder().cookie_path("nope"), "cookiePath"),
             (Config::builder().locking_mode("maybe"), "lockingMode"),
-            (
-                Config::builder().operation_timeout(Duration::ZERO),
-                "operationTimeout",
-            ),
+            (Config::builder().operation_timeout(Duration::ZERO), "operationTimeout"),
             (
                 Config::builder().lock_expiration(Duration::from_millis(10)),
                 "lockExpiration",
             ),
-            (
-                Config::builder().cookie_same_site(SameSite::None),
-                "cookieSameSite",
-            ),
+            (Config::builder().cookie_same_site(SameSite::None), "cookieSameSite"),
             (Config::builder().sticky(false).enabled(false), "enabled"),
+            (Config::builder().cookie_name("__Host-id"), "cookieName"),
+            (
+                Config::builder()
+                    .cookie_name("__Host-id")
+                    .cookie_secure(true)
+                    .cookie_path("/a"),
+                "cookieName",
+            ),
+            (Config::builder().cookie_name("__Secure-id"), "cookieName"),
+            (Config::builder().session_id_header("bad header"), "sessionIdHeader"),
+            (Config::builder().session_id_header("cookie"), "sessionIdHeader"),
+            (Config::builder().cookie_enabled(false), "cookieEnabled"),
+            (Config::builder().max_session_size(10), "maxSessionSize"),
+            (Config::builder().max_session_size(2 << 20), "maxSessionSize"),
         ];
         for (builder, setting) in cases {
             assert_eq!(builder.build().unwrap_err().setting(), setting);
         }
+    }
+
+    #[test]
+    fn secure_cookie_prefixes_and_header_ids_are_accepted_when_consistent() {
+        let config = Config::builder()
+            .cookie_name("__Host-sid")
+            .cookie_secure(true)
+            .session_id_header("X-Session-Id")
+            .cookie_enabled(false)
+            .build()
+            .unwrap();
+        assert_eq!(config.id_header.unwrap().as_str(), "x-session-id");
     }
 
     #[test]

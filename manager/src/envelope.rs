@@ -67,8 +67,7 @@ pub(crate) enum DecodeError {
 pub(crate) fn encode(record: RecordRef<'_>) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     // Serializing maps, strings and byte vectors into a Vec cannot fail.
-    postcard::to_io(&EnvelopeRef::V1(record), &mut out)
-        .expect("postcard encodes session records into a Vec");
+    postcard::to_io(&EnvelopeRef::V1(record), &mut out).expect("postcard encodes session records into a Vec");
     out
 }
 

@@ -100,6 +100,17 @@ pub enum Error {
         #[source]
         source: postcard::Error,
     },
+    /// An `insert` would make the serialized session larger than
+    /// `maxSessionSize`; the session is unchanged.
+    #[error("session attribute {key:?} would make the session {size} bytes, over the {limit}-byte limit")]
+    SessionTooLarge {
+        /// The attribute name.
+        key: String,
+        /// The serialized size the session would have had.
+        size: usize,
+        /// `maxSessionSize`.
+        limit: usize,
+    },
     /// The session is held by another instance that is taking it over right
     /// now; the request can be retried. Mapped to `503 Service Unavailable`.
     #[error("the session is being taken over by another instance; retry the request")]
@@ -134,10 +145,7 @@ impl Error {
     /// The error was caused by the request, not by the server: the client may
     /// retry or start over; never a reason for a 5xx other than 503.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::TakeoverInProgress | Self::LockUnavailable | Self::LockLost
-        )
+        matches!(self, Self::TakeoverInProgress | Self::LockUnavailable | Self::LockLost)
     }
 
     /// The error is a programming mistake in the application (wrong type
@@ -147,6 +155,7 @@ impl Error {
             self,
             Self::Encode { .. }
                 | Self::Decode { .. }
+                | Self::SessionTooLarge { .. }
                 | Self::MissingLayer
                 | Self::ConcurrentRequestsInOneTask
         )

@@ -8,19 +8,17 @@
 //!          ◄── wrap: back up (async queue or sync), add Set-Cookie
 //! ```
 
-use cookie::{Cookie, SameSite};
 use warp::filters::path::FullPath;
-use warp::http::header::{COOKIE, RETRY_AFTER, SET_COOKIE};
+use warp::http::header::RETRY_AFTER;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::error::Error;
-use crate::manager::{SessionManager, Shared};
-use crate::request::{CookieAction, IncomingId, RequestContext, RequestGuard};
+use crate::id_transport;
+use crate::manager::SessionManager;
+use crate::request::{RequestContext, RequestGuard};
 use crate::session::Session;
-use crate::session_id::SessionId;
-use crate::stats::Stats;
 
 /// A session error travelling as a warp rejection; turned into a response
 /// by [`SessionManager::wrap`], so applications never see it.
@@ -43,9 +41,7 @@ fn reject(error: Error) -> Rejection {
 impl SessionRejection {
     fn to_response(&self) -> Response {
         let status = match &self.0 {
-            Error::TakeoverInProgress | Error::LockUnavailable | Error::LockLost => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::TakeoverInProgress | Error::LockUnavailable | Error::LockLost => StatusCode::SERVICE_UNAVAILABLE,
             e if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -64,67 +60,6 @@ impl SessionRejection {
     }
 }
 
-/// Every value of the session cookie across all `Cookie` headers.
-fn session_cookie_values<'a>(
-    headers: &'a HeaderMap,
-    name: &'a str,
-) -> impl Iterator<Item = &'a str> + 'a {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|header| header.split(';'))
-        .filter_map(move |pair| {
-            let (key, value) = pair.split_once('=')?;
-            (key.trim() == name).then(|| value.trim().trim_matches('"'))
-        })
-}
-
-/// The session id the client sent: the first cookie value that is a valid
-/// id of ours (several cookies of the same name can come from different
-/// paths or domains).
-fn incoming_id(shared: &Shared, headers: &HeaderMap) -> IncomingId {
-    let mut seen = false;
-    for value in session_cookie_values(headers, &shared.config.cookie.name) {
-        seen = true;
-        if let Some(id) = SessionId::parse(value, |node| shared.nodes.is_known(node)) {
-            return IncomingId::Valid(id);
-        }
-    }
-    if seen {
-        Stats::count(&shared.stats.counters.invalid_session_ids);
-        tracing::debug!("ignoring a malformed or foreign session cookie");
-        IncomingId::Invalid
-    } else {
-        IncomingId::None
-    }
-}
-
-fn set_cookie_header(shared: &Shared, action: CookieAction) -> Option<HeaderValue> {
-    let config = &shared.config.cookie;
-    let mut cookie = match action {
-        CookieAction::None => return None,
-        CookieAction::Set(id) => Cookie::new(config.name.clone(), id),
-        CookieAction::Remove => {
-            let mut cookie = Cookie::new(config.name.clone(), "");
-            cookie.make_removal();
-            cookie
-        }
-    };
-    cookie.set_path(config.path.clone());
-    if let Some(domain) = &config.domain {
-        cookie.set_domain(domain.clone());
-    }
-    cookie.set_http_only(true);
-    cookie.set_secure(config.secure);
-    cookie.set_same_site(match config.same_site {
-        SameSite::Strict => SameSite::Strict,
-        SameSite::Lax => SameSite::Lax,
-        SameSite::None => SameSite::None,
-    });
-    HeaderValue::from_str(&cookie.to_string()).ok()
-}
-
 impl SessionManager {
     /// A filter extracting the request's [`Session`].
     ///
@@ -138,8 +73,7 @@ impl SessionManager {
     /// takeover (503 with `Retry-After`), both turned into responses by `wrap`.
     pub fn session(
         &self,
-    ) -> impl Filter<Extract = (Session,), Error = Rejection> + Clone + Send + Sync + 'static + use<>
-    {
+    ) -> impl Filter<Extract = (Session,), Error = Rejection> + Clone + Send + Sync + 'static + use<> {
         let shared = self.shared.clone();
         warp::any().and_then(move || {
             let context = shared.slots.current();
@@ -184,14 +118,8 @@ impl SessionManager {
                         .ignore_pattern
                         .as_ref()
                         .is_some_and(|p| p.matches(path.as_str()));
-                    let incoming = incoming_id(&shared, &headers);
-                    let context = RequestContext::new(
-                        shared,
-                        incoming,
-                        ignored,
-                        method.as_str(),
-                        path.as_str(),
-                    );
+                    let incoming = id_transport::incoming_id(&shared, &headers);
+                    let context = RequestContext::new(shared, incoming, ignored, method.as_str(), path.as_str());
                     RequestGuard::begin(context).map_err(reject)
                 }
             });
@@ -203,11 +131,7 @@ impl SessionManager {
                 async move {
                     let mut response = reply.into_response();
                     match guard.finish().await {
-                        Ok(action) => {
-                            if let Some(value) = set_cookie_header(&shared, action) {
-                                response.headers_mut().append(SET_COOKIE, value);
-                            }
-                        }
+                        Ok(action) => id_transport::apply(&shared, action, response.headers_mut()),
                         // The handler ran, but its session changes were not saved: say so.
                         Err(error) => response = SessionRejection(error).to_response(),
                     }

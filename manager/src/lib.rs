@@ -147,6 +147,7 @@ mod config;
 mod envelope;
 mod error;
 mod filter;
+mod id_transport;
 mod local_store;
 mod locking;
 mod locking_mode;

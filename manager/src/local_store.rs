@@ -86,9 +86,7 @@ impl LocalSessions {
 
     /// Drops expired forwards.
     pub(crate) fn prune_forwards(&self, now: Instant) {
-        self.forwards
-            .lock()
-            .retain(|_, forward| forward.until > now);
+        self.forwards.lock().retain(|_, forward| forward.until > now);
     }
 }
 

@@ -103,11 +103,7 @@ impl HeldLock {
 
 /// Acquires the lock `key` on `node`. `Ok(None)`: not acquired within
 /// `operationTimeout`.
-pub(crate) async fn acquire(
-    shared: &Arc<Shared>,
-    node: NodeIndex,
-    key: String,
-) -> Result<Option<HeldLock>, Error> {
+pub(crate) async fn acquire(shared: &Arc<Shared>, node: NodeIndex, key: String) -> Result<Option<HeldLock>, Error> {
     let config = &shared.config;
     let counters = &shared.stats.counters;
     let started = Instant::now();
@@ -123,18 +119,10 @@ pub(crate) async fn acquire(
             .await;
         match acquired {
             Ok(Some(cas)) => {
-                shared
-                    .stats
-                    .lock_acquire_time
-                    .record_duration(started.elapsed());
+                shared.stats.lock_acquire_time.record_duration(started.elapsed());
                 Stats::count(&counters.locks_acquired);
                 let lost = Arc::new(AtomicBool::new(false));
-                let renewal = tokio::spawn(renew(
-                    Arc::downgrade(shared),
-                    node,
-                    key.clone(),
-                    lost.clone(),
-                ));
+                let renewal = tokio::spawn(renew(Arc::downgrade(shared), node, key.clone(), lost.clone()));
                 return Ok(Some(HeldLock {
                     node,
                     key,
@@ -152,10 +140,7 @@ pub(crate) async fn acquire(
         }
         let now = Instant::now();
         if now >= deadline {
-            shared
-                .stats
-                .lock_failure_time
-                .record_duration(started.elapsed());
+            shared.stats.lock_failure_time.record_duration(started.elapsed());
             Stats::count(&counters.lock_failures);
             return Ok(None);
         }
@@ -165,12 +150,7 @@ pub(crate) async fn acquire(
 }
 
 /// Keeps a held lock alive; flags it lost when it is gone.
-async fn renew(
-    shared: std::sync::Weak<Shared>,
-    node: NodeIndex,
-    key: String,
-    lost: Arc<AtomicBool>,
-) {
+async fn renew(shared: std::sync::Weak<Shared>, node: NodeIndex, key: String, lost: Arc<AtomicBool>) {
     loop {
         let Some(expiration) = shared.upgrade().map(|s| s.config.lock_expiration) else {
             return;
@@ -204,14 +184,8 @@ pub(crate) async fn release(shared: &Shared, lock: HeldLock) {
         .get(lock.node)
         .call(|b| b.delete_if_cas(&lock.key, lock.cas))
         .await;
-    shared
-        .stats
-        .lock_release_time
-        .record_duration(started.elapsed());
-    shared
-        .stats
-        .lock_hold_time
-        .record_duration(lock.acquired_at.elapsed());
+    shared.stats.lock_release_time.record_duration(started.elapsed());
+    shared.stats.lock_hold_time.record_duration(lock.acquired_at.elapsed());
     match released {
         Ok(_) => Stats::count(&shared.stats.counters.locks_released),
         Err(error) => {
@@ -228,23 +202,14 @@ mod tests {
     async fn auto_learns_read_only_kinds_and_never_forgets_modifying_ones() {
         let policy = LockPolicy::default();
         let auto = LockingMode::Auto;
-        assert!(
-            policy.should_lock(&auto, "GET", "/a"),
-            "first request of a kind locks"
-        );
+        assert!(policy.should_lock(&auto, "GET", "/a"), "first request of a kind locks");
         policy.learn("GET", "/a", false);
         assert!(!policy.should_lock(&auto, "GET", "/a"));
-        assert!(
-            policy.should_lock(&auto, "POST", "/a"),
-            "method is part of the kind"
-        );
+        assert!(policy.should_lock(&auto, "POST", "/a"), "method is part of the kind");
         policy.learn("GET", "/a", true);
         assert!(policy.should_lock(&auto, "GET", "/a"));
         policy.learn("GET", "/a", false);
-        assert!(
-            policy.should_lock(&auto, "GET", "/a"),
-            "modifying is for good"
-        );
+        assert!(policy.should_lock(&auto, "GET", "/a"), "modifying is for good");
     }
 
     #[tokio::test(start_paused = true)]

@@ -101,18 +101,9 @@ mod tests {
 
     #[test]
     fn parses_every_mode() {
-        assert!(matches!(
-            LockingMode::parse("none").unwrap(),
-            LockingMode::None
-        ));
-        assert!(matches!(
-            LockingMode::parse("all").unwrap(),
-            LockingMode::All
-        ));
-        assert!(matches!(
-            LockingMode::parse(" auto ").unwrap(),
-            LockingMode::Auto
-        ));
+        assert!(matches!(LockingMode::parse("none").unwrap(), LockingMode::None));
+        assert!(matches!(LockingMode::parse("all").unwrap(), LockingMode::All));
+        assert!(matches!(LockingMode::parse(" auto ").unwrap(), LockingMode::Auto));
         let mode = LockingMode::parse("uriPattern:/cart/.*").unwrap();
         assert!(mode.pattern().is_some());
         assert_eq!(format!("{mode:?}"), "uriPattern:/cart/.*");
@@ -125,9 +116,6 @@ mod tests {
             err.to_string(),
             r#"lockingMode: "sometimes" is not none, all, auto or uriPattern:<regex>"#
         );
-        assert_eq!(
-            LockingMode::parse("uriPattern:(").unwrap_err().setting(),
-            "lockingMode"
-        );
+        assert_eq!(LockingMode::parse("uriPattern:(").unwrap_err().setting(), "lockingMode");
     }
 }

@@ -80,13 +80,12 @@ impl SessionManager {
                 None => backends.push(Arc::new(InMemoryNode::new())),
                 Some(specs) => {
                     for spec in specs {
-                        let node =
-                            MemcachedNode::connect(&spec.address(), config.operation_timeout)
-                                .await
-                                .map_err(|source| Error::Backend {
-                                    node: spec.label(),
-                                    source,
-                                })?;
+                        let node = MemcachedNode::connect(&spec.address(), config.operation_timeout)
+                            .await
+                            .map_err(|source| Error::Backend {
+                                node: spec.label(),
+                                source,
+                            })?;
                         backends.push(Arc::new(node));
                     }
                 }
@@ -111,20 +110,13 @@ impl SessionManager {
                 .map(<[NodeSpec]>::to_vec)
                 .unwrap_or_else(|| vec![NodeSpec::embedded()])
         };
-        assert_eq!(
-            specs.len(),
-            backends.len(),
-            "one backend per configured node"
-        );
+        assert_eq!(specs.len(), backends.len(), "one backend per configured node");
         let nodes = Nodes::new(specs, backends, config.operation_timeout);
         let instance_token = SessionId::generate(None, None).as_str()[..16].to_owned();
         let sentinel_key = format!("{}msm-probe:{instance_token}", config.storage_key_prefix);
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
-            let (backups, dispatcher) = BackupQueue::start(
-                weak.clone(),
-                config.backup_queue_capacity,
-                config.backup_concurrency,
-            );
+            let (backups, dispatcher) =
+                BackupQueue::start(weak.clone(), config.backup_queue_capacity, config.backup_concurrency);
             Shared {
                 nodes,
                 sessions: LocalSessions::default(),
@@ -147,10 +139,7 @@ impl SessionManager {
             shared.config.expiry_sweep_interval,
         ))];
         if !shared.nodes.is_empty() {
-            tasks.push(tokio::spawn(probe_nodes(
-                weak,
-                shared.config.node_probe_interval,
-            )));
+            tasks.push(tokio::spawn(probe_nodes(weak, shared.config.node_probe_interval)));
         }
         *shared.tasks.lock() = tasks;
         Self { shared }
@@ -211,8 +200,7 @@ impl Drop for Shared {
 impl Shared {
     /// The memcached key of a session.
     pub(crate) fn session_key(&self, id: &SessionId) -> String {
-        let mut key =
-            String::with_capacity(self.config.storage_key_prefix.len() + id.as_str().len());
+        let mut key = String::with_capacity(self.config.storage_key_prefix.len() + id.as_str().len());
         key.push_str(&self.config.storage_key_prefix);
         key.push_str(id.as_str());
         key
@@ -236,11 +224,7 @@ impl Shared {
     /// The key of a non-sticky session's lock: by the random part only, so
     /// it does not move when the session is relocated.
     pub(crate) fn lock_key(&self, id: &SessionId) -> String {
-        format!(
-            "lock:{}{}",
-            self.config.storage_key_prefix,
-            id.random_part()
-        )
+        format!("lock:{}{}", self.config.storage_key_prefix, id.random_part())
     }
 
     /// The key an instance claims before taking over a foreign session.
@@ -257,9 +241,7 @@ impl Shared {
     pub(crate) fn create_session(&self) -> Arc<SessionState> {
         let id = SessionId::generate(self.nodes.choose(), self.config.route());
         if id.node().is_none() && self.nodes.iter().count() > 1 {
-            tracing::warn!(
-                "no memcached node available; new session kept in memory only until one is back"
-            );
+            tracing::warn!("no memcached node available; new session kept in memory only until one is back");
         }
         let session = Arc::new(SessionState::new(id.clone(), self.config.max_inactive));
         if self.config.sticky {
@@ -293,9 +275,7 @@ impl Shared {
         })
         .await;
         writes.detach_all();
-        self.stats
-            .effective_backup_time
-            .record_duration(started.elapsed());
+        self.stats.effective_backup_time.record_duration(started.elapsed());
     }
 
     /// The gate serializing loads and takeovers of one session id in this

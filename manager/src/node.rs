@@ -127,11 +127,7 @@ fn parse_node(token: &str) -> Result<NodeSpec, ConfigError> {
             "" => None,
             _ => Some(head.strip_suffix(':').ok_or_else(malformed)?),
         };
-        if v6.is_empty()
-            || !v6
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
+        if v6.is_empty() || !v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
             return Err(malformed());
         }
         (id, v6)
@@ -164,9 +160,7 @@ fn parse_node(token: &str) -> Result<NodeSpec, ConfigError> {
 /// Parses `memcachedNodes`, then marks the `failoverNodes` (which may be
 /// empty) and checks the combination.
 pub(crate) fn parse_nodes(nodes: &str, failover: &str) -> Result<Vec<NodeSpec>, ConfigError> {
-    let mut specs = tokens(nodes)
-        .map(parse_node)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut specs = tokens(nodes).map(parse_node).collect::<Result<Vec<_>, _>>()?;
     if specs.is_empty() {
         return Err(ConfigError::new(NODES, format!("{nodes:?} lists no node")));
     }
@@ -209,12 +203,7 @@ pub(crate) fn parse_nodes(nodes: &str, failover: &str) -> Result<Vec<NodeSpec>, 
         let spec = specs
             .iter_mut()
             .find(|s| s.id.as_ref().is_some_and(|n| n.as_str() == id))
-            .ok_or_else(|| {
-                ConfigError::new(
-                    FAILOVER,
-                    format!("{id:?} is not a node id of memcachedNodes"),
-                )
-            })?;
+            .ok_or_else(|| ConfigError::new(FAILOVER, format!("{id:?} is not a node id of memcachedNodes")))?;
         spec.failover = true;
     }
     if specs.iter().all(|s| s.failover) {
@@ -236,8 +225,7 @@ mod tests {
 
     #[test]
     fn parses_ids_hosts_and_ports_with_any_separator() {
-        let specs =
-            parse_nodes("n1:localhost:11211, n2:10.0.0.2:11212\tn_3:[::1]:11213", "").unwrap();
+        let specs = parse_nodes("n1:localhost:11211, n2:10.0.0.2:11212\tn_3:[::1]:11213", "").unwrap();
         assert_eq!(ids(&specs), ["n1", "n2", "n_3"]);
         assert_eq!(specs[1].address(), "10.0.0.2:11212");
         assert_eq!(specs[2].address(), "[::1]:11213");
@@ -254,10 +242,7 @@ mod tests {
     #[test]
     fn rejects_malformed_nodes_naming_setting_and_text() {
         let err = parse_nodes("n1:host", "").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            r#"memcachedNodes: "n1:host" is not id:host:port"#
-        );
+        assert_eq!(err.to_string(), r#"memcachedNodes: "n1:host" is not id:host:port"#);
         for bad in [
             "n1:host:0",
             "n1:host:99999",
@@ -292,12 +277,7 @@ mod tests {
                 .to_string()
                 .contains("twice")
         );
-        assert!(
-            parse_nodes("n1:a:1,b:2", "")
-                .unwrap_err()
-                .to_string()
-                .contains("no id")
-        );
+        assert!(parse_nodes("n1:a:1,b:2", "").unwrap_err().to_string().contains("no id"));
     }
 
     #[test]

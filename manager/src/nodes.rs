@@ -88,10 +88,7 @@ impl Node {
 
     /// Runs one backend operation bounded by `operationTimeout`, and learns
     /// availability from its outcome.
-    pub(crate) async fn call<'a, T, F>(
-        &'a self,
-        op: impl FnOnce(&'a dyn NodeBackend) -> F,
-    ) -> Result<T, Error>
+    pub(crate) async fn call<'a, T, F>(&'a self, op: impl FnOnce(&'a dyn NodeBackend) -> F) -> Result<T, Error>
     where
         F: Future<Output = Result<T, BackendError>> + 'a,
     {
@@ -121,11 +118,7 @@ impl Node {
             Err(_) => ProbeOutcome::Down,
             Ok(Some(_)) => ProbeOutcome::Alive,
             Ok(None) => {
-                if self
-                    .call(|b| b.set(sentinel_key, b"1", Expiry::Never))
-                    .await
-                    .is_err()
-                {
+                if self.call(|b| b.set(sentinel_key, b"1", Expiry::Never)).await.is_err() {
                     return ProbeOutcome::Down;
                 }
                 if self.sentinel_placed.swap(true, Ordering::AcqRel) {
@@ -148,11 +141,7 @@ pub(crate) struct Nodes {
 }
 
 impl Nodes {
-    pub(crate) fn new(
-        specs: Vec<NodeSpec>,
-        backends: Vec<Arc<dyn NodeBackend>>,
-        operation_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(specs: Vec<NodeSpec>, backends: Vec<Arc<dyn NodeBackend>>, operation_timeout: Duration) -> Self {
         let anonymous = specs.len() == 1 && specs[0].id.is_none();
         let now = Instant::now();
         let nodes = specs
@@ -190,9 +179,7 @@ impl Nodes {
     }
 
     fn index_of(&self, id: &NodeId) -> Option<NodeIndex> {
-        self.nodes
-            .iter()
-            .position(|n| n.spec.id.as_ref() == Some(id))
+        self.nodes.iter().position(|n| n.spec.id.as_ref() == Some(id))
     }
 
     /// The node that stores the session with this id, if any.
@@ -218,9 +205,7 @@ impl Nodes {
                 .collect();
             (!candidates.is_empty()).then(|| candidates[random_below(candidates.len())])
         };
-        pick(false)
-            .or_else(|| pick(true))
-            .and_then(|n| n.spec.id.as_ref())
+        pick(false).or_else(|| pick(true)).and_then(|n| n.spec.id.as_ref())
     }
 
     /// Whether the session should move to another node: its node is down,
@@ -230,11 +215,7 @@ impl Nodes {
         if self.anonymous || self.nodes.is_empty() {
             return false;
         }
-        let regular_available = || {
-            self.nodes
-                .iter()
-                .any(|n| !n.spec.failover && n.is_available())
-        };
+        let regular_available = || self.nodes.iter().any(|n| !n.spec.failover && n.is_available());
         match self.node_of(id) {
             None => self.nodes.iter().any(Node::is_available),
             Some(index) => {
@@ -246,10 +227,7 @@ impl Nodes {
 
     /// Availability flips observed on all nodes.
     pub(crate) fn state_changes(&self) -> u64 {
-        self.nodes
-            .iter()
-            .map(|n| n.state_changes.load(Ordering::Relaxed))
-            .sum()
+        self.nodes.iter().map(|n| n.state_changes.load(Ordering::Relaxed)).sum()
     }
 
     /// The other nodes in configured order after `index`, wrapping around:
@@ -261,8 +239,7 @@ impl Nodes {
 
     /// The first available node after `index` (the backup node), if any.
     pub(crate) fn next_available(&self, index: NodeIndex) -> Option<NodeIndex> {
-        self.ring_after(index)
-            .find(|&i| self.nodes[i].is_available())
+        self.ring_after(index).find(|&i| self.nodes[i].is_available())
     }
 
     /// `index` if available, else the first available node after it: where
@@ -300,18 +277,9 @@ mod tests {
 
     fn nodes(spec: &str, failover: &str) -> (Nodes, Vec<Arc<InMemoryNode>>) {
         let specs = parse_nodes(spec, failover).unwrap();
-        let memory: Vec<Arc<InMemoryNode>> = specs
-            .iter()
-            .map(|_| Arc::new(InMemoryNode::new()))
-            .collect();
-        let backends = memory
-            .iter()
-            .map(|m| m.clone() as Arc<dyn NodeBackend>)
-            .collect();
-        (
-            Nodes::new(specs, backends, Duration::from_millis(100)),
-            memory,
-        )
+        let memory: Vec<Arc<InMemoryNode>> = specs.iter().map(|_| Arc::new(InMemoryNode::new())).collect();
+        let backends = memory.iter().map(|m| m.clone() as Arc<dyn NodeBackend>).collect();
+        (Nodes::new(specs, backends, Duration::from_millis(100)), memory)
     }
 
     fn set_available(nodes: &Nodes, index: usize, available: bool) {
@@ -358,11 +326,7 @@ mod tests {
         assert_eq!(nodes.ring_after(2).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(nodes.next_available(0), Some(1));
         set_available(&nodes, 1, false);
-        assert_eq!(
-            nodes.next_available(0),
-            Some(2),
-            "backup goes past a dead next node"
-        );
+        assert_eq!(nodes.next_available(0), Some(2), "backup goes past a dead next node");
         assert_eq!(nodes.home_of(1), Some(2));
         assert_eq!(nodes.home_of(0), Some(0));
         set_available(&nodes, 2, false);
@@ -384,24 +348,10 @@ mod tests {
         let (nodes, memory) = nodes("n1:h:1 n2:h:2", "");
         let before = Instant::now();
         memory[0].set_down(true);
-        assert!(
-            nodes
-                .get(0)
-                .call(|b| b.get("k"))
-                .await
-                .unwrap_err()
-                .is_unavailable()
-        );
+        assert!(nodes.get(0).call(|b| b.get("k")).await.unwrap_err().is_unavailable());
         assert!(!nodes.get(0).is_available());
-        assert!(
-            !nodes
-                .get(0)
-                .observe(true, before - Duration::from_millis(1))
-        );
-        assert!(
-            !nodes.get(0).is_available(),
-            "an older observation does not win"
-        );
+        assert!(!nodes.get(0).observe(true, before - Duration::from_millis(1)));
+        assert!(!nodes.get(0).is_available(), "an older observation does not win");
         memory[0].set_down(false);
         nodes.get(0).call(|b| b.get("k")).await.unwrap();
         assert!(nodes.get(0).is_available());

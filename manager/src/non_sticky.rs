@@ -112,11 +112,7 @@ fn validity_expiry(max_inactive: Option<Duration>) -> Expiry {
 
 /// Finds the session `id` for a request, sharing it with the requests of
 /// this instance already using it; takes the lock first when `wants_lock`.
-pub(crate) async fn resolve(
-    shared: &Arc<Shared>,
-    id: &SessionId,
-    wants_lock: bool,
-) -> Result<Option<Claim>, Error> {
+pub(crate) async fn resolve(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) -> Result<Option<Claim>, Error> {
     let gate = shared.id_gate(id.as_str());
     let result = {
         let _one_at_a_time = gate.lock().await;
@@ -126,17 +122,8 @@ pub(crate) async fn resolve(
     result
 }
 
-async fn join_or_load(
-    shared: &Arc<Shared>,
-    id: &SessionId,
-    wants_lock: bool,
-) -> Result<Option<Claim>, Error> {
-    let present = shared
-        .inflight
-        .by_id
-        .lock()
-        .get(id.as_str())
-        .map(|e| e.lock.is_some());
+async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) -> Result<Option<Claim>, Error> {
+    let present = shared.inflight.by_id.lock().get(id.as_str()).map(|e| e.lock.is_some());
     if let Some(locked) = present {
         let lock = if wants_lock && !locked {
             lock_for(shared, id).await?
@@ -156,7 +143,12 @@ async fn join_or_load(
                 if let Some((fresh, load)) = reload {
                     let mut inner = entry.session.inner.lock();
                     if inner.version == 0 && !inner.invalidated {
-                        inner.attributes = std::mem::take(&mut fresh.inner.lock().attributes);
+                        let fresh_attributes = std::mem::take(&mut fresh.inner.lock().attributes);
+                        inner.clear_attributes();
+                        for (key, value) in fresh_attributes {
+                            inner.set_attribute(&key, value);
+                        }
+                        inner.version = 0;
                         entry.load = load;
                     }
                 }
@@ -172,11 +164,7 @@ async fn join_or_load(
         }
         // The entry cannot vanish while we hold the gate; fall through defensively.
     }
-    let lock = if wants_lock {
-        lock_for(shared, id).await?
-    } else {
-        None
-    };
+    let lock = if wants_lock { lock_for(shared, id).await? } else { None };
     match load(shared, id).await {
         Ok(Some((session, load))) => {
             let session = Arc::new(session);
@@ -226,9 +214,7 @@ async fn lock_for(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<HeldLoc
         (Ok(None), LockFailure::Fail) => Err(Error::LockUnavailable),
         (Err(error), LockFailure::Fail) => Err(error),
         (failed, LockFailure::Proceed) => {
-            let reason = failed
-                .err()
-                .map_or_else(|| "timed out".to_owned(), |e| e.to_string());
+            let reason = failed.err().map_or_else(|| "timed out".to_owned(), |e| e.to_string());
             tracing::warn!(%reason, "session lock not acquired; proceeding without it (lockFailure=proceed)");
             Ok(None)
         }
@@ -248,12 +234,7 @@ fn decode(shared: &Shared, bytes: &[u8], node: NodeIndex) -> Option<SessionRecor
 
 /// A session read from memcached under `stored_as`, given the id `id`
 /// (different when relocated: the old keys then become obsolete).
-fn loaded(
-    stored_as: &SessionId,
-    id: SessionId,
-    record: SessionRecord,
-    load: LoadInfo,
-) -> (SessionState, LoadInfo) {
+fn loaded(stored_as: &SessionId, id: SessionId, record: SessionRecord, load: LoadInfo) -> (SessionState, LoadInfo) {
     let load = LoadInfo {
         written_ms: record.last_accessed_ms,
         ..load
@@ -277,10 +258,7 @@ fn loaded(
 
 /// Loads a session from its primary node, or from a backup node when the
 /// primary is down or lost it.
-async fn load(
-    shared: &Arc<Shared>,
-    id: &SessionId,
-) -> Result<Option<(SessionState, LoadInfo)>, Error> {
+async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionState, LoadInfo)>, Error> {
     let counters = &shared.stats.counters;
     let Some(primary) = shared.node_index(id) else {
         Stats::count(&counters.unknown_session_ids);
@@ -310,9 +288,7 @@ async fn load(
             }
         );
         shared.stats.load_time.record_duration(started.elapsed());
-        let backup_missing = backup_valid
-            .as_ref()
-            .is_some_and(|v| !matches!(v, Ok(true)));
+        let backup_missing = backup_valid.as_ref().is_some_and(|v| !matches!(v, Ok(true)));
         match (data, valid) {
             (Ok(Some(bytes)), Ok(true)) => {
                 Stats::count(&counters.loads);
@@ -354,10 +330,7 @@ async fn load(
         if !shared.nodes.get(candidate).is_available() {
             continue;
         }
-        let relocated = id.with_location(
-            shared.nodes.get(candidate).spec.id.as_ref(),
-            shared.config.route(),
-        );
+        let relocated = id.with_location(shared.nodes.get(candidate).spec.id.as_ref(), shared.config.route());
         match load_backup(shared, id, candidate, relocated).await {
             Ok(Some(found)) => {
                 Stats::count(&counters.relocations);
@@ -410,12 +383,7 @@ async fn load_backup(
 /// the session if needed, deletes it if invalidated, and releases the lock.
 /// `Err(LockLost)` when the lock expired under the request: nothing is
 /// written, so no concurrent writer is overwritten.
-pub(crate) async fn release(
-    shared: &Arc<Shared>,
-    claim: Claim,
-    method: &str,
-    path: &str,
-) -> Result<(), Error> {
+pub(crate) async fn release(shared: &Arc<Shared>, claim: Claim, method: &str, path: &str) -> Result<(), Error> {
     let modified = claim.session.inner.lock().version != claim.version_at_start;
     if !modified {
         Stats::count(&shared.stats.counters.read_only_requests);
@@ -478,12 +446,7 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) {
     let (id, invalidated, changed, obsolete) = {
         let inner = session.inner.lock();
         let changed = inner.version != 0;
-        (
-            inner.id.clone(),
-            inner.invalidated,
-            changed,
-            inner.obsolete_ids.clone(),
-        )
+        (inner.id.clone(), inner.invalidated, changed, inner.obsolete_ids.clone())
     };
     if invalidated {
         for old in obsolete.iter().chain(std::iter::once(&id)) {
@@ -493,8 +456,7 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) {
     }
     let now_ms = unix_ms(SystemTime::now());
     let due = max_inactive.is_some_and(|max| {
-        now_ms.saturating_sub(load.written_ms)
-            >= u64::try_from(max.as_millis() / 2).unwrap_or(u64::MAX)
+        now_ms.saturating_sub(load.written_ms) >= u64::try_from(max.as_millis() / 2).unwrap_or(u64::MAX)
     });
     let write_primary = changed || due || load.new || load.primary_missing || !obsolete.is_empty();
     if !write_primary && !load.backup_missing {
@@ -514,10 +476,7 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) {
         inner.last_accessed_ms = now_ms;
         let started = Instant::now();
         let bytes = envelope::encode(inner.record());
-        shared
-            .stats
-            .serialization_time
-            .record_duration(started.elapsed());
+        shared.stats.serialization_time.record_duration(started.elapsed());
         bytes
     };
     shared.stats.session_size.record(bytes.len() as u64);
@@ -556,10 +515,7 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) {
         (Ok(()), Ok(())) => Stats::count(&counters.backups_written),
         _ => {
             Stats::count(&counters.backups_failed);
-            for error in [primary_result.err(), backup_result.err()]
-                .into_iter()
-                .flatten()
-            {
+            for error in [primary_result.err(), backup_result.err()].into_iter().flatten() {
                 tracing::warn!(%error, "writing a non-sticky session failed");
             }
         }
@@ -608,10 +564,6 @@ pub(crate) async fn refresh_validity(shared: &Shared, id: &SessionId) {
     }
     if let Some(backup) = shared.nodes.next_available(primary) {
         let key = shared.backup_validity_key(id);
-        let _ = shared
-            .nodes
-            .get(backup)
-            .call(|b| b.touch(&key, expiry))
-            .await;
+        let _ = shared.nodes.get(backup).call(|b| b.touch(&key, expiry)).await;
     }
 }

@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
 use crate::error::Error;
+use crate::id_transport::IdAction;
 use crate::manager::Shared;
 use crate::non_sticky::{self, Claim};
 use crate::session_id::SessionId;
@@ -86,13 +87,7 @@ pub(crate) struct RequestState {
 }
 
 impl RequestContext {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        incoming: IncomingId,
-        ignored: bool,
-        method: &str,
-        path: &str,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, incoming: IncomingId, ignored: bool, method: &str, path: &str) -> Self {
         Self {
             shared,
             incoming,
@@ -116,11 +111,10 @@ impl RequestContext {
                     // Non-sticky sessions live in memcached: ignored requests see none.
                     IncomingId::Valid(_) if self.ignored => (None, None),
                     IncomingId::Valid(id) => {
-                        let wants_lock = shared.lock_policy.should_lock(
-                            &shared.config.locking_mode,
-                            &self.method,
-                            &self.path,
-                        );
+                        let wants_lock =
+                            shared
+                                .lock_policy
+                                .should_lock(&shared.config.locking_mode, &self.method, &self.path);
                         let claim = non_sticky::resolve(shared, id, wants_lock).await?;
                         (claim.as_ref().map(|c| c.session().clone()), claim)
                     }
@@ -148,11 +142,7 @@ impl RequestContext {
     /// Non-sticky end of request: releases this request's claim (the last
     /// user writes), writes a session created here, and slides the validity
     /// of a session id that was carried but not used.
-    async fn finish_non_sticky(
-        &self,
-        claim: Option<Claim>,
-        session: Option<&Arc<SessionState>>,
-    ) -> Result<(), Error> {
+    async fn finish_non_sticky(&self, claim: Option<Claim>, session: Option<&Arc<SessionState>>) -> Result<(), Error> {
         let shared = &self.shared;
         let claimed = claim.as_ref().map(|c| c.session().clone());
         let released = match claim {
@@ -172,16 +162,6 @@ impl RequestContext {
         }
         released
     }
-}
-
-/// What the response needs regarding the cookie.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum CookieAction {
-    None,
-    /// Send the (new or changed) id.
-    Set(String),
-    /// The session was invalidated: expire the cookie.
-    Remove,
 }
 
 /// Held by the layer for the duration of one request.
@@ -207,7 +187,7 @@ impl RequestGuard {
     /// Ends the request: backs the session up (sticky) or stores it
     /// (non-sticky), and says what the cookie needs. An error means the
     /// request's session changes were not saved (non-sticky lock lost).
-    pub(crate) async fn finish(self) -> Result<CookieAction, Error> {
+    pub(crate) async fn finish(self) -> Result<IdAction, Error> {
         let context = self.context.clone();
         let shared = &context.shared;
         let counters = &shared.stats.counters;
@@ -239,7 +219,7 @@ impl RequestGuard {
         if context.ignored && !shared.config.sticky {
             // Non-sticky ignored requests never touch memcached, so a
             // session created by one is not stored: do not announce it.
-            return Ok(CookieAction::None);
+            return Ok(IdAction::None);
         }
         Ok(cookie_action(&context, session.as_ref(), any_invalidated))
     }
@@ -255,11 +235,7 @@ async fn back_up_sticky(
     if let Some(session) = session {
         let need = {
             let inner = session.inner.lock();
-            inner.backup_need(
-                shared
-                    .node_index(&inner.id)
-                    .map(|i| shared.nodes.get(i).epoch()),
-            )
+            inner.backup_need(shared.node_index(&inner.id).map(|i| shared.nodes.get(i).epoch()))
         };
         if need == BackupNeed::Nothing {
             Stats::count(&shared.stats.counters.backups_skipped);
@@ -281,23 +257,19 @@ async fn back_up_sticky(
 
 /// `Set-Cookie` when the id is new or changed; removal after an invalidation
 /// that left no session.
-fn cookie_action(
-    context: &RequestContext,
-    session: Option<&Arc<SessionState>>,
-    any_invalidated: bool,
-) -> CookieAction {
+fn cookie_action(context: &RequestContext, session: Option<&Arc<SessionState>>, any_invalidated: bool) -> IdAction {
     match session {
         Some(session) => {
             let mut inner = session.inner.lock();
             inner.announced = true;
             if context.incoming_text() == Some(inner.id.as_str()) {
-                CookieAction::None
+                IdAction::Keep(inner.id.to_string())
             } else {
-                CookieAction::Set(inner.id.to_string())
+                IdAction::Set(inner.id.to_string())
             }
         }
-        None if any_invalidated && context.incoming_text().is_some() => CookieAction::Remove,
-        None => CookieAction::None,
+        None if any_invalidated && context.incoming_text().is_some() => IdAction::Remove,
+        None => IdAction::None,
     }
 }
 
@@ -306,10 +278,7 @@ impl Drop for RequestGuard {
         let shared = &self.context.shared;
         {
             let mut slots = shared.slots.slots.lock();
-            if slots
-                .get(&self.key)
-                .is_some_and(|c| Arc::ptr_eq(c, &self.context))
-            {
+            if slots.get(&self.key).is_some_and(|c| Arc::ptr_eq(c, &self.context)) {
                 slots.remove(&self.key);
             }
         }

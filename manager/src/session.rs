@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::error::Error;
 use crate::request::RequestContext;
 use crate::session_id::SessionId;
-use crate::session_state::SessionState;
+use crate::session_state::{SessionInner, SessionState};
 use crate::stats::Stats;
 
 fn encode_value<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Box<[u8]>, Error> {
@@ -102,10 +102,10 @@ impl Session {
     /// a value equal to the current one is not a change.
     pub fn insert<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
         let bytes = encode_value(key, value)?;
-        self.current_or_create()
-            .inner
-            .lock()
-            .set_attribute(key, bytes);
+        let session = self.current_or_create();
+        let mut inner = session.inner.lock();
+        self.check_size(&inner, key, &bytes)?;
+        inner.set_attribute(key, bytes);
         Ok(())
     }
 
@@ -132,7 +132,9 @@ impl Session {
             .map(|bytes| decode_value(key, bytes))
             .transpose()?;
         let next = change(current);
-        inner.set_attribute(key, encode_value(key, &next)?);
+        let bytes = encode_value(key, &next)?;
+        self.check_size(&inner, key, &bytes)?;
+        inner.set_attribute(key, bytes);
         Ok(next)
     }
 
@@ -142,12 +144,10 @@ impl Session {
         let Some(bytes) = self.remove_raw(key) else {
             return Ok(None);
         };
-        postcard::from_bytes(&bytes)
-            .map(Some)
-            .map_err(|source| Error::Decode {
-                key: key.to_owned(),
-                source,
-            })
+        postcard::from_bytes(&bytes).map(Some).map_err(|source| Error::Decode {
+            key: key.to_owned(),
+            source,
+        })
     }
 
     /// Removes an attribute without reading it; `true` when it was there.
@@ -156,30 +156,33 @@ impl Session {
     }
 
     fn remove_raw(&self, key: &str) -> Option<Box<[u8]>> {
-        let session = self.current()?;
-        let mut inner = session.inner.lock();
-        let removed = inner.attributes.remove(key);
-        if removed.is_some() {
-            inner.version += 1;
+        self.current()?.inner.lock().remove_attribute(key)
+    }
+
+    /// `maxSessionSize`: refuses a value that would make the session too large.
+    fn check_size(&self, inner: &SessionInner, key: &str, bytes: &[u8]) -> Result<(), Error> {
+        let limit = self.context.shared.config.max_session_size;
+        let size = inner.size_with(key, bytes);
+        if size > limit {
+            return Err(Error::SessionTooLarge {
+                key: key.to_owned(),
+                size,
+                limit,
+            });
         }
-        removed
+        Ok(())
     }
 
     /// Removes every attribute (the session and its id stay).
     pub fn clear(&self) {
         if let Some(session) = self.current() {
-            let mut inner = session.inner.lock();
-            if !inner.attributes.is_empty() {
-                inner.attributes.clear();
-                inner.version += 1;
-            }
+            session.inner.lock().clear_attributes();
         }
     }
 
     /// Whether the session has no attributes (or there is no session).
     pub fn is_empty(&self) -> bool {
-        self.current()
-            .is_none_or(|s| s.inner.lock().attributes.is_empty())
+        self.current().is_none_or(|s| s.inner.lock().attributes.is_empty())
     }
 
     /// The attribute names, sorted.

@@ -138,12 +138,7 @@ impl fmt::Display for SessionId {
 
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "SessionId({}…{})",
-            &self.text[..4],
-            &self.text[RANDOM_LEN..]
-        )
+        write!(f, "SessionId({}…{})", &self.text[..4], &self.text[RANDOM_LEN..])
     }
 }
 

@@ -27,7 +27,12 @@ pub(crate) struct SessionState {
 /// The mutable part of a [`SessionState`].
 pub(crate) struct SessionInner {
     pub(crate) id: SessionId,
+    /// Attribute map; change it through [`SessionInner::set_attribute`],
+    /// [`SessionInner::remove_attribute`] and [`SessionInner::clear_attributes`]
+    /// so `attributes_size` stays exact.
     pub(crate) attributes: Attributes,
+    /// Serialized size of the attribute entries (without the map length).
+    attributes_size: usize,
     /// Increases on every change of `attributes`.
     pub(crate) version: u64,
     pub(crate) created_at_ms: u64,
@@ -71,6 +76,20 @@ pub(crate) enum BackupNeed {
     Delete,
 }
 
+/// Upper bound of everything but the attributes in a stored session: magic,
+/// envelope variant and three varint `u64`s.
+const RECORD_OVERHEAD: usize = 2 + 1 + 3 * 10;
+
+/// Bytes of a varint-encoded length in postcard.
+fn varint_len(n: usize) -> usize {
+    (usize::BITS - n.leading_zeros()).max(1).div_ceil(7) as usize
+}
+
+/// Serialized size of one attribute entry.
+fn entry_size(key: &str, value: &[u8]) -> usize {
+    varint_len(key.len()) + key.len() + varint_len(value.len()) + value.len()
+}
+
 pub(crate) fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -92,20 +111,9 @@ impl SessionState {
     }
 
     /// A session loaded from memcached.
-    pub(crate) fn from_record(
-        id: SessionId,
-        record: SessionRecord,
-        stored: Option<StoredMark>,
-    ) -> Self {
-        let max_inactive =
-            (record.max_inactive_secs > 0).then(|| Duration::from_secs(record.max_inactive_secs));
-        Self::from_parts(
-            id,
-            record.attributes,
-            record.created_at_ms,
-            max_inactive,
-            stored,
-        )
+    pub(crate) fn from_record(id: SessionId, record: SessionRecord, stored: Option<StoredMark>) -> Self {
+        let max_inactive = (record.max_inactive_secs > 0).then(|| Duration::from_secs(record.max_inactive_secs));
+        Self::from_parts(id, record.attributes, record.created_at_ms, max_inactive, stored)
     }
 
     fn from_parts(
@@ -115,10 +123,12 @@ impl SessionState {
         max_inactive: Option<Duration>,
         stored: Option<StoredMark>,
     ) -> Self {
+        let attributes_size = attributes.iter().map(|(k, v)| entry_size(k, v)).sum();
         Self {
             inner: Mutex::new(SessionInner {
                 id,
                 attributes,
+                attributes_size,
                 version: 0,
                 created_at_ms,
                 last_accessed: Instant::now(),
@@ -151,10 +161,47 @@ impl SessionInner {
         self.last_accessed_ms = unix_ms(SystemTime::now());
     }
 
+    /// The serialized size (upper bound) the session would have with
+    /// `key` set to `bytes`.
+    pub(crate) fn size_with(&self, key: &str, bytes: &[u8]) -> usize {
+        let (old, count) = match self.attributes.get(key) {
+            Some(old) => (entry_size(key, old), self.attributes.len()),
+            None => (0, self.attributes.len() + 1),
+        };
+        RECORD_OVERHEAD + varint_len(count) + self.attributes_size - old + entry_size(key, bytes)
+    }
+
+    /// The serialized size (upper bound) of the session.
+    #[cfg(test)]
+    pub(crate) fn size(&self) -> usize {
+        RECORD_OVERHEAD + varint_len(self.attributes.len()) + self.attributes_size
+    }
+
     /// Stores an encoded attribute; only a different value is a change.
     pub(crate) fn set_attribute(&mut self, key: &str, bytes: Box<[u8]>) {
-        if self.attributes.get(key) != Some(&bytes) {
-            self.attributes.insert(key.to_owned(), bytes);
+        if self.attributes.get(key) == Some(&bytes) {
+            return;
+        }
+        self.attributes_size += entry_size(key, &bytes);
+        if let Some(old) = self.attributes.insert(key.to_owned(), bytes) {
+            self.attributes_size -= entry_size(key, &old);
+        }
+        self.version += 1;
+    }
+
+    /// Removes an attribute; removing an absent one is not a change.
+    pub(crate) fn remove_attribute(&mut self, key: &str) -> Option<Box<[u8]>> {
+        let removed = self.attributes.remove(key)?;
+        self.attributes_size -= entry_size(key, &removed);
+        self.version += 1;
+        Some(removed)
+    }
+
+    /// Removes every attribute.
+    pub(crate) fn clear_attributes(&mut self) {
+        if !self.attributes.is_empty() {
+            self.attributes.clear();
+            self.attributes_size = 0;
             self.version += 1;
         }
     }
@@ -229,9 +276,7 @@ impl SessionInner {
             return BackupNeed::DeleteObsolete;
         }
         match (stored.expires_at, self.max_inactive) {
-            (Some(expires_at), Some(max))
-                if expires_at < self.last_accessed + max + ttl_margin(max) / 2 =>
-            {
+            (Some(expires_at), Some(max)) if expires_at < self.last_accessed + max + ttl_margin(max) / 2 => {
                 BackupNeed::Touch
             }
             _ => BackupNeed::Nothing,
@@ -267,23 +312,14 @@ mod tests {
     async fn new_changed_moved_or_lost_sessions_are_written() {
         let mut s = session(Some(Duration::from_secs(60)));
         assert_eq!(s.backup_need(Some(0)), BackupNeed::Write, "new");
-        assert_eq!(
-            s.backup_need(None),
-            BackupNeed::Nothing,
-            "no node to write to"
-        );
+        assert_eq!(s.backup_need(None), BackupNeed::Nothing, "no node to write to");
         stored_now(&mut s, 0);
         assert_eq!(s.backup_need(Some(0)), BackupNeed::Nothing);
         s.version += 1;
         assert_eq!(s.backup_need(Some(0)), BackupNeed::Write, "changed");
         stored_now(&mut s, 0);
-        assert_eq!(
-            s.backup_need(Some(1)),
-            BackupNeed::Write,
-            "node lost its data"
-        );
-        let moved =
-            s.id.with_location(Some(&NodeId::parse("n2").unwrap()), None);
+        assert_eq!(s.backup_need(Some(1)), BackupNeed::Write, "node lost its data");
+        let moved = s.id.with_location(Some(&NodeId::parse("n2").unwrap()), None);
         s.change_id(moved);
         assert_eq!(s.obsolete_ids.len(), 1);
         assert_eq!(s.backup_need(Some(0)), BackupNeed::Write, "moved");
@@ -321,6 +357,32 @@ mod tests {
             Expiry::After(Duration::from_secs(40 * 86_400 + 300)),
             "over 30 days: the backend sends it as an absolute time"
         );
+    }
+
+    #[test]
+    fn size_bound_matches_the_encoding() {
+        let mut s = session(Some(Duration::from_secs(60)));
+        assert!(envelope_len(&s) <= s.size());
+        for (i, len) in [0usize, 1, 127, 128, 300, 20_000].into_iter().enumerate() {
+            let key = format!("k{i}");
+            let predicted = s.size_with(&key, &vec![7; len]);
+            s.set_attribute(&key, vec![7; len].into());
+            assert_eq!(s.size(), predicted);
+            let actual = envelope_len(&s);
+            assert!(
+                actual <= s.size() && s.size() <= actual + RECORD_OVERHEAD,
+                "{actual} vs {}",
+                s.size()
+            );
+        }
+        s.remove_attribute("k5");
+        assert!(envelope_len(&s) <= s.size());
+        s.clear_attributes();
+        assert_eq!(s.size(), RECORD_OVERHEAD + 1);
+    }
+
+    fn envelope_len(s: &SessionInner) -> usize {
+        crate::envelope::encode(s.record()).len()
     }
 
     #[tokio::test(start_paused = true)]

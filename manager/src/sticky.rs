@@ -95,10 +95,7 @@ fn relocate_if_needed(shared: &Arc<Shared>, session: &Arc<SessionState>) {
 /// concurrent takeover of the same id by another instance makes this one
 /// fail with [`Error::TakeoverInProgress`]. Within this process, concurrent
 /// requests for the same id wait for one takeover and share its result.
-async fn take_over(
-    shared: &Arc<Shared>,
-    id: &SessionId,
-) -> Result<Option<Arc<SessionState>>, Error> {
+async fn take_over(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<Arc<SessionState>>, Error> {
     let Some(index) = shared.node_index(id) else {
         Stats::count(&shared.stats.counters.unknown_session_ids);
         return Ok(None);
@@ -137,13 +134,7 @@ async fn load_and_claim(
     let claim = foreign.then(|| shared.takeover_key(id));
     if let Some(claim) = &claim {
         let claimed = node
-            .call(|b| {
-                b.add(
-                    claim,
-                    new_id.as_str().as_bytes(),
-                    Expiry::After(TAKEOVER_CLAIM_TTL),
-                )
-            })
+            .call(|b| b.add(claim, new_id.as_str().as_bytes(), Expiry::After(TAKEOVER_CLAIM_TTL)))
             .await
             .inspect_err(|_| Stats::count(&counters.load_failures))?;
         if !claimed {

@@ -24,17 +24,8 @@ impl UriPattern {
     /// Compiles `pattern`; an invalid regex is an error naming `setting`.
     pub(crate) fn parse(setting: &'static str, pattern: &str) -> Result<Self, ConfigError> {
         let anchored = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-            let reason = e
-                .to_string()
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
-            ConfigError::new(
-                setting,
-                format!("{pattern:?} is not a valid regex: {reason}"),
-            )
+            let reason = e.to_string().lines().last().unwrap_or_default().trim().to_owned();
+            ConfigError::new(setting, format!("{pattern:?} is not a valid regex: {reason}"))
         })?;
         Ok(Self {
             source: pattern.to_owned(),

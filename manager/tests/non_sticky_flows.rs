@@ -20,12 +20,7 @@ fn non_sticky() -> ConfigBuilder {
 
 /// Operations served so far: (gets, sets, touches, deletes).
 fn ops(cluster: &Cluster) -> [u64; 4] {
-    [
-        cluster.gets(),
-        cluster.sets(),
-        cluster.touches(),
-        cluster.deletes(),
-    ]
+    [cluster.gets(), cluster.sets(), cluster.touches(), cluster.deletes()]
 }
 
 fn delta(after: [u64; 4], before: [u64; 4]) -> [u64; 4] {
@@ -46,10 +41,7 @@ async fn every_instance_sees_the_latest_write() {
         let instance = if n % 2 == 0 { &b } else { &a };
         let reply = call(instance, "POST", "/count", Some(&id)).await;
         assert_eq!(reply.body, n.to_string(), "no stale copy");
-        assert_eq!(
-            reply.set_cookie, None,
-            "no takeover, no id change in non-sticky mode"
-        );
+        assert_eq!(reply.set_cookie, None, "no takeover, no id change in non-sticky mode");
     }
     assert_eq!(call(&a, "GET", "/count", Some(&id)).await.body, "6");
     assert_eq!(
@@ -59,11 +51,7 @@ async fn every_instance_sees_the_latest_write() {
     );
     let primary = node_of(&id);
     let keys = cluster.keys();
-    assert_eq!(
-        keys.len(),
-        4,
-        "session + validity, and their backups: {keys:?}"
-    );
+    assert_eq!(keys.len(), 4, "session + validity, and their backups: {keys:?}");
     assert!(cluster.node(primary).contains(&id));
     assert!(cluster.node(primary).contains(&format!("validity:{id}")));
 }
@@ -84,19 +72,11 @@ async fn memcached_operations_per_request_kind() {
 
     let before = ops(&cluster);
     call(&manager, "POST", "/count", Some(&id)).await;
-    assert_eq!(
-        quiet(delta(ops(&cluster), before)),
-        [0, 4, 2, 0],
-        "modifying: + 4 sets"
-    );
+    assert_eq!(quiet(delta(ops(&cluster), before)), [0, 4, 2, 0], "modifying: + 4 sets");
 
     let before = ops(&cluster);
     call(&manager, "GET", "/id", Some(&id)).await;
-    assert_eq!(
-        quiet(delta(ops(&cluster), before)),
-        [0, 0, 0, 0],
-        "ignored: nothing"
-    );
+    assert_eq!(quiet(delta(ops(&cluster), before)), [0, 0, 0, 0], "ignored: nothing");
 
     let single = Cluster::new(1);
     let manager = single.manager(non_sticky());
@@ -180,11 +160,7 @@ async fn without_locking_parallel_increments_on_two_instances_can_lose_updates()
         "2",
         "a loaded before b wrote, and writes over it"
     );
-    assert_eq!(
-        call(&a, "GET", "/count", Some(&id)).await.body,
-        "2",
-        "one update lost"
-    );
+    assert_eq!(call(&a, "GET", "/count", Some(&id)).await.body, "2", "one update lost");
 }
 
 #[tokio::test]
@@ -209,11 +185,7 @@ async fn concurrent_requests_on_one_instance_share_one_session() {
         "9",
         "shared, so nothing lost"
     );
-    assert_eq!(
-        loads() - before,
-        2,
-        "one load for the eight, one for the check"
-    );
+    assert_eq!(loads() - before, 2, "one load for the eight, one for the check");
 }
 
 #[tokio::test]
@@ -235,11 +207,7 @@ async fn auto_locking_learns_read_only_requests() {
 #[tokio::test]
 async fn a_lock_left_by_a_crashed_instance_expires() {
     let cluster = Cluster::new(1);
-    let manager = cluster.manager(
-        non_sticky()
-            .locking_mode("all")
-            .lock_expiration(Duration::from_secs(1)),
-    );
+    let manager = cluster.manager(non_sticky().locking_mode("all").lock_expiration(Duration::from_secs(1)));
     let id = session_with_count(&manager, 1).await;
     let lock_key = format!("lock:{}", random_part(&id));
     cluster.nodes[0]
@@ -285,20 +253,13 @@ async fn a_lock_that_cannot_be_had_fails_or_proceeds_as_configured() {
             .lock_failure(LockFailure::Proceed),
     );
     let proceeded = call(&lenient, "POST", "/count", Some(&id)).await;
-    assert_eq!(
-        (proceeded.status, proceeded.body.as_str()),
-        (StatusCode::OK, "2")
-    );
+    assert_eq!((proceeded.status, proceeded.body.as_str()), (StatusCode::OK, "2"));
 }
 
 #[tokio::test]
 async fn a_long_request_keeps_its_lock() {
     let cluster = Cluster::new(1);
-    let config = || {
-        non_sticky()
-            .locking_mode("all")
-            .lock_expiration(Duration::from_secs(1))
-    };
+    let config = || non_sticky().locking_mode("all").lock_expiration(Duration::from_secs(1));
     let a = cluster.manager(config());
     let b = cluster.manager(config().operation_timeout(Duration::from_millis(500)));
     let id = session_with_count(&a, 1).await;
@@ -328,21 +289,14 @@ async fn a_dead_primary_is_replaced_by_its_backup() {
     let new_primary = node_of(&new_id).to_owned();
     assert_ne!(new_primary, primary);
     assert!(cluster.node(&new_primary).contains(&new_id));
-    assert!(
-        cluster
-            .node(&new_primary)
-            .contains(&format!("validity:{new_id}"))
-    );
+    assert!(cluster.node(&new_primary).contains(&format!("validity:{new_id}")));
     let backups: Vec<_> = cluster
         .keys()
         .into_iter()
         .filter(|k| k == &format!("bak:{new_id}"))
         .collect();
     assert_eq!(backups.len(), 1, "a new backup on the next live node");
-    assert_eq!(
-        call(&manager, "POST", "/count", Some(&new_id)).await.body,
-        "5"
-    );
+    assert_eq!(call(&manager, "POST", "/count", Some(&new_id)).await.body, "5");
     let stats = manager.statistics().counters;
     assert_eq!((stats.backup_node_loads, stats.relocations), (1, 1));
 }
@@ -401,10 +355,7 @@ async fn cycle_id_moves_every_key() {
     let keys = cluster.keys();
     assert_eq!(keys.len(), 4);
     assert!(keys.iter().all(|k| k.ends_with(&new_id)), "{keys:?}");
-    assert_eq!(
-        call(&manager, "GET", "/count", Some(&new_id)).await.body,
-        "2"
-    );
+    assert_eq!(call(&manager, "GET", "/count", Some(&new_id)).await.body, "2");
     assert_eq!(call(&manager, "GET", "/count", Some(&id)).await.body, "0");
 }
 
@@ -426,11 +377,7 @@ async fn the_validity_record_is_the_inactivity_clock() {
         "the session outlives its validity record"
     );
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(
-        call(&manager, "GET", "/count", Some(&id)).await.body,
-        "0",
-        "expired"
-    );
+    assert_eq!(call(&manager, "GET", "/count", Some(&id)).await.body, "0", "expired");
     assert!(!cluster.nodes[0].contains(&id), "its data is deleted");
 }
 

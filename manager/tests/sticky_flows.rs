@@ -24,13 +24,7 @@ async fn a_session_is_created_by_the_first_write_and_announced_once() {
     let first = call(&manager, "POST", "/count", None).await;
     let id = first.cookie_id().unwrap().to_owned();
     assert!(first.set_cookie.as_deref().unwrap().contains("HttpOnly"));
-    assert!(
-        first
-            .set_cookie
-            .as_deref()
-            .unwrap()
-            .contains("SameSite=Lax")
-    );
+    assert!(first.set_cookie.as_deref().unwrap().contains("SameSite=Lax"));
     assert!(first.set_cookie.as_deref().unwrap().contains("Path=/"));
     let second = call(&manager, "POST", "/count", Some(&id)).await;
     assert_eq!(second.body, "2");
@@ -53,10 +47,7 @@ async fn only_changed_sessions_are_written_and_reads_touch_nothing() {
     let probe_gets = cluster.gets() - gets;
     assert!(probe_gets < 20, "only probe reads happen: {probe_gets}");
     for n in 2..=4 {
-        assert_eq!(
-            call(&manager, "POST", "/count", Some(&id)).await.body,
-            n.to_string()
-        );
+        assert_eq!(call(&manager, "POST", "/count", Some(&id)).await.body, n.to_string());
     }
     assert_eq!(cluster.sets() - sets, 3, "one write per modifying request");
     let stats = manager.statistics();
@@ -76,10 +67,7 @@ async fn a_session_moves_off_a_dead_node_with_its_data() {
     .await;
     let moved = call(&manager, "POST", "/count", Some(&id)).await;
     assert_eq!(moved.body, "4", "data survives the relocation");
-    let new_id = moved
-        .cookie_id()
-        .expect("relocation re-sets the cookie")
-        .to_owned();
+    let new_id = moved.cookie_id().expect("relocation re-sets the cookie").to_owned();
     assert_ne!(node_of(&new_id), dead);
     assert_eq!(&new_id[..32], &id[..32], "same random part");
     assert!(new_id.ends_with(".a"));
@@ -94,10 +82,7 @@ async fn a_session_moves_off_a_dead_node_with_its_data() {
         "no cookie churn"
     );
     let stale = call(&manager, "GET", "/count", Some(&id)).await;
-    assert_eq!(
-        stale.body, "4",
-        "requests in flight with the old cookie still find it"
-    );
+    assert_eq!(stale.body, "4", "requests in flight with the old cookie still find it");
     assert_eq!(manager.statistics().counters.relocations, 1);
 }
 
@@ -109,10 +94,7 @@ async fn with_every_node_down_sessions_live_in_memory_without_cookie_churn() {
     for node in &cluster.nodes {
         node.set_down(true);
     }
-    wait_until("all nodes down", || {
-        manager.statistics().available_nodes.is_empty()
-    })
-    .await;
+    wait_until("all nodes down", || manager.statistics().available_nodes.is_empty()).await;
     for n in 2..=4 {
         let reply = call(&manager, "POST", "/count", Some(&id)).await;
         assert_eq!((reply.body, reply.set_cookie), (n.to_string(), None));
@@ -120,28 +102,15 @@ async fn with_every_node_down_sessions_live_in_memory_without_cookie_churn() {
     let fresh = call(&manager, "POST", "/count", None).await;
     let fresh_id = fresh.cookie_id().unwrap().to_owned();
     assert_eq!(fresh_id.len(), 32, "no node available: no node suffix");
-    assert_eq!(
-        call(&manager, "POST", "/count", Some(&fresh_id))
-            .await
-            .set_cookie,
-        None
-    );
+    assert_eq!(call(&manager, "POST", "/count", Some(&fresh_id)).await.set_cookie, None);
 
     cluster.nodes[1].set_down(false);
     wait_until("n2 back", || manager.statistics().available_nodes == ["n2"]).await;
     let moved = call(&manager, "GET", "/count", Some(&fresh_id)).await;
-    let moved_id = moved
-        .cookie_id()
-        .expect("gets a node once one is back")
-        .to_owned();
+    let moved_id = moved.cookie_id().expect("gets a node once one is back").to_owned();
     assert!(moved_id.ends_with("-n2"));
     assert!(cluster.nodes[1].contains(&moved_id));
-    assert_eq!(
-        call(&manager, "GET", "/count", Some(&moved_id))
-            .await
-            .set_cookie,
-        None
-    );
+    assert_eq!(call(&manager, "GET", "/count", Some(&moved_id)).await.set_cookie, None);
 }
 
 #[tokio::test]
@@ -159,21 +128,13 @@ async fn failover_nodes_are_used_only_while_regular_nodes_are_down() {
     let failover_id = on_failover.cookie_id().unwrap().to_owned();
     assert!(failover_id.ends_with("-n2"));
     assert_eq!(
-        call(&manager, "GET", "/count", Some(&failover_id))
-            .await
-            .set_cookie,
+        call(&manager, "GET", "/count", Some(&failover_id)).await.set_cookie,
         None
     );
     cluster.nodes[0].set_down(false);
-    wait_until("n1 back", || {
-        manager.statistics().available_nodes.len() == 2
-    })
-    .await;
+    wait_until("n1 back", || manager.statistics().available_nodes.len() == 2).await;
     let back = call(&manager, "GET", "/count", Some(&failover_id)).await;
-    let back_id = back
-        .cookie_id()
-        .expect("leaves the failover node")
-        .to_owned();
+    let back_id = back.cookie_id().expect("leaves the failover node").to_owned();
     assert!(back_id.ends_with("-n1"));
     assert_eq!(back.body, "2");
     assert!(cluster.nodes[0].contains(&back_id));
@@ -189,9 +150,7 @@ async fn another_instance_takes_a_session_over_once() {
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let (b, id) = (b.clone(), id.clone());
-        tasks.push(tokio::spawn(async move {
-            call(&b, "POST", "/count", Some(&id)).await
-        }));
+        tasks.push(tokio::spawn(async move { call(&b, "POST", "/count", Some(&id)).await }));
     }
     let mut bodies = Vec::new();
     let mut new_ids = Vec::new();
@@ -202,11 +161,7 @@ async fn another_instance_takes_a_session_over_once() {
         new_ids.extend(reply.cookie_id().map(str::to_owned));
     }
     bodies.sort();
-    assert_eq!(
-        bodies,
-        [6, 7, 8, 9],
-        "every concurrent request saw one shared session"
-    );
+    assert_eq!(bodies, [6, 7, 8, 9], "every concurrent request saw one shared session");
     new_ids.dedup();
     assert_eq!(new_ids.len(), 1);
     let new_id = &new_ids[0];
@@ -245,19 +200,13 @@ async fn invalidate_and_cycle_id_remove_the_old_keys() {
     assert_eq!(cluster.session_keys(), vec![new_id.clone()]);
     let old = call(&manager, "GET", "/count", Some(&id)).await;
     assert_eq!(old.body, "0", "the old id is dead at once");
-    assert_eq!(
-        call(&manager, "GET", "/count", Some(&new_id)).await.body,
-        "2"
-    );
+    assert_eq!(call(&manager, "GET", "/count", Some(&new_id)).await.body, "2");
 
     let logout = call(&manager, "POST", "/logout", Some(&new_id)).await;
     assert_eq!(logout.cookie_id(), Some(""), "cookie removed");
     assert!(logout.set_cookie.unwrap().contains("Max-Age=0"));
     assert!(cluster.session_keys().is_empty());
-    assert_eq!(
-        call(&manager, "GET", "/count", Some(&new_id)).await.body,
-        "0"
-    );
+    assert_eq!(call(&manager, "GET", "/count", Some(&new_id)).await.body, "0");
 }
 
 #[tokio::test]
@@ -301,18 +250,9 @@ async fn garbage_cookies_mean_no_session() {
         }
         let response = request.reply(&routes(&manager)).await;
         assert_eq!(response.status(), StatusCode::OK, "{garbage:?}");
-        assert_eq!(
-            response.body(),
-            "1",
-            "a fresh session, never the client's id"
-        );
+        assert_eq!(response.body(), "1", "a fresh session, never the client's id");
         let set = response.headers()["set-cookie"].to_str().unwrap();
-        let issued = set
-            .strip_prefix("SESSIONID=")
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap();
+        let issued = set.strip_prefix("SESSIONID=").unwrap().split(';').next().unwrap();
         assert!(
             issued.len() == 35 && issued.ends_with("-n1"),
             "a fresh id of ours: {issued}"
@@ -340,15 +280,9 @@ async fn a_node_that_lost_its_data_gets_the_sessions_back_without_a_request() {
     let cluster = Cluster::new(1);
     let manager = cluster.manager(Config::builder());
     let id = session_with_count(&manager, 2).await;
-    wait_until("the prober placed its sentinel", || {
-        cluster.nodes[0].keys().len() == 2
-    })
-    .await;
+    wait_until("the prober placed its sentinel", || cluster.nodes[0].keys().len() == 2).await;
     cluster.nodes[0].clear();
-    wait_until("the session is re-written", || {
-        cluster.nodes[0].contains(&id)
-    })
-    .await;
+    wait_until("the session is re-written", || cluster.nodes[0].contains(&id)).await;
     assert!(manager.statistics().counters.backups_restored >= 1);
 }
 
@@ -391,10 +325,7 @@ async fn idle_sessions_expire_here_and_in_memcached() {
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(manager.statistics().counters.sessions_expired, 1);
-    assert!(
-        !cluster.nodes[0].contains(&id),
-        "expiry deletes the memcached copy"
-    );
+    assert!(!cluster.nodes[0].contains(&id), "expiry deletes the memcached copy");
     assert_eq!(call(&manager, "GET", "/count", Some(&id)).await.body, "0");
 }
 
@@ -407,10 +338,7 @@ async fn async_backups_of_one_session_are_coalesced() {
     for _ in 0..20 {
         call(&manager, "POST", "/count", Some(&id)).await;
     }
-    wait_until("the queue drained", || {
-        manager.statistics().backup_queue_len == 0
-    })
-    .await;
+    wait_until("the queue drained", || manager.statistics().backup_queue_len == 0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let written = manager.statistics().counters.backups_written;
     assert!(
@@ -429,11 +357,7 @@ async fn async_backups_of_one_session_are_coalesced() {
 #[tokio::test]
 async fn a_full_backup_queue_drops_and_counts_but_loses_nothing() {
     let cluster = Cluster::new(1);
-    let manager = cluster.manager_async(
-        Config::builder()
-            .backup_queue_capacity(1)
-            .backup_concurrency(1),
-    );
+    let manager = cluster.manager_async(Config::builder().backup_queue_capacity(1).backup_concurrency(1));
     cluster.nodes[0].set_delay(Duration::from_millis(50));
     let mut ids = Vec::new();
     for _ in 0..10 {
@@ -446,19 +370,10 @@ async fn a_full_backup_queue_drops_and_counts_but_loses_nothing() {
         );
     }
     let dropped = manager.statistics().counters.backups_dropped;
-    assert!(
-        dropped >= 5,
-        "a queue of one overflows under a burst: {dropped}"
-    );
-    assert!(
-        manager.statistics().backup_queue_len <= 1,
-        "memory stays bounded"
-    );
+    assert!(dropped >= 5, "a queue of one overflows under a burst: {dropped}");
+    assert!(manager.statistics().backup_queue_len <= 1, "memory stays bounded");
     cluster.nodes[0].set_delay(Duration::ZERO);
-    wait_until("the queue drained", || {
-        manager.statistics().backup_queue_len == 0
-    })
-    .await;
+    wait_until("the queue drained", || manager.statistics().backup_queue_len == 0).await;
     // The next request of each session queues its backup again.
     for id in &ids {
         call(&manager, "GET", "/count", Some(id)).await;
@@ -473,15 +388,11 @@ async fn the_session_filter_outside_the_layer_is_a_clear_500() {
     let unwrapped = warp::path!("x")
         .and(manager.session())
         .map(|_s: Session| "unreachable")
-        .recover(|r: warp::Rejection| async move {
-            Ok::<_, std::convert::Infallible>(format!("{r:?}"))
-        });
+        .recover(|r: warp::Rejection| async move { Ok::<_, std::convert::Infallible>(format!("{r:?}")) });
     let response = warp::test::request().path("/x").reply(&unwrapped).await;
     assert!(String::from_utf8_lossy(response.body()).contains("wrap the routes"));
     // Without a recover, warp's own 500 carries the same hint.
-    let bare = warp::path!("x")
-        .and(manager.session())
-        .map(|_s: Session| "unreachable");
+    let bare = warp::path!("x").and(manager.session()).map(|_s: Session| "unreachable");
     let response = warp::test::request().path("/x").reply(&bare).await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(String::from_utf8_lossy(response.body()).contains("wrap the routes"));

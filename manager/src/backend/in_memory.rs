@@ -72,10 +72,8 @@ impl InMemoryNode {
 
     /// Makes every operation take at least `delay` (a slow or frozen node).
     pub fn set_delay(&self, delay: Duration) {
-        self.delay_us.store(
-            u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
-            Ordering::SeqCst,
-        );
+        self.delay_us
+            .store(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// Drops every item, like a memcached restart.
@@ -91,10 +89,7 @@ impl InMemoryNode {
     /// Whether a live item exists under `key` (no counters touched).
     pub fn contains(&self, key: &str) -> bool {
         let now = Instant::now();
-        self.items
-            .lock()
-            .get(key)
-            .is_some_and(|item| item.live(now))
+        self.items.lock().get(key).is_some_and(|item| item.live(now))
     }
 
     /// Live keys, sorted (for assertions).
@@ -134,9 +129,7 @@ impl InMemoryNode {
             tokio::time::sleep(Duration::from_micros(delay)).await;
         }
         if self.down.load(Ordering::SeqCst) {
-            Err(BackendError::Unreachable(
-                "in-memory node is switched off".to_owned(),
-            ))
+            Err(BackendError::Unreachable("in-memory node is switched off".to_owned()))
         } else {
             Ok(())
         }
@@ -177,12 +170,7 @@ impl NodeBackend for InMemoryNode {
         Ok(self.add_with_cas(key, value, expiry).await?.is_some())
     }
 
-    async fn add_with_cas(
-        &self,
-        key: &str,
-        value: &[u8],
-        expiry: Expiry,
-    ) -> Result<Option<u64>, BackendError> {
+    async fn add_with_cas(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<Option<u64>, BackendError> {
         self.check(&self.counts.sets).await?;
         let now = Instant::now();
         let mut items = self.items.lock();
@@ -229,11 +217,7 @@ impl NodeBackend for InMemoryNode {
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         self.check(&self.counts.deletes).await?;
         let now = Instant::now();
-        Ok(self
-            .items
-            .lock()
-            .remove(key)
-            .is_some_and(|item| item.live(now)))
+        Ok(self.items.lock().remove(key).is_some_and(|item| item.live(now)))
     }
 }
 
@@ -253,11 +237,7 @@ mod tests {
         assert!(!node.add("k", b"w", Expiry::Never).await.unwrap());
         assert_eq!(node.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(
-            node.touch("k", Expiry::After(Duration::from_secs(2)))
-                .await
-                .unwrap()
-        );
+        assert!(node.touch("k", Expiry::After(Duration::from_secs(2))).await.unwrap());
         tokio::time::advance(Duration::from_millis(1500)).await;
         assert!(node.contains("k"), "touch extended the expiry");
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -271,17 +251,8 @@ mod tests {
     #[tokio::test]
     async fn cas_guards_deletes() {
         let node = InMemoryNode::new();
-        let cas = node
-            .add_with_cas("lock", b"a", Expiry::Never)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            node.add_with_cas("lock", b"b", Expiry::Never)
-                .await
-                .unwrap(),
-            None
-        );
+        let cas = node.add_with_cas("lock", b"a", Expiry::Never).await.unwrap().unwrap();
+        assert_eq!(node.add_with_cas("lock", b"b", Expiry::Never).await.unwrap(), None);
         assert!(node.touch("lock", Expiry::Never).await.unwrap());
         assert!(!node.delete_if_cas("lock", cas + 1).await.unwrap());
         assert!(
@@ -296,12 +267,7 @@ mod tests {
         let node = InMemoryNode::new();
         node.set_down(true);
         assert!(node.get("k").await.unwrap_err().is_unavailable());
-        assert!(
-            node.set("k", b"v", Expiry::Never)
-                .await
-                .unwrap_err()
-                .is_unavailable()
-        );
+        assert!(node.set("k", b"v", Expiry::Never).await.unwrap_err().is_unavailable());
         node.set_down(false);
         assert!(node.get("k").await.is_ok());
     }

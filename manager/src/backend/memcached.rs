@@ -63,10 +63,7 @@ fn map_error(error: ClientError, timeout: Duration) -> BackendError {
 #[async_trait]
 impl NodeBackend for MemcachedNode {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        self.client
-            .get::<Vec<u8>>(key)
-            .await
-            .map_err(|e| self.error(e))
+        self.client.get::<Vec<u8>>(key).await.map_err(|e| self.error(e))
     }
 
     async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError> {
@@ -83,12 +80,7 @@ impl NodeBackend for MemcachedNode {
             .map_err(|e| self.error(e))
     }
 
-    async fn add_with_cas(
-        &self,
-        key: &str,
-        value: &[u8],
-        expiry: Expiry,
-    ) -> Result<Option<u64>, BackendError> {
+    async fn add_with_cas(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<Option<u64>, BackendError> {
         let result = self
             .client
             .meta()
@@ -102,9 +94,10 @@ impl NodeBackend for MemcachedNode {
         if !result.applied() {
             return Ok(None);
         }
-        result.cas.map(Some).ok_or_else(|| {
-            BackendError::Protocol("memcached did not return the CAS token".to_owned())
-        })
+        result
+            .cas
+            .map(Some)
+            .ok_or_else(|| BackendError::Protocol("memcached did not return the CAS token".to_owned()))
     }
 
     async fn delete_if_cas(&self, key: &str, cas: u64) -> Result<bool, BackendError> {
@@ -135,13 +128,7 @@ impl NodeBackend for MemcachedNode {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let result = self
-            .client
-            .meta()
-            .delete(key)
-            .send()
-            .await
-            .map_err(|e| self.error(e))?;
+        let result = self.client.meta().delete(key).send().await.map_err(|e| self.error(e))?;
         Ok(result.applied())
     }
 }

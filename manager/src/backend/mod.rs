@@ -52,12 +52,7 @@ pub trait NodeBackend: Send + Sync + 'static {
     /// Like [`add`](Self::add), returning the stored item's CAS token (for
     /// [`delete_if_cas`](Self::delete_if_cas)); `None` when the key existed.
     /// Locks use this: only their owner can release them.
-    async fn add_with_cas(
-        &self,
-        key: &str,
-        value: &[u8],
-        expiry: Expiry,
-    ) -> Result<Option<u64>, BackendError>;
+    async fn add_with_cas(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<Option<u64>, BackendError>;
     /// Deletes the key only if its CAS token is still `cas`; `false` when it
     /// changed or is gone. A `touch` does not change the token.
     async fn delete_if_cas(&self, key: &str, cas: u64) -> Result<bool, BackendError>;
@@ -74,15 +69,9 @@ mod tests {
     #[test]
     fn expiry_rounds_up_to_whole_seconds() {
         assert_eq!(Expiry::Never.whole_secs(), None);
-        assert_eq!(
-            Expiry::After(Duration::from_millis(1)).whole_secs(),
-            Some(1)
-        );
+        assert_eq!(Expiry::After(Duration::from_millis(1)).whole_secs(), Some(1));
         assert_eq!(Expiry::After(Duration::ZERO).whole_secs(), Some(1));
-        assert_eq!(
-            Expiry::After(Duration::from_millis(2500)).whole_secs(),
-            Some(3)
-        );
+        assert_eq!(Expiry::After(Duration::from_millis(2500)).whole_secs(), Some(3));
         assert_eq!(
             Expiry::After(Duration::from_secs(40 * 86_400)).whole_secs(),
             Some(3_456_000)

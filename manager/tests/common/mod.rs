@@ -43,11 +43,7 @@ impl Cluster {
             .session_backup_timeout(Duration::from_secs(2))
             .build()
             .unwrap();
-        let backends = self
-            .nodes
-            .iter()
-            .map(|n| n.clone() as Arc<dyn NodeBackend>)
-            .collect();
+        let backends = self.nodes.iter().map(|n| n.clone() as Arc<dyn NodeBackend>).collect();
         SessionManager::with_backends(config, backends)
     }
 
@@ -57,10 +53,7 @@ impl Cluster {
     }
 
     pub fn sets(&self) -> u64 {
-        self.nodes
-            .iter()
-            .map(|n| n.counts().sets.load(Ordering::SeqCst))
-            .sum()
+        self.nodes.iter().map(|n| n.counts().sets.load(Ordering::SeqCst)).sum()
     }
 
     pub fn touches(&self) -> u64 {
@@ -101,10 +94,7 @@ impl Cluster {
     }
 
     pub fn gets(&self) -> u64 {
-        self.nodes
-            .iter()
-            .map(|n| n.counts().gets.load(Ordering::SeqCst))
-            .sum()
+        self.nodes.iter().map(|n| n.counts().gets.load(Ordering::SeqCst)).sum()
     }
 
     /// Keys that are sessions (not probe sentinels or claims).
@@ -136,20 +126,16 @@ pub fn routes(
             if let Some(ms) = query.get("delay_ms") {
                 tokio::time::sleep(Duration::from_millis(*ms)).await;
             }
-            let n = s
-                .update("count", |c: Option<u64>| c.unwrap_or(0) + 1)
-                .unwrap();
+            let n = s.update("count", |c: Option<u64>| c.unwrap_or(0) + 1).unwrap();
             Ok::<_, std::convert::Infallible>(n.to_string())
         });
     let id = warp::path!("id")
         .and(session.clone())
         .map(|s: Session| s.id().unwrap_or_default());
-    let logout = warp::path!("logout")
-        .and(session.clone())
-        .map(|s: Session| {
-            s.invalidate();
-            String::new()
-        });
+    let logout = warp::path!("logout").and(session.clone()).map(|s: Session| {
+        s.invalidate();
+        String::new()
+    });
     let login = warp::path!("login")
         .and(session)
         .map(|s: Session| s.cycle_id().unwrap_or_default());
@@ -172,12 +158,7 @@ impl Reply {
     }
 }
 
-pub async fn call(
-    manager: &SessionManager,
-    method: &str,
-    path: &str,
-    cookie: Option<&str>,
-) -> Reply {
+pub async fn call(manager: &SessionManager, method: &str, path: &str, cookie: Option<&str>) -> Reply {
     let mut request = warp::test::request().method(method).path(path);
     if let Some(id) = cookie {
         request = request.header("cookie", format!("SESSIONID={id}"));
@@ -196,10 +177,7 @@ pub async fn call(
 /// A session with `count = n`, returning its id.
 pub async fn session_with_count(manager: &SessionManager, n: u64) -> String {
     let first = call(manager, "POST", "/count", None).await;
-    let id = first
-        .cookie_id()
-        .expect("new session sets a cookie")
-        .to_owned();
+    let id = first.cookie_id().expect("new session sets a cookie").to_owned();
     for _ in 1..n {
         call(manager, "POST", "/count", Some(&id)).await;
     }
