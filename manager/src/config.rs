@@ -6,6 +6,7 @@
 //! environment variables produce. Every bad value is a [`ConfigError`] that
 //! names the setting and quotes the text.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cookie::SameSite;
@@ -15,6 +16,7 @@ use warp::http::header::{COOKIE, SET_COOKIE};
 use crate::error::ConfigError;
 use crate::locking_mode::{LockFailure, LockingMode};
 use crate::node::{self, NodeSpec};
+use crate::seal::{Sealer, StorageKeyHasher};
 use crate::uri_pattern::UriPattern;
 
 /// Longest accepted `storageKeyPrefix`, so that every key stays far below
@@ -42,6 +44,10 @@ pub struct Config {
     /// Header carrying the session id besides (or instead of) the cookie.
     pub(crate) id_header: Option<HeaderName>,
     pub(crate) max_session_size: usize,
+    /// Seals every blob written to memcached (`sessionEncryptionKeys`).
+    pub(crate) sealer: Option<Arc<Sealer>>,
+    /// Hashes session ids into memcached keys (`storageKeySecret`).
+    pub(crate) key_hasher: Option<Arc<StorageKeyHasher>>,
     pub(crate) locking_mode: LockingMode,
     pub(crate) lock_expiration: Duration,
     pub(crate) lock_failure: LockFailure,
@@ -161,6 +167,8 @@ pub struct ConfigBuilder {
     cookie_persistent: bool,
     id_header: Option<String>,
     max_session_size: usize,
+    encryption_keys: Option<String>,
+    storage_key_secret: Option<String>,
     cookie_name: String,
     cookie_path: String,
     cookie_domain: Option<String>,
@@ -193,6 +201,8 @@ impl Default for ConfigBuilder {
             cookie_persistent: false,
             id_header: None,
             max_session_size: Config::DEFAULT_MAX_SESSION_SIZE,
+            encryption_keys: None,
+            storage_key_secret: None,
             cookie_name: Config::DEFAULT_COOKIE_NAME.to_owned(),
             cookie_path: "/".to_owned(),
             cookie_domain: None,
@@ -368,6 +378,26 @@ impl ConfigBuilder {
         self
     }
 
+    /// `sessionEncryptionKeys`: base64 keys of 32 random bytes (e.g.
+    /// `openssl rand -base64 32`), comma separated. Every blob written to
+    /// memcached is sealed (encrypted and authenticated, bound to its key)
+    /// with the first key; every listed key opens. Rotate by putting a new
+    /// key first and dropping the old one after the sessions' TTL.
+    pub fn session_encryption_keys(mut self, keys: impl Into<String>) -> Self {
+        self.encryption_keys = Some(keys.into());
+        self
+    }
+
+    /// `storageKeySecret`: base64, at least 16 random bytes. Memcached keys
+    /// then carry a keyed hash of the session id instead of the id, so a
+    /// dump of memcached yields no usable cookie value (node id and route
+    /// stay visible for routing). Changing the secret orphans every stored
+    /// session: treat it as a long-lived secret.
+    pub fn storage_key_secret(mut self, secret: impl Into<String>) -> Self {
+        self.storage_key_secret = Some(secret.into());
+        self
+    }
+
     /// Cookie name (default `SESSIONID`). A `__Host-` name requires
     /// `cookieSecure`, path `/` and no domain; `__Secure-` requires `cookieSecure`.
     pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
@@ -477,6 +507,8 @@ impl ConfigBuilder {
             "cookieEnabled" => self.cookie_enabled(parse_bool("cookieEnabled", value)?),
             "cookiePersistent" => self.cookie_persistent(parse_bool("cookiePersistent", value)?),
             "sessionIdHeader" => self.session_id_header(value),
+            "sessionEncryptionKeys" => self.session_encryption_keys(value),
+            "storageKeySecret" => self.storage_key_secret(value),
             "maxSessionSize" => self.max_session_size(parse_int("maxSessionSize", value, "a whole number of bytes")?),
             "cookiePath" => self.cookie_path(value),
             "cookieDomain" => self.cookie_domain(value),
@@ -625,6 +657,18 @@ impl ConfigBuilder {
                 ),
             ));
         }
+        let sealer = self
+            .encryption_keys
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+            .map(|keys| Sealer::parse(keys).map(Arc::new))
+            .transpose()?;
+        let key_hasher = self
+            .storage_key_secret
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+            .map(|secret| StorageKeyHasher::parse(secret).map(Arc::new))
+            .transpose()?;
         let locking_mode = LockingMode::parse(&self.locking_mode)?;
         if self.backup_queue_capacity == 0 {
             return Err(ConfigError::new("backupQueueCapacity", "\"0\" must be at least 1"));
@@ -648,6 +692,8 @@ impl ConfigBuilder {
             route,
             id_header,
             max_session_size: self.max_session_size,
+            sealer,
+            key_hasher,
             cookie: CookieConfig {
                 enabled: self.cookie_enabled,
                 persistent: self.cookie_persistent,

@@ -156,6 +156,7 @@ mod node;
 mod nodes;
 mod non_sticky;
 mod request;
+mod seal;
 mod session;
 mod session_id;
 mod session_state;

@@ -1,6 +1,7 @@
 //! [`SessionManager`]: owns the nodes, the sessions held in this process,
 //! the backup queue and the background tasks (node prober, expiry sweep).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::backend::{InMemoryNode, MemcachedNode, NodeBackend};
 use crate::backup::{self, BackupQueue};
 use crate::config::Config;
+use crate::envelope::{self, SessionRecord};
 use crate::error::Error;
 use crate::local_store::LocalSessions;
 use crate::locking::LockPolicy;
@@ -19,7 +21,7 @@ use crate::node::NodeSpec;
 use crate::nodes::{NodeIndex, Nodes, ProbeOutcome};
 use crate::non_sticky::InFlightSessions;
 use crate::request::RequestSlots;
-use crate::session_id::SessionId;
+use crate::session_id::{RANDOM_LEN, SessionId};
 use crate::session_state::SessionState;
 use crate::stats::{Statistics, Stats};
 
@@ -198,38 +200,109 @@ impl Drop for Shared {
 }
 
 impl Shared {
+    /// A session id as it appears in memcached keys: the id itself, or,
+    /// with `storageKeySecret`, a keyed hash of its random part followed by
+    /// its node and route suffix.
+    fn storage_id<'i>(&self, id: &'i SessionId) -> Cow<'i, str> {
+        match &self.config.key_hasher {
+            None => Cow::Borrowed(id.as_str()),
+            Some(hasher) => {
+                let mut hashed = hasher.hash(id.random_part());
+                hashed.push_str(&id.as_str()[RANDOM_LEN..]);
+                Cow::Owned(hashed)
+            }
+        }
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        let prefix = &self.config.storage_key_prefix;
+        let mut key = String::with_capacity(kind.len() + prefix.len() + id.len());
+        key.push_str(kind);
+        key.push_str(prefix);
+        key.push_str(id);
+        debug_assert!(
+            key.len() <= 250 && key.bytes().all(|b| b.is_ascii_graphic()),
+            "unsafe memcached key"
+        );
+        key
+    }
+
     /// The memcached key of a session.
     pub(crate) fn session_key(&self, id: &SessionId) -> String {
-        let mut key = String::with_capacity(self.config.storage_key_prefix.len() + id.as_str().len());
-        key.push_str(&self.config.storage_key_prefix);
-        key.push_str(id.as_str());
-        key
+        self.key("", &self.storage_id(id))
     }
 
     /// The key of a non-sticky session's validity record.
     pub(crate) fn validity_key(&self, id: &SessionId) -> String {
-        format!("validity:{}{}", self.config.storage_key_prefix, id)
+        self.key("validity:", &self.storage_id(id))
     }
 
     /// The key of a non-sticky session's backup copy.
     pub(crate) fn backup_key(&self, id: &SessionId) -> String {
-        format!("bak:{}{}", self.config.storage_key_prefix, id)
+        self.key("bak:", &self.storage_id(id))
     }
 
     /// The key of a non-sticky session's backup validity record.
     pub(crate) fn backup_validity_key(&self, id: &SessionId) -> String {
-        format!("bak:validity:{}{}", self.config.storage_key_prefix, id)
+        self.key("bak:validity:", &self.storage_id(id))
     }
 
     /// The key of a non-sticky session's lock: by the random part only, so
     /// it does not move when the session is relocated.
     pub(crate) fn lock_key(&self, id: &SessionId) -> String {
-        format!("lock:{}{}", self.config.storage_key_prefix, id.random_part())
+        let random = match &self.config.key_hasher {
+            None => Cow::Borrowed(id.random_part()),
+            Some(hasher) => Cow::Owned(hasher.hash(id.random_part())),
+        };
+        self.key("lock:", &random)
+    }
+
+    /// The session stored under `key` on `node`, from its bytes: opened
+    /// (when sealed) and decoded. Anything else — garbage, truncated,
+    /// foreign, tampered, from a newer version — is "no session", counted
+    /// and logged, never a panic.
+    pub(crate) fn read_record(&self, key: &str, bytes: &[u8], node: NodeIndex) -> Option<SessionRecord> {
+        let outcome = match self.open(key, bytes) {
+            None => Err("it failed authentication (tampered, foreign, or sealed with an unknown key)".to_owned()),
+            Some(plain) => envelope::decode(&plain).map_err(|e| e.to_string()),
+        };
+        match outcome {
+            Ok(record) => Some(record),
+            Err(error) => {
+                Stats::count(&self.stats.counters.decode_failures);
+                tracing::warn!(node = %self.nodes.get(node).label(), %error, "a stored session was rejected; treating it as no session");
+                None
+            }
+        }
+    }
+
+    /// Seals a blob for `key` when encryption is configured.
+    pub(crate) fn seal<'b>(&self, key: &str, bytes: &'b [u8]) -> Cow<'b, [u8]> {
+        match &self.config.sealer {
+            None => Cow::Borrowed(bytes),
+            Some(sealer) => Cow::Owned(sealer.seal(key, bytes)),
+        }
+    }
+
+    /// [`seal`](Self::seal) for an owned blob (no copy without encryption).
+    pub(crate) fn seal_owned(&self, key: &str, bytes: Vec<u8>) -> Vec<u8> {
+        match &self.config.sealer {
+            None => bytes,
+            Some(sealer) => sealer.seal(key, &bytes),
+        }
+    }
+
+    /// Opens a blob read from `key`; `None` when it fails authentication.
+    pub(crate) fn open<'b>(&self, key: &str, bytes: &'b [u8]) -> Option<Cow<'b, [u8]>> {
+        match &self.config.sealer {
+            None => Some(Cow::Borrowed(bytes)),
+            Some(sealer) => sealer.open(key, bytes).map(Cow::Owned),
+        }
     }
 
     /// The key an instance claims before taking over a foreign session.
     pub(crate) fn takeover_key(&self, id: &SessionId) -> String {
-        format!("{}takeover:{}", self.config.storage_key_prefix, id)
+        self.key("takeover:", &self.storage_id(id))
     }
 
     /// The node a session id maps to, if it exists and is configured.

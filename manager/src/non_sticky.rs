@@ -221,17 +221,6 @@ async fn lock_for(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<HeldLoc
     }
 }
 
-fn decode(shared: &Shared, bytes: &[u8], node: NodeIndex) -> Option<SessionRecord> {
-    match envelope::decode(bytes) {
-        Ok(record) => Some(record),
-        Err(error) => {
-            Stats::count(&shared.stats.counters.decode_failures);
-            tracing::warn!(node = %shared.nodes.get(node).label(), %error, "stored session could not be decoded; treating it as no session");
-            None
-        }
-    }
-}
-
 /// A session read from memcached under `stored_as`, given the id `id`
 /// (different when relocated: the old keys then become obsolete).
 fn loaded(stored_as: &SessionId, id: SessionId, record: SessionRecord, load: LoadInfo) -> (SessionState, LoadInfo) {
@@ -292,7 +281,7 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
         match (data, valid) {
             (Ok(Some(bytes)), Ok(true)) => {
                 Stats::count(&counters.loads);
-                let Some(record) = decode(shared, &bytes, primary) else {
+                let Some(record) = shared.read_record(&data_key, &bytes, primary) else {
                     return Ok(None);
                 };
                 let load = LoadInfo {
@@ -367,7 +356,7 @@ async fn load_backup(
     let (Some(bytes), true) = (data?, valid?) else {
         return Ok(None);
     };
-    let Some(record) = decode(shared, &bytes, node) else {
+    let Some(record) = shared.read_record(&data_key, &bytes, node) else {
         return Ok(None);
     };
     Stats::count(&shared.stats.counters.backup_node_loads);
@@ -493,8 +482,9 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) {
         }
         let node = shared.nodes.get(primary);
         let (data_key, validity_key) = (shared.session_key(&id), shared.validity_key(&id));
+        let sealed = shared.seal(&data_key, &bytes);
         let (data, valid) = tokio::join!(
-            node.call(|b| b.set(&data_key, &bytes, data_expiry(max_inactive))),
+            node.call(|b| b.set(&data_key, &sealed, data_expiry(max_inactive))),
             node.call(|b| b.set(&validity_key, &validity, validity_expiry(max_inactive))),
         );
         data.and(valid)
@@ -503,8 +493,9 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) {
         let Some(backup) = backup else { return Ok(()) };
         let node = shared.nodes.get(backup);
         let (data_key, validity_key) = (shared.backup_key(&id), shared.backup_validity_key(&id));
+        let sealed = shared.seal(&data_key, &bytes);
         let (data, valid) = tokio::join!(
-            node.call(|b| b.set(&data_key, &bytes, data_expiry(max_inactive))),
+            node.call(|b| b.set(&data_key, &sealed, data_expiry(max_inactive))),
             node.call(|b| b.set(&validity_key, &validity, validity_expiry(max_inactive))),
         );
         data.and(valid)

@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backend::Expiry;
-use crate::envelope;
 use crate::error::Error;
 use crate::manager::Shared;
 use crate::session_id::SessionId;
@@ -163,14 +162,9 @@ async fn load_and_claim(
         release_claim().await;
         return Ok(None);
     };
-    let record = match envelope::decode(&bytes) {
-        Ok(record) => record,
-        Err(error) => {
-            Stats::count(&counters.decode_failures);
-            tracing::warn!(node = %node.label(), %error, "stored session could not be decoded; treating it as no session");
-            release_claim().await;
-            return Ok(None);
-        }
+    let Some(record) = shared.read_record(&key, &bytes, index) else {
+        release_claim().await;
+        return Ok(None);
     };
     Stats::count(&counters.loads);
     // A copy under our own route is already in memcached: only its TTL is
