@@ -832,4 +832,42 @@ mod tests {
         assert_eq!(config.route, None);
         assert!(config.ignore_pattern.is_none());
     }
+
+    const SETTINGS: [&str; 24] = [
+        "memcachedNodes",
+        "failoverNodes",
+        "sticky",
+        "enabled",
+        "sessionBackupAsync",
+        "sessionBackupTimeout",
+        "operationTimeout",
+        "maxInactiveInterval",
+        "storageKeyPrefix",
+        "requestUriIgnorePattern",
+        "route",
+        "cookieName",
+        "cookiePath",
+        "cookieDomain",
+        "cookieSecure",
+        "cookieSameSite",
+        "lockingMode",
+        "lockExpiration",
+        "lockFailure",
+        "cookieEnabled",
+        "cookiePersistent",
+        "sessionIdHeader",
+        "sessionEncryptionKeys",
+        "maxSessionSize",
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_for_any_setting_is_a_value_or_a_named_error(index in 0..SETTINGS.len(), value in ".{0,80}") {
+            let name = SETTINGS[index];
+            match Config::builder().set(name, &value).and_then(ConfigBuilder::build) {
+                Ok(_) => {}
+                Err(error) => proptest::prop_assert!(!error.setting().is_empty()),
+            }
+        }
+    }
 }

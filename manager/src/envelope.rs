@@ -134,4 +134,30 @@ mod tests {
         trailing.push(0);
         assert!(matches!(decode(&trailing), Err(DecodeError::Trailing(1))));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode(&bytes);
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.extend_from_slice(&bytes);
+            let _ = decode(&with_magic);
+        }
+
+        #[test]
+        fn any_record_roundtrips(
+            created in proptest::num::u64::ANY,
+            accessed in proptest::num::u64::ANY,
+            max in proptest::num::u64::ANY,
+            attributes in proptest::collection::btree_map(".{0,16}", proptest::collection::vec(proptest::num::u8::ANY, 0..64), 0..8),
+        ) {
+            let record = SessionRecord {
+                created_at_ms: created,
+                last_accessed_ms: accessed,
+                max_inactive_secs: max,
+                attributes: attributes.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect(),
+            };
+            proptest::prop_assert_eq!(decode(&encode(borrowed(&record))).unwrap(), record);
+        }
+    }
 }

@@ -147,6 +147,9 @@ mod config;
 mod envelope;
 mod error;
 mod filter;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod id_transport;
 mod local_store;
 mod locking;

@@ -311,4 +311,18 @@ mod tests {
             assert!(NodeId::parse(bad).is_none(), "{bad:?}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_any_node_list_never_panics(nodes in ".{0,120}", failover in ".{0,40}") {
+            let _ = parse_nodes(&nodes, &failover);
+        }
+
+        #[test]
+        fn well_formed_lists_parse(ports in proptest::collection::vec(1u16.., 1..6)) {
+            let spec: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("n{i}:h{i}.example:{p}")).collect();
+            let specs = parse_nodes(&spec.join(" , "), "").unwrap();
+            proptest::prop_assert_eq!(specs.len(), ports.len());
+        }
+    }
 }

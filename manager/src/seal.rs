@@ -251,4 +251,12 @@ mod hasher_tests {
         assert!(h.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
         assert!(StorageKeyHasher::parse("c2hvcnQ=").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn opening_any_bytes_never_panics_nor_succeeds(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let sealer = Sealer::parse(&STANDARD.encode([5u8; 32])).unwrap();
+            proptest::prop_assert_eq!(sealer.open("k", &bytes), None);
+        }
+    }
 }

@@ -217,4 +217,20 @@ mod tests {
         assert!(!debug.contains(&id.as_str()[4..RANDOM_LEN]));
         assert!(debug.ends_with("-n1.a)"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_anything_never_panics_and_accepts_only_canonical_ids(text in ".{0,200}") {
+            if let Some(id) = SessionId::parse(&text, known) {
+                proptest::prop_assert_eq!(id.as_str(), text.as_str());
+            }
+        }
+
+        #[test]
+        fn ids_with_any_route_roundtrip(route in "[A-Za-z0-9_-]{1,64}", node in proptest::option::of("n[12]")) {
+            let node = node.map(|n| NodeId::parse(&n).unwrap());
+            let id = SessionId::generate(node.as_ref(), Some(&route));
+            proptest::prop_assert_eq!(SessionId::parse(id.as_str(), known), Some(id.clone()));
+        }
+    }
 }
