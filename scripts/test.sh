@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace: formatting, clippy, unit,
 # integration (real memcached processes) and end-to-end (real demo-app
-# binary) tests. Installs memcached from Debian's packages when missing.
+# binary) tests, the local chaos scenarios under load, and the docker
+# compose chaos test when a Docker daemon answers. Installs memcached from
+# Debian's packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,3 +29,10 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+echo "== local chaos: memcached and app instances killed, frozen, restarted under load"
+cargo build --release --locked -p demo-app -p chaos
+cargo run --release --locked -p chaos --bin chaos-local -- --no-build
+
+echo "== docker compose chaos (nginx + 3 memcached + 2 apps)"
+bash compose/ci.sh

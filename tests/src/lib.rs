@@ -15,6 +15,16 @@
 //!   that never use a proxy.
 //! * [`free_port`] and [`init_tracing`].
 //!
+//! And for the in-process suites:
+//!
+//! * [`TestApp`] — a [`memcached_sessions::SessionManager`] with small test
+//!   routes, served by `warp` on `127.0.0.1:<random port>` in a spawned task.
+//! * [`SessionClient`] — an HTTP client with a one-cookie jar that reports
+//!   every `Set-Cookie` of the session cookie ([`Reply::set_cookie`]).
+//! * [`eventually`] / [`wait_available`] (polling with a deadline instead of
+//!   fixed sleeps), session-id anatomy ([`id_node`], [`id_route`],
+//!   [`id_random`]), [`session_keys`] of a node and [`fast_config`].
+//!
 //! Every process started here is killed (and reaped) when its handle is
 //! dropped, including when a test panics, so no process is left behind.
 //!
@@ -40,6 +50,17 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
+
+mod app;
+mod client;
+mod util;
+
+pub use crate::app::{COUNT_KEY, DATA_KEY, TestApp};
+pub use crate::client::{COOKIE_NAME, Reply, SessionClient, SetCookie};
+pub use crate::util::{
+    ID_RANDOM_LEN, eventually, eventually_blocking, fast_config, id_node, id_random, id_route, raw_http_status,
+    session_keys, wait_available,
+};
 
 /// Connect/read/write timeout of the raw memcached protocol helpers.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -75,8 +96,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 ///
 /// If no port on `127.0.0.1` can be bound.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("failed to bind 127.0.0.1:0 to find a free port");
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("failed to bind 127.0.0.1:0 to find a free port");
     listener
         .local_addr()
         .expect("failed to read the local address of a bound listener")
@@ -320,10 +340,7 @@ impl Memcached {
     ///
     /// If the process is not running.
     pub fn freeze(&self) {
-        let child = self
-            .child
-            .as_ref()
-            .expect("freeze: memcached is not running");
+        let child = self.child.as_ref().expect("freeze: memcached is not running");
         send_signal(child, Signal::SIGSTOP).expect("failed to send SIGSTOP to memcached");
         wait_until_stopped(child.id(), Duration::from_secs(1));
     }
@@ -521,10 +538,7 @@ impl Memcached {
         match reply.code() {
             "VA" => Ok(reply.value),
             "EN" => Ok(None),
-            _ => Err(protocol_error(format!(
-                "unexpected reply to mg: {:?}",
-                reply.header
-            ))),
+            _ => Err(protocol_error(format!("unexpected reply to mg: {:?}", reply.header))),
         }
     }
 
@@ -539,16 +553,8 @@ impl Memcached {
     /// On I/O errors, invalid keys, or if the server does not reply `HD`.
     pub fn set_raw(&self, key: &str, value: &[u8], ttl_secs: u32) {
         check_key(key);
-        let reply = self.meta(
-            &format!("ms {key} {} T{ttl_secs}", value.len()),
-            Some(value),
-        );
-        assert_eq!(
-            reply.header,
-            "HD",
-            "memcached {}: set {key:?} failed",
-            self.addr()
-        );
+        let reply = self.meta(&format!("ms {key} {} T{ttl_secs}", value.len()), Some(value));
+        assert_eq!(reply.header, "HD", "memcached {}: set {key:?} failed", self.addr());
     }
 
     /// Deletes `key` with `md <key>`; returns `true` if it existed.
@@ -583,12 +589,7 @@ impl Memcached {
     /// On I/O errors or if the reply is not `OK`.
     pub fn flush_all(&self) {
         let reply = self.meta("flush_all", None);
-        assert_eq!(
-            reply.header,
-            "OK",
-            "memcached {}: flush_all failed",
-            self.addr()
-        );
+        assert_eq!(reply.header, "OK", "memcached {}: flush_all failed", self.addr());
     }
 
     /// Lists all live keys, sorted, using `lru_crawler metadump all`.
@@ -660,18 +661,7 @@ impl Drop for Memcached {
 fn launch_memcached(binary: &Path, port: u16) -> Result<Child, String> {
     let port_arg = port.to_string();
     let mut command = Command::new(binary);
-    command.args([
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &port_arg,
-        "-U",
-        "0",
-        "-m",
-        "64",
-        "-t",
-        "2",
-    ]);
+    command.args(["-l", "127.0.0.1", "-p", &port_arg, "-U", "0", "-m", "64", "-t", "2"]);
     if nix::unistd::geteuid().is_root() {
         // memcached refuses to start as root without -u.
         command.args(["-u", "root"]);
@@ -700,10 +690,7 @@ fn wait_memcached_ready(child: &mut Child, port: u16) -> Result<(), String> {
             if let Some(mut pipe) = child.stderr.take() {
                 let _ = pipe.read_to_string(&mut stderr);
             }
-            return Err(format!(
-                "memcached exited early ({status}): {}",
-                stderr.trim()
-            ));
+            return Err(format!("memcached exited early ({status}): {}", stderr.trim()));
         }
         let last_error = match probe_memcached(port) {
             Ok(pid) if pid == child.id() => return Ok(()),
@@ -726,9 +713,7 @@ fn probe_memcached(port: u16) -> io::Result<u32> {
     conn.send(b"version\r\nstats\r\n")?;
     let version = conn.read_line()?;
     if !version.starts_with("VERSION ") {
-        return Err(protocol_error(format!(
-            "unexpected reply to version: {version:?}"
-        )));
+        return Err(protocol_error(format!("unexpected reply to version: {version:?}")));
     }
     let mut pid = None;
     loop {
@@ -771,11 +756,7 @@ fn wait_until_stopped(pid: u32, timeout: Duration) {
 
 fn check_key(key: &str) {
     assert!(
-        !key.is_empty()
-            && key.len() <= 250
-            && !key
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()),
+        !key.is_empty() && key.len() <= 250 && !key.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()),
         "invalid memcached key {key:?}: must be 1..=250 bytes without whitespace or control characters"
     );
 }
@@ -787,9 +768,7 @@ fn protocol_error(message: String) -> io::Error {
 /// Decodes `%XX` escapes (as used by `lru_crawler metadump`).
 fn percent_decode(input: &str) -> String {
     fn hex(b: u8) -> Option<u8> {
-        char::from(b)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
+        char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
     }
     let bytes = input.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -857,9 +836,7 @@ impl Connection {
         let mut buf = vec![0; size + 2];
         self.reader.read_exact(&mut buf)?;
         if !buf.ends_with(b"\r\n") {
-            return Err(protocol_error(
-                "data block not terminated by \\r\\n".to_owned(),
-            ));
+            return Err(protocol_error("data block not terminated by \\r\\n".to_owned()));
         }
         buf.truncate(size);
         Ok(buf)
@@ -1074,10 +1051,7 @@ impl Cluster {
         self.ids()
             .into_iter()
             .zip(&self.nodes)
-            .filter(|(_, node)| {
-                node.try_keys()
-                    .is_ok_and(|keys| keys.iter().any(|k| k == key))
-            })
+            .filter(|(_, node)| node.try_keys().is_ok_and(|keys| keys.iter().any(|k| k == key)))
             .map(|(id, _)| id)
             .collect()
     }

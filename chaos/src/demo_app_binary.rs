@@ -1,0 +1,92 @@
+//! Finding (and building) the `demo-app` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::Error;
+
+/// Returns the path of the demo-app binary to run.
+///
+/// * `explicit` (a `--demo-app` option), else the `DEMO_APP_BIN` environment
+///   variable: used as is; it must exist.
+/// * Otherwise `demo-app` in the cargo profile directory of the running
+///   executable (`target/<profile>/`, also from `target/<profile>/deps/`).
+///   With `build`, `cargo build -p demo-app` for that profile runs first
+///   (a no-op when it is up to date), so a chaos run never tests a stale
+///   binary; if cargo cannot be found, an existing binary is used.
+///
+/// # Errors
+///
+/// [`Error::DemoAppMissing`] (with how to build it), and
+/// [`Error::DemoAppBuild`] when cargo fails.
+pub fn demo_app_binary(explicit: Option<&Path>, build: bool) -> Result<PathBuf, Error> {
+    let from_env = std::env::var_os("DEMO_APP_BIN")
+        .filter(|value| !value.is_empty())
+        .map(PathBuf::from);
+    if let Some(path) = explicit.map(Path::to_path_buf).or(from_env) {
+        return existing(path);
+    }
+    let profile_dir = profile_dir()?;
+    let path = profile_dir.join(format!("demo-app{}", std::env::consts::EXE_SUFFIX));
+    if build {
+        cargo_build(&profile_dir, &path)?;
+    }
+    existing(path)
+}
+
+fn existing(path: PathBuf) -> Result<PathBuf, Error> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::DemoAppMissing { path })
+    }
+}
+
+/// `target/<profile>` of the running executable.
+fn profile_dir() -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe().map_err(|source| Error::Spawn {
+        what: "(cannot locate the running executable)".to_owned(),
+        source,
+    })?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// Runs `cargo build -p demo-app` for the profile of `profile_dir`.
+fn cargo_build(profile_dir: &Path, binary: &Path) -> Result<(), Error> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let (Some(profile), Some(target_dir)) = (
+        profile_dir.file_name().and_then(|name| name.to_str()),
+        profile_dir.parent(),
+    ) else {
+        return Ok(());
+    };
+    if !manifest.is_file() {
+        // Not run from the source tree: use whatever binary is there.
+        return Ok(());
+    }
+    let profile = if profile == "debug" { "dev" } else { profile };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["build", "--quiet", "-p", "demo-app", "--profile", profile])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status();
+    match status {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(Error::DemoAppBuild {
+            status: status.to_string(),
+        }),
+        // No cargo here: an existing binary will do.
+        Err(_) if binary.is_file() => Ok(()),
+        Err(source) => Err(Error::Spawn {
+            what: format!("{} build -p demo-app", Path::new(&cargo).display()),
+            source,
+        }),
+    }
+}

@@ -1,0 +1,274 @@
+//! Session lifecycle against real memcached: expiry (issue 9), activity
+//! keeping a session alive, invalidation (issue 10), `cycle_id` (issue 11)
+//! and hostile or garbage cookies (issue 12).
+//!
+//! Two instances (routes `a` and `b`) share the nodes where "no instance
+//! accepts the old cookie" is asserted. Backups are synchronous, so keys can
+//! be checked right after each response.
+
+use std::time::Duration;
+
+use integration_tests::{
+    Cluster, SessionClient, TestApp, eventually, fast_config, id_node, id_random, id_route, init_tracing,
+    raw_http_status, session_keys,
+};
+use reqwest::header::HeaderValue;
+
+async fn app(cluster: &Cluster, route: &str, max_inactive_secs: i64) -> TestApp {
+    let config = fast_config(&cluster.spec())
+        .route(route)
+        .session_backup_async(false)
+        .max_inactive_interval_secs(max_inactive_secs)
+        .expiry_sweep_interval(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    TestApp::start(config).await
+}
+
+fn all_session_keys(cluster: &Cluster) -> Vec<String> {
+    cluster.nodes.iter().flat_map(session_keys).collect()
+}
+
+/// Asserts that `cookie` names no session on `app`: a read answers without
+/// a session and without Set-Cookie.
+async fn assert_no_session(app: &TestApp, cookie: &str) {
+    let mut client = SessionClient::new(app.base_url());
+    client.set_cookie(Some(cookie.to_owned()));
+    let reply = client.get("/session").await.ok();
+    assert_eq!(reply.id(), None, "cookie {cookie} still names a session");
+    assert_eq!(reply.count(), 0);
+    assert!(reply.set_cookie().is_none(), "{:?}", reply.session_cookies);
+}
+
+/// Issue 9: an idle session expires from memory (sweep) and its memcached
+/// key is deleted; the expired cookie then yields no session, and the next
+/// write starts a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_session_expires_locally_and_in_memcached() {
+    init_tracing();
+    let cluster = Cluster::start(2);
+    let app = app(&cluster, "a", 2).await;
+    let mut client = SessionClient::new(app.base_url());
+    client.post("/incr").await.ok();
+    let id = client.cookie().unwrap().to_owned();
+    assert_eq!(cluster.locate(&id), vec![id_node(&id).unwrap().to_owned()]);
+    assert_eq!(app.stats().local_sessions, 1);
+
+    let waited = eventually(
+        Duration::from_secs(6),
+        "session expired locally and deleted from memcached",
+        || app.stats().local_sessions == 0 && cluster.locate(&id).is_empty(),
+    )
+    .await;
+    assert!(waited >= Duration::from_millis(1500), "expired too early: {waited:?}");
+    assert_eq!(app.stats().counters.sessions_expired, 1);
+
+    let reply = client.get("/session").await.ok();
+    assert_eq!(reply.id(), None);
+    assert_eq!(reply.count(), 0);
+    assert!(reply.set_cookie().is_none());
+    let reply = client.post("/incr").await.ok();
+    assert_eq!(reply.count(), 1, "a fresh session");
+    let fresh = reply.set_cookie().expect("new session, new cookie").value.clone();
+    assert_ne!(id_random(&fresh), id_random(&id));
+}
+
+/// Read-only activity keeps a short-lived session alive, here and in
+/// memcached (touches extend the TTL past the first write's expiry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_activity_keeps_session_and_backup_alive() {
+    init_tracing();
+    let cluster = Cluster::start(1);
+    let app = app(&cluster, "a", 2).await;
+    let mut client = SessionClient::new(app.base_url());
+    client.post("/incr").await.ok();
+    let id = client.cookie().unwrap().to_owned();
+    // The first write's TTL is 2 s + 1 s margin; read for 4 s.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let reply = client.get("/session").await.ok();
+        assert_eq!(reply.count(), 1);
+        assert_eq!(reply.id().as_deref(), Some(id.as_str()));
+    }
+    assert!(cluster.nodes[0].get_raw(&id).is_some(), "TTL was extended");
+    assert!(app.stats().counters.backups_touched >= 1);
+    assert_eq!(app.stats().counters.sessions_expired, 0);
+}
+
+/// Issue 10: invalidate deletes the memcached key and expires the cookie;
+/// the old cookie no longer works on any instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_deletes_key_and_cookie_everywhere() {
+    init_tracing();
+    let cluster = Cluster::start(2);
+    let app_a = app(&cluster, "a", 1800).await;
+    let app_b = app(&cluster, "b", 1800).await;
+    let mut client = SessionClient::new(app_a.base_url());
+    client.post("/incr").await.ok();
+    client.post("/put/secret").await.ok();
+    let id = client.cookie().unwrap().to_owned();
+    assert_eq!(cluster.locate(&id).len(), 1);
+
+    let reply = client.post("/invalidate").await.ok();
+    assert_eq!(reply.id(), None);
+    let removal = reply.set_cookie().expect("the cookie is expired");
+    assert!(removal.removal, "{}", removal.raw);
+    assert_eq!(client.cookie(), None, "the client dropped the cookie");
+    assert!(cluster.locate(&id).is_empty(), "key deleted");
+    assert_eq!(app_a.stats().counters.sessions_invalidated, 1);
+    assert_eq!(app_a.stats().local_sessions, 0);
+
+    assert_no_session(&app_a, &id).await;
+    assert_no_session(&app_b, &id).await;
+    assert_eq!(app_b.stats().counters.takeovers, 0);
+
+    // Writing with the old cookie starts a brand-new session.
+    let mut replay = SessionClient::new(app_a.base_url());
+    replay.set_cookie(Some(id.clone()));
+    let reply = replay.post("/incr").await.ok();
+    assert_eq!(reply.count(), 1);
+    assert_eq!(reply.json()["data"], serde_json::Value::Null);
+    assert_ne!(id_random(replay.cookie().unwrap()), id_random(&id));
+    assert!(
+        all_session_keys(&cluster)
+            .iter()
+            .all(|k| id_random(k) != id_random(&id))
+    );
+}
+
+/// Issue 11: `cycle_id` gives a new id (new random part, same node and
+/// route), moves the key, keeps the data, and kills the old id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cycle_id_moves_the_key_and_kills_the_old_id() {
+    init_tracing();
+    let cluster = Cluster::start(2);
+    let app_a = app(&cluster, "a", 1800).await;
+    let app_b = app(&cluster, "b", 1800).await;
+    let mut client = SessionClient::new(app_a.base_url());
+    client.post("/incr").await.ok();
+    client.post("/put/kept").await.ok();
+    let old = client.cookie().unwrap().to_owned();
+
+    let reply = client.post("/cycle").await.ok();
+    let new = reply.set_cookie().expect("new id sent").value.clone();
+    assert_eq!(reply.id().as_deref(), Some(new.as_str()));
+    assert_ne!(id_random(&new), id_random(&old), "new random part");
+    assert_eq!(id_node(&new), id_node(&old), "node is up: same node");
+    assert_eq!(id_route(&new), Some("a"));
+    assert_eq!(reply.count(), 1);
+    assert_eq!(reply.json()["data"], "kept");
+    assert!(cluster.locate(&old).is_empty(), "old key deleted");
+    assert_eq!(cluster.locate(&new), vec![id_node(&new).unwrap().to_owned()]);
+    assert_eq!(app_a.stats().counters.ids_cycled, 1);
+
+    assert_no_session(&app_a, &old).await;
+    assert_no_session(&app_b, &old).await;
+
+    let reply = client.post("/incr").await.ok();
+    assert_eq!(reply.count(), 2);
+    assert!(reply.set_cookie().is_none());
+}
+
+/// Issue 12: garbage cookies are "no session": 200, never a 5xx, no
+/// Set-Cookie on reads, a fresh id on writes, and nothing else in memcached
+/// is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_cookies_are_no_session() {
+    init_tracing();
+    let cluster = Cluster::start(2);
+    let app = app(&cluster, "a", 1800).await;
+
+    // A victim session and an unrelated key that must survive everything.
+    let mut victim = SessionClient::new(app.base_url());
+    for _ in 0..5 {
+        victim.post("/incr").await.ok();
+    }
+    let victim_id = victim.cookie().unwrap().to_owned();
+    cluster.nodes[0].set_raw("unrelated", b"keep me", 0);
+    let keys_before = all_session_keys(&cluster);
+
+    let random = "A".repeat(32);
+    let victim_random = id_random(&victim_id);
+    let mut cookies: Vec<Vec<u8>> = vec![
+        b"SESSIONID=".to_vec(),
+        b"SESSIONID".to_vec(),
+        b"SESSIONID=;".to_vec(),
+        format!("SESSIONID={}", "x".repeat(8192)).into_bytes(),
+        b"SESSIONID=abc\tdef".to_vec(),
+        b"SESSIONID=\xff\xfe\x80\x81garbage".to_vec(),
+        format!("SESSIONID={random}-n9").into_bytes(), // unknown node
+        format!("SESSIONID={random}-n1").into_bytes(), // nobody holds it
+        format!("SESSIONID={random}-n2.a").into_bytes(),
+        format!("SESSIONID={random}-n1.b").into_bytes(), // "foreign", but nowhere
+        format!("SESSIONID={random}").into_bytes(),
+        format!("SESSIONID={}-n1", &victim_random[..31]).into_bytes(),
+        format!("SESSIONID={victim_id}x").into_bytes(),
+        format!("SESSIONID={victim_id}.b").into_bytes(),
+        format!("SESSIONID=\"{victim_id}\"x").into_bytes(),
+        b"SESSIONID=x flush_all".to_vec(),
+        b"SESSIONID=%0D%0Aflush_all%0D%0A".to_vec(),
+        format!("SESSIONID={random}-n1 flush_all").into_bytes(),
+        format!("SESSIONID={random}-n1%0d%0aflush_all").into_bytes(),
+        b"SESSIONID=../../etc/passwd".to_vec(),
+        b"SESSIONID=garbage; SESSIONID=more-garbage".to_vec(),
+        b"other=1; SESSIONID=; SESSIONID=\"\"".to_vec(),
+    ];
+    cookies.push(format!("SESSIONID={}", "\u{e9}".repeat(100)).into_bytes());
+
+    let probe = SessionClient::new(app.base_url());
+    for cookie in &cookies {
+        let shown = String::from_utf8_lossy(&cookie[..cookie.len().min(60)]).into_owned();
+        let header = HeaderValue::from_bytes(cookie).expect("a sendable header value");
+        let read = probe.get_with_cookie_header("/session", header.clone()).await;
+        assert_eq!(read.status, 200, "GET with {shown:?}: {}", read.body);
+        assert_eq!(read.id(), None, "GET with {shown:?} found a session");
+        assert!(read.session_cookies.is_empty(), "GET with {shown:?} set a cookie");
+
+        let write = probe.post_with_cookie_header("/incr", header).await;
+        assert_eq!(write.status, 200, "POST with {shown:?}: {}", write.body);
+        assert_eq!(write.count(), 1, "POST with {shown:?} reused data");
+        let fresh = write.set_cookie().expect("a fresh session").value.clone();
+        assert!(id_node(&fresh).is_some() && id_route(&fresh) == Some("a"), "{fresh}");
+        assert_ne!(id_random(&fresh), random);
+        assert_ne!(id_random(&fresh), victim_random);
+    }
+
+    // Two SESSIONID cookies where one is a real id: the first valid one
+    // wins (documented in the manager's filter), so the session is found.
+    let both = format!("SESSIONID=garbage; SESSIONID={victim_id}");
+    let reply = probe
+        .get_with_cookie_header("/session", HeaderValue::from_str(&both).unwrap())
+        .await
+        .ok();
+    assert_eq!(reply.id().as_deref(), Some(victim_id.as_str()));
+
+    // Control characters that HTTP itself forbids: the server may refuse the
+    // request (400) but must never answer 5xx.
+    for bad in [&b"\x01\x02"[..], b"\x7f", b"a\x00b"] {
+        let mut request = b"GET /session HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: SESSIONID=".to_vec();
+        request.extend_from_slice(bad);
+        request.extend_from_slice(b"\r\n\r\n");
+        let status = raw_http_status(app.addr(), &request).expect("an HTTP answer");
+        assert!(status < 500, "control characters {bad:?} gave {status}");
+    }
+
+    // Nothing else was touched.
+    let reply = victim.get("/session").await.ok();
+    assert_eq!(reply.count(), 5);
+    assert_eq!(reply.id().as_deref(), Some(victim_id.as_str()));
+    assert_eq!(cluster.nodes[0].get_raw("unrelated").as_deref(), Some(&b"keep me"[..]));
+    // Ids that name no stored session leave no takeover claim behind
+    // (otherwise the same cookie would get 503 for the claim's lifetime).
+    for node in &cluster.nodes {
+        let claims: Vec<String> = node.keys().into_iter().filter(|k| k.contains("takeover:")).collect();
+        assert!(claims.is_empty(), "leftover takeover claims: {claims:?}");
+    }
+    let keys_after = all_session_keys(&cluster);
+    for key in &keys_before {
+        assert!(keys_after.contains(key), "{key} disappeared");
+    }
+    let counters = app.stats().counters;
+    assert!(counters.invalid_session_ids >= 10, "{counters:?}");
+    assert_eq!(counters.takeovers, 0);
+    assert_eq!(counters.decode_failures, 0);
+}
