@@ -6,6 +6,8 @@
 # Debian's packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+stages=0
+passed() { stages=$((stages + 1)); }
 
 if ! command -v memcached >/dev/null 2>&1 && [ ! -x /usr/bin/memcached ]; then
   echo "== installing memcached (Debian package)"
@@ -17,9 +19,11 @@ echo "== memcached: $( (memcached -V || /usr/bin/memcached -V) 2>/dev/null)"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+passed
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+passed
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
@@ -29,10 +33,16 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+passed
 
 echo "== local chaos: memcached and app instances killed, frozen, restarted under load"
 cargo build --release --locked -p demo-app -p chaos
 cargo run --release --locked -p chaos --bin chaos-local -- --no-build
+passed
 
 echo "== docker compose chaos (nginx + 3 memcached + 2 apps)"
 bash compose/ci.sh
+passed
+
+# Every stage above exits non-zero on failure (set -e), so reaching here means all passed.
+echo "test.sh: ${stages} passed, 0 failed"

@@ -265,6 +265,8 @@ pub fn memcached_binary() -> PathBuf {
 pub struct Memcached {
     binary: PathBuf,
     port: u16,
+    /// Extra command-line arguments, kept for restarts.
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -281,15 +283,28 @@ impl Memcached {
     ///
     /// If memcached is not installed or no attempt succeeded.
     pub fn start() -> Memcached {
+        Memcached::start_with_args(&[])
+    }
+
+    /// Like [`start`](Self::start), with extra memcached arguments (e.g.
+    /// `["-I", "1k", "-o", "slab_chunk_max=1024"]` for a 1 KiB item limit), also used by
+    /// [`restart_empty`](Self::restart_empty).
+    ///
+    /// # Panics
+    ///
+    /// If memcached is not installed or no attempt succeeded.
+    pub fn start_with_args(extra_args: &[&str]) -> Memcached {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
         let binary = memcached_binary();
         let mut errors = Vec::new();
         for _ in 0..MEMCACHED_START_ATTEMPTS {
             let port = free_port();
-            match launch_memcached(&binary, port) {
+            match launch_memcached(&binary, port, &extra_args) {
                 Ok(child) => {
                     return Memcached {
                         binary,
                         port,
+                        extra_args,
                         child: Some(child),
                     };
                 }
@@ -370,7 +385,7 @@ impl Memcached {
         self.kill();
         let deadline = Instant::now() + MEMCACHED_REBIND_TIMEOUT;
         loop {
-            match launch_memcached(&self.binary, self.port) {
+            match launch_memcached(&self.binary, self.port, &self.extra_args) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -658,10 +673,11 @@ impl Drop for Memcached {
 
 /// Spawns memcached on `port` and waits until it is ready; kills it on
 /// failure.
-fn launch_memcached(binary: &Path, port: u16) -> Result<Child, String> {
+fn launch_memcached(binary: &Path, port: u16, extra_args: &[String]) -> Result<Child, String> {
     let port_arg = port.to_string();
     let mut command = Command::new(binary);
     command.args(["-l", "127.0.0.1", "-p", &port_arg, "-U", "0", "-m", "64", "-t", "2"]);
+    command.args(extra_args);
     if nix::unistd::geteuid().is_root() {
         // memcached refuses to start as root without -u.
         command.args(["-u", "root"]);

@@ -51,7 +51,11 @@ fn map_error(error: ClientError, timeout: Duration) -> BackendError {
     match error {
         ClientError::Io(e) => BackendError::Unreachable(e.to_string()),
         ClientError::Timeout { .. } => BackendError::Timeout(timeout),
+        // Written but the outcome is unclear: classify by what went wrong.
+        // A SERVER_ERROR reply arrives this way, and it does not mean the
+        // node is down (the connection stays usable).
         ClientError::Ambiguous { source, .. } => match *source {
+            ClientError::Server(message) => BackendError::Server(message),
             ClientError::Timeout { .. } => BackendError::Timeout(timeout),
             other => BackendError::Unreachable(other.to_string()),
         },
