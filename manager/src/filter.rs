@@ -40,17 +40,29 @@ fn reject(error: Error) -> Rejection {
 
 impl SessionRejection {
     fn to_response(&self) -> Response {
-        let status = match &self.0 {
-            Error::TakeoverInProgress | Error::LockUnavailable | Error::LockLost => StatusCode::SERVICE_UNAVAILABLE,
-            e if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        let error = &self.0;
+        let (status, body) = match error {
+            Error::TakeoverInProgress | Error::LockUnavailable | Error::LockLost => {
+                (StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+            }
+            // Store details stay in the log, not in the response.
+            Error::Backend { .. } if error.is_unavailable() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the session store is unavailable; retry the request".to_owned(),
+            ),
+            Error::Backend { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the session could not be saved".to_owned(),
+            ),
+            // Programming mistakes: the message says how to fix them.
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
         };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %self.0, "session layer misuse");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(%error, "session temporarily unavailable");
         } else {
-            tracing::warn!(error = %self.0, "session temporarily unavailable");
+            tracing::error!(%error, "session error");
         }
-        let mut response = warp::reply::with_status(self.0.to_string(), status).into_response();
+        let mut response = warp::reply::with_status(body, status).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -408,8 +408,7 @@ async fn finish_session(shared: &Arc<Shared>, entry: InFlight) -> Result<(), Err
     let result = if lost {
         Err(Error::LockLost)
     } else {
-        store(shared, &entry.session, entry.load).await;
-        Ok(())
+        store(shared, &entry.session, entry.load).await
     };
     if let Some(lock) = entry.lock {
         locking::release(shared, lock).await;
@@ -418,18 +417,23 @@ async fn finish_session(shared: &Arc<Shared>, entry: InFlight) -> Result<(), Err
 }
 
 /// Writes a session created by this request.
-pub(crate) async fn store_new(shared: &Arc<Shared>, session: &Arc<SessionState>) {
+pub(crate) async fn store_new(shared: &Arc<Shared>, session: &Arc<SessionState>) -> Result<(), Error> {
     let load = LoadInfo {
         new: true,
         ..LoadInfo::default()
     };
-    store(shared, session, load).await;
+    store(shared, session, load).await
 }
 
 /// Brings memcached in line with the session: delete it (invalidated),
 /// write both copies (changed, new, relocated, primary lost, or due for its
 /// periodic rewrite), re-create a lost backup, or nothing (read-only).
-async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) {
+///
+/// `Err` when the change is not durable: no node to write to, or the
+/// primary write failed while its node still answers (a `SERVER_ERROR`), or
+/// both copies failed. A primary that is down while the backup was written
+/// is fine: the next request reads the backup.
+async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> Result<(), Error> {
     let counters = &shared.stats.counters;
     let max_inactive = shared.config.max_inactive;
     let (id, invalidated, changed, obsolete) = {
@@ -441,7 +445,7 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) {
         for old in obsolete.iter().chain(std::iter::once(&id)) {
             delete_session_keys(shared, old).await;
         }
-        return;
+        return Ok(());
     }
     let now_ms = unix_ms(SystemTime::now());
     let due = max_inactive.is_some_and(|max| {
@@ -450,15 +454,19 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) {
     let write_primary = changed || due || load.new || load.primary_missing || !obsolete.is_empty();
     if !write_primary && !load.backup_missing {
         Stats::count(&counters.backups_skipped);
-        return;
+        return Ok(());
     }
     let relocated = !obsolete.is_empty();
     if (load.primary_missing && !relocated) || (load.backup_missing && !changed && !load.new) {
         Stats::count(&counters.backups_recreated);
     }
     let Some(primary) = shared.node_index(&id) else {
-        Stats::count(&counters.backups_deferred);
-        return;
+        // Created while no node was available: nowhere to keep it.
+        Stats::count(&counters.backups_failed);
+        return Err(Error::Backend {
+            node: "none".to_owned(),
+            source: crate::error::BackendError::Unreachable("no memcached node is available".to_owned()),
+        });
     };
     let bytes = {
         let mut inner = session.inner.lock();
@@ -502,18 +510,31 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) {
     };
     let (primary_result, backup_result) = tokio::join!(primary_write, backup_write);
     shared.stats.backup_time.record_duration(started.elapsed());
-    match (&primary_result, &backup_result) {
-        (Ok(()), Ok(())) => Stats::count(&counters.backups_written),
-        _ => {
-            Stats::count(&counters.backups_failed);
-            for error in [primary_result.err(), backup_result.err()].into_iter().flatten() {
-                tracing::warn!(%error, "writing a non-sticky session failed");
-            }
+    let outcome = match (primary_result, backup_result) {
+        (Ok(()), Ok(())) => {
+            Stats::count(&counters.backups_written);
+            Ok(())
         }
-    }
+        (Ok(()), Err(error)) => {
+            Stats::count(&counters.backups_failed);
+            tracing::warn!(%error, "writing a non-sticky backup copy failed; the primary copy is written");
+            Ok(())
+        }
+        (Err(error), Ok(())) if error.is_unavailable() && backup.is_some() => {
+            Stats::count(&counters.backups_failed);
+            tracing::warn!(%error, "primary node failed; the backup copy is written and will be read next");
+            Ok(())
+        }
+        (Err(error), _) => {
+            Stats::count(&counters.backups_failed);
+            tracing::error!(%error, "a non-sticky session could not be saved");
+            Err(error)
+        }
+    };
     for old in obsolete.iter().filter(|old| **old != id) {
         delete_session_keys(shared, old).await;
     }
+    outcome
 }
 
 /// Deletes the session, validity and backup keys of `id` (best effort;

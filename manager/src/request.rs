@@ -152,7 +152,7 @@ impl RequestContext {
         if let Some(session) = session.filter(|_| !self.ignored) {
             let is_claimed = claimed.as_ref().is_some_and(|c| Arc::ptr_eq(c, session));
             if !is_claimed {
-                non_sticky::store_new(shared, session).await;
+                non_sticky::store_new(shared, session).await?;
             }
         }
         if claimed.is_none() && self.resolved.get().is_none() && !self.ignored {

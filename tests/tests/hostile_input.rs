@@ -140,6 +140,35 @@ async fn memcached_refusing_a_write_is_a_counted_failure_and_the_request_still_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_sticky_says_so_when_a_change_could_not_be_saved() {
+    init_tracing();
+    let node = Memcached::start_with_args(&["-I", "1k", "-o", "slab_chunk_max=1024"]);
+    let config = Config::builder()
+        .memcached_nodes(node.addr())
+        .sticky(false)
+        .build()
+        .unwrap();
+    let app = TestApp::start(config).await;
+    let mut client = SessionClient::new(app.base_url());
+    client.post("/incr").await.ok();
+    let reply = client.post(&format!("/put/{}", "x".repeat(2000))).await;
+    assert_eq!(reply.status, 500, "the change is not durable: say so");
+    assert_eq!(reply.body, "the session could not be saved", "no store details leak");
+    // memcached drops the stored value when it refuses an oversized set, so
+    // the session is gone: keep maxSessionSize below memcached's item limit
+    // (-I, 1 MiB by default; maxSessionSize defaults to 512 KiB).
+    assert_eq!(
+        node.get_raw(client.cookie().unwrap()),
+        None,
+        "memcached removed the old value"
+    );
+    assert_eq!(client.get("/session").await.ok().count(), 0);
+    assert_eq!(app.stats().available_nodes.len(), 1, "the node stays in use");
+    let mut fresh = SessionClient::new(app.base_url());
+    assert_eq!(fresh.post("/incr").await.ok().count(), 1, "and keeps serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_a_4xx_or_a_fresh_session_and_the_instance_keeps_serving() {
     init_tracing();
     let cluster = Cluster::start(1);
