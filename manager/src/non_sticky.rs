@@ -43,7 +43,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::backend::Expiry;
+use crate::backend::{Expiry, Item};
 use crate::envelope::{self, SessionRecord};
 use crate::error::Error;
 use crate::locking::{self, HeldLock};
@@ -260,9 +260,8 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
         let backup = shared.nodes.next_available(primary);
         let (data_key, validity_key) = (shared.session_key(id), shared.validity_key(id));
         let backup_validity_key = shared.backup_validity_key(id);
-        let (data, valid, backup_valid) = tokio::join!(
-            node.call(|b| b.get(&data_key)),
-            node.call(|b| b.touch(&validity_key, validity_expiry(max_inactive))),
+        let (primary_read, backup_valid) = tokio::join!(
+            node.call(|b| b.get_and_touch_other(&data_key, &validity_key, validity_expiry(max_inactive))),
             async {
                 match backup {
                     Some(b) => Some(
@@ -278,6 +277,10 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
         );
         shared.stats.load_time.record_duration(started.elapsed());
         let backup_missing = backup_valid.as_ref().is_some_and(|v| !matches!(v, Ok(true)));
+        let (data, valid) = match primary_read {
+            Ok((data, valid)) => (Ok(data), Ok(valid)),
+            Err(error) => (Err(error), Ok(false)),
+        };
         match (data, valid) {
             (Ok(Some(bytes)), Ok(true)) => {
                 Stats::count(&counters.loads);
@@ -349,11 +352,11 @@ async fn load_backup(
 ) -> Result<Option<(SessionState, LoadInfo)>, Error> {
     let handle = shared.nodes.get(node);
     let (data_key, validity_key) = (shared.backup_key(id), shared.backup_validity_key(id));
-    let (data, valid) = tokio::join!(
-        handle.call(|b| b.get(&data_key)),
-        handle.call(|b| b.touch(&validity_key, validity_expiry(shared.config.max_inactive))),
-    );
-    let (Some(bytes), true) = (data?, valid?) else {
+    let expiry = validity_expiry(shared.config.max_inactive);
+    let (data, valid) = handle
+        .call(|b| b.get_and_touch_other(&data_key, &validity_key, expiry))
+        .await?;
+    let (Some(bytes), true) = (data, valid) else {
         return Ok(None);
     };
     let Some(record) = shared.read_record(&data_key, &bytes, node) else {
@@ -491,22 +494,34 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
         let node = shared.nodes.get(primary);
         let (data_key, validity_key) = (shared.session_key(&id), shared.validity_key(&id));
         let sealed = shared.seal(&data_key, &bytes);
-        let (data, valid) = tokio::join!(
-            node.call(|b| b.set(&data_key, &sealed, data_expiry(max_inactive))),
-            node.call(|b| b.set(&validity_key, &validity, validity_expiry(max_inactive))),
-        );
-        data.and(valid)
+        let data = Item {
+            key: &data_key,
+            value: &sealed,
+            expiry: data_expiry(max_inactive),
+        };
+        let validity = Item {
+            key: &validity_key,
+            value: &validity,
+            expiry: validity_expiry(max_inactive),
+        };
+        node.call(|b| b.set_pair(data, validity)).await
     };
     let backup_write = async {
         let Some(backup) = backup else { return Ok(()) };
         let node = shared.nodes.get(backup);
         let (data_key, validity_key) = (shared.backup_key(&id), shared.backup_validity_key(&id));
         let sealed = shared.seal(&data_key, &bytes);
-        let (data, valid) = tokio::join!(
-            node.call(|b| b.set(&data_key, &sealed, data_expiry(max_inactive))),
-            node.call(|b| b.set(&validity_key, &validity, validity_expiry(max_inactive))),
-        );
-        data.and(valid)
+        let data = Item {
+            key: &data_key,
+            value: &sealed,
+            expiry: data_expiry(max_inactive),
+        };
+        let validity = Item {
+            key: &validity_key,
+            value: &validity,
+            expiry: validity_expiry(max_inactive),
+        };
+        node.call(|b| b.set_pair(data, validity)).await
     };
     let (primary_result, backup_result) = tokio::join!(primary_write, backup_write);
     shared.stats.backup_time.record_duration(started.elapsed());

@@ -6,13 +6,15 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use memcache::exp::{AsyncMemcache, Error as ClientError, Ttl};
+use memcache::exp::{AsyncMemcache, Error as ClientError, Get, Op, OpResult, Set, Ttl};
 
-use super::{Expiry, NodeBackend};
+use super::{Expiry, Item, NodeBackend};
 use crate::error::BackendError;
 
-/// Idle connections kept per node.
-const MAX_IDLE_CONNECTIONS: usize = 16;
+/// Idle connections kept per node. Above the peak number of concurrent
+/// operations per node, or every burst beyond it pays a TCP dial (a
+/// non-sticky request runs two or three operations at once per node).
+const MAX_IDLE_CONNECTIONS: usize = 256;
 
 /// One memcached node.
 #[derive(Clone, Debug)]
@@ -37,6 +39,23 @@ impl MemcachedNode {
 
     fn error(&self, error: ClientError) -> BackendError {
         map_error(error, self.timeout)
+    }
+
+    /// Runs a pipelined batch (one exchange) and returns its results in order.
+    async fn batch(&self, operations: [Op; 2]) -> Result<[OpResult; 2], BackendError> {
+        let results = self
+            .client
+            .meta()
+            .run_batch(operations)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut results = results.into_iter().map(|r| r.map_err(|e| self.error(e)));
+        let mut next = || {
+            results
+                .next()
+                .unwrap_or_else(|| Err(BackendError::Protocol("batch answered too few operations".to_owned())))
+        };
+        Ok([next()?, next()?])
     }
 }
 
@@ -129,6 +148,45 @@ impl NodeBackend for MemcachedNode {
             .await
             .map_err(|e| self.error(e))?;
         Ok(result.hit())
+    }
+
+    async fn get_and_touch_other(
+        &self,
+        key: &str,
+        touch_key: &str,
+        expiry: Expiry,
+    ) -> Result<(Option<Vec<u8>>, bool), BackendError> {
+        let [got, touched] = self
+            .batch([
+                Get::new(key).into(),
+                Get::new(touch_key).touch(ttl(expiry)).without_value().into(),
+            ])
+            .await?;
+        let unexpected = || BackendError::Protocol("batch answered with the wrong result kind".to_owned());
+        let value = got
+            .as_get()
+            .ok_or_else(unexpected)?
+            .value
+            .clone()
+            .filter(|v| !v.is_empty());
+        let exists = touched.as_get().ok_or_else(unexpected)?.hit();
+        Ok((value, exists))
+    }
+
+    async fn set_pair(&self, first: Item<'_>, second: Item<'_>) -> Result<(), BackendError> {
+        let results = self
+            .batch([
+                Set::new(first.key, first.value).ttl(ttl(first.expiry)).into(),
+                Set::new(second.key, second.value).ttl(ttl(second.expiry)).into(),
+            ])
+            .await?;
+        for result in results {
+            let stored = result.as_mutation().is_some_and(|m| m.applied());
+            if !stored {
+                return Err(BackendError::Protocol(format!("set not stored: {result:?}")));
+            }
+        }
+        Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {

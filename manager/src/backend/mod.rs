@@ -60,6 +60,38 @@ pub trait NodeBackend: Send + Sync + 'static {
     async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError>;
     /// Deletes a key; `false` when it was not there.
     async fn delete(&self, key: &str) -> Result<bool, BackendError>;
+
+    /// Reads `key` and slides the expiry of `touch_key` (is it there?) —
+    /// one round trip where the backend can pipeline (memcached does).
+    async fn get_and_touch_other(
+        &self,
+        key: &str,
+        touch_key: &str,
+        expiry: Expiry,
+    ) -> Result<(Option<Vec<u8>>, bool), BackendError> {
+        let (value, touched) = tokio::join!(self.get(key), self.touch(touch_key, expiry));
+        Ok((value?, touched?))
+    }
+
+    /// Stores two items — one round trip where the backend can pipeline.
+    async fn set_pair(&self, first: Item<'_>, second: Item<'_>) -> Result<(), BackendError> {
+        let (a, b) = tokio::join!(
+            self.set(first.key, first.value, first.expiry),
+            self.set(second.key, second.value, second.expiry)
+        );
+        a.and(b)
+    }
+}
+
+/// One item to store.
+#[derive(Clone, Copy, Debug)]
+pub struct Item<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The value.
+    pub value: &'a [u8],
+    /// When it expires.
+    pub expiry: Expiry,
 }
 
 #[cfg(test)]
