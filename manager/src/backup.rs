@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::backend::Expiry;
+use crate::backend::{Expiry, Item};
 use crate::envelope;
 use crate::manager::Shared;
 use crate::session_id::SessionId;
@@ -77,9 +77,21 @@ impl BackupQueue {
     }
 }
 
+/// Most sessions written in one pipelined exchange per node.
+const MAX_BATCH: usize = 64;
+
 async fn dispatch(shared: Weak<Shared>, mut receiver: mpsc::Receiver<Arc<SessionState>>, concurrency: usize) {
     let permits = Arc::new(Semaphore::new(concurrency));
-    while let Some(session) = receiver.recv().await {
+    while let Some(first) = receiver.recv().await {
+        // Whatever queued up meanwhile goes out together: under load one
+        // exchange per node carries many sessions.
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(session) => batch.push(session),
+                Err(_) => break,
+            }
+        }
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
@@ -87,12 +99,166 @@ async fn dispatch(shared: Weak<Shared>, mut receiver: mpsc::Receiver<Arc<Session
             break;
         };
         tokio::spawn(async move {
-            sync_session(&shared, &session).await;
+            sync_sessions(&shared, batch).await;
             drop(permit);
         });
     }
     // Wait for the backups still in flight.
     let _all = permits.acquire_many(concurrency as u32).await;
+}
+
+/// A planned write of one session in a batch.
+struct BatchedWrite<'a> {
+    session: &'a SessionState,
+    key: String,
+    id: SessionId,
+    bytes: Vec<u8>,
+    version: u64,
+    epoch: u64,
+    expiry: Expiry,
+}
+
+/// [`sync_session`] for many sessions: their full writes go to memcached
+/// in one pipelined exchange per node; anything else (touches, deletes,
+/// sessions whose I/O lock is busy) takes the one-by-one path.
+async fn sync_sessions(shared: &Shared, batch: Vec<Arc<SessionState>>) {
+    if batch.len() == 1 {
+        sync_session(shared, &batch[0]).await;
+        return;
+    }
+    let mut singles: Vec<&SessionState> = Vec::new();
+    let mut writes: Vec<(usize, BatchedWrite<'_>)> = Vec::new();
+    let mut guards = Vec::new();
+    for session in &batch {
+        let Ok(guard) = session.io.try_lock() else {
+            singles.push(session);
+            continue;
+        };
+        session.backup_queued.store(false, Ordering::Release);
+        match plan(shared, session) {
+            Plan::Write {
+                id,
+                bytes,
+                version,
+                epoch,
+                expiry,
+            } => {
+                let Some(node) = shared.nodes.node_of(&id) else {
+                    continue;
+                };
+                let key = shared.session_key(&id);
+                guards.push(guard);
+                writes.push((
+                    node,
+                    BatchedWrite {
+                        session,
+                        key,
+                        id,
+                        bytes,
+                        version,
+                        epoch,
+                        expiry,
+                    },
+                ));
+            }
+            Plan::Nothing => {}
+            _ => {
+                drop(guard);
+                singles.push(session);
+            }
+        }
+    }
+    writes.sort_by_key(|(node, _)| *node);
+    let mut rest = writes.as_slice();
+    while let Some((node, _)) = rest.first() {
+        let end = rest.iter().position(|(n, _)| n != node).unwrap_or(rest.len());
+        let (group, tail) = rest.split_at(end);
+        rest = tail;
+        write_group(shared, *node, group).await;
+    }
+    drop(guards);
+    for session in singles {
+        sync_session(shared, session).await;
+    }
+}
+
+/// One exchange writing every session of `group` to `node`.
+async fn write_group(shared: &Shared, node: usize, group: &[(usize, BatchedWrite<'_>)]) {
+    let items: Vec<Item<'_>> = group
+        .iter()
+        .map(|(_, w)| Item {
+            key: &w.key,
+            value: &w.bytes,
+            expiry: w.expiry,
+        })
+        .collect();
+    let started = Instant::now();
+    let items = &items;
+    let written = shared
+        .nodes
+        .get(node)
+        .call(|b| async move { Ok::<_, crate::error::BackendError>(b.set_many(items).await) })
+        .await;
+    let outcomes = match written {
+        Ok(outcomes) => outcomes,
+        Err(error) => items.iter().map(|_| Err(error_source(&error))).collect(),
+    };
+    shared.stats.backup_time.record_duration(started.elapsed());
+    for ((_, write), outcome) in group.iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => {
+                let obsolete = record_written(
+                    shared,
+                    write.session,
+                    &write.id,
+                    write.version,
+                    write.epoch,
+                    write.expiry,
+                    started,
+                );
+                if obsolete {
+                    delete_keys(shared, write.session, false).await;
+                }
+            }
+            Err(error) => {
+                Stats::count(&shared.stats.counters.backups_failed);
+                if error.is_unavailable() {
+                    shared.nodes.get(node).observe(false, started);
+                }
+                tracing::warn!(%error, node = %shared.nodes.get(node).label(), "session backup failed");
+            }
+        }
+    }
+}
+
+fn error_source(error: &crate::error::Error) -> crate::error::BackendError {
+    match error {
+        crate::error::Error::Backend { source, .. } => source.clone(),
+        other => crate::error::BackendError::Protocol(other.to_string()),
+    }
+}
+
+/// Notes a successful write; `true` when old keys are left to delete.
+fn record_written(
+    shared: &Shared,
+    session: &SessionState,
+    id: &SessionId,
+    version: u64,
+    epoch: u64,
+    expiry: Expiry,
+    started: Instant,
+) -> bool {
+    Stats::count(&shared.stats.counters.backups_written);
+    let mut inner = session.inner.lock();
+    inner.stored = Some(StoredMark {
+        id: id.clone(),
+        version,
+        epoch,
+        expires_at: expires_at(expiry, started),
+    });
+    // The id may have moved while this write was in flight.
+    inner.mark_obsolete(id.clone());
+    !inner.obsolete_ids.is_empty()
 }
 
 /// One step of bringing a session's memcached copy up to date.
@@ -223,20 +389,7 @@ pub(crate) async fn sync_session(shared: &Shared, session: &SessionState) {
                 shared.stats.backup_time.record_duration(started.elapsed());
                 match result {
                     Ok(()) => {
-                        Stats::count(&counters.backups_written);
-                        let obsolete = {
-                            let mut inner = session.inner.lock();
-                            inner.stored = Some(StoredMark {
-                                id: id.clone(),
-                                version,
-                                epoch,
-                                expires_at: expires_at(expiry, started),
-                            });
-                            // The id may have moved while this write was in flight.
-                            inner.mark_obsolete(id);
-                            !inner.obsolete_ids.is_empty()
-                        };
-                        if obsolete {
+                        if record_written(shared, session, &id, version, epoch, expiry, started) {
                             delete_keys(shared, session, false).await;
                         }
                     }

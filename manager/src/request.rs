@@ -68,9 +68,10 @@ pub(crate) struct RequestContext {
     pub(crate) incoming: IncomingId,
     /// The path matched `requestUriIgnorePattern`: no memcached traffic.
     pub(crate) ignored: bool,
-    /// Method and path (without query), for `lockingMode`.
-    method: String,
-    path: String,
+    /// Method and path (without query), for `lockingMode`; kept only in
+    /// non-sticky mode, the only one that locks.
+    method: Box<str>,
+    path: Box<str>,
     resolved: OnceCell<()>,
     pub(crate) state: Mutex<RequestState>,
 }
@@ -86,14 +87,24 @@ pub(crate) struct RequestState {
     finished: bool,
 }
 
+/// Whether requests of this manager may lock (non-sticky mode).
+fn shared_locks(shared: &Shared) -> bool {
+    !shared.config.sticky
+}
+
 impl RequestContext {
     pub(crate) fn new(shared: Arc<Shared>, incoming: IncomingId, ignored: bool, method: &str, path: &str) -> Self {
+        let (method, path) = if shared_locks(&shared) {
+            (method.into(), path.into())
+        } else {
+            (Box::default(), Box::default())
+        };
         Self {
             shared,
             incoming,
             ignored,
-            method: method.to_owned(),
-            path: path.to_owned(),
+            method,
+            path,
             resolved: OnceCell::new(),
             state: Mutex::new(RequestState::default()),
         }

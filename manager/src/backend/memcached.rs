@@ -173,6 +173,26 @@ impl NodeBackend for MemcachedNode {
         Ok((value, exists))
     }
 
+    async fn set_many(&self, items: &[Item<'_>]) -> Vec<Result<(), BackendError>> {
+        let operations = items
+            .iter()
+            .map(|item| Set::new(item.key, item.value).ttl(ttl(item.expiry)).into());
+        match self.client.meta().run_batch(operations).await {
+            Err(error) => {
+                let error = self.error(error);
+                items.iter().map(|_| Err(error.clone())).collect()
+            }
+            Ok(results) => results
+                .into_iter()
+                .map(|result| match result {
+                    Ok(result) if result.as_mutation().is_some_and(|m| m.applied()) => Ok(()),
+                    Ok(result) => Err(BackendError::Protocol(format!("set not stored: {result:?}"))),
+                    Err(error) => Err(self.error(error)),
+                })
+                .collect(),
+        }
+    }
+
     async fn set_pair(&self, first: Item<'_>, second: Item<'_>) -> Result<(), BackendError> {
         let results = self
             .batch([

@@ -73,6 +73,16 @@ pub trait NodeBackend: Send + Sync + 'static {
         Ok((value?, touched?))
     }
 
+    /// Stores many items — one round trip where the backend can pipeline —
+    /// with one outcome per item, in order.
+    async fn set_many(&self, items: &[Item<'_>]) -> Vec<Result<(), BackendError>> {
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in items {
+            outcomes.push(self.set(item.key, item.value, item.expiry).await);
+        }
+        outcomes
+    }
+
     /// Stores two items — one round trip where the backend can pipeline.
     async fn set_pair(&self, first: Item<'_>, second: Item<'_>) -> Result<(), BackendError> {
         let (a, b) = tokio::join!(
