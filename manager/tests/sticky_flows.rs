@@ -397,3 +397,36 @@ async fn the_session_filter_outside_the_layer_is_a_clear_500() {
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(String::from_utf8_lossy(response.body()).contains("wrap the routes"));
 }
+
+#[tokio::test]
+async fn backups_queued_together_are_written_together_and_each_is_accounted() {
+    let cluster = Cluster::new(2);
+    let manager = cluster.manager_async(Config::builder().backup_concurrency(1));
+    cluster.wait_for_probes().await;
+    for node in &cluster.nodes {
+        node.set_delay(Duration::from_millis(20));
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let manager = manager.clone();
+        tasks.push(tokio::spawn(
+            async move { call(&manager, "POST", "/count", None).await },
+        ));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.unwrap().cookie_id().unwrap().to_owned());
+    }
+    wait_until("every session is written", || {
+        ids.iter().all(|id| cluster.node(node_of(id)).contains(id))
+    })
+    .await;
+    let counters = manager.statistics().counters;
+    assert_eq!((counters.backups_written, counters.backups_failed), (40, 0));
+    // A session changed again after its batch is written again.
+    for node in &cluster.nodes {
+        node.set_delay(Duration::ZERO);
+    }
+    assert_eq!(call(&manager, "POST", "/count", Some(&ids[0])).await.body, "2");
+    wait_until("rewritten", || manager.statistics().counters.backups_written == 41).await;
+}
