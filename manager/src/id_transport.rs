@@ -33,7 +33,8 @@ const MAX_COOKIE_AGE: Duration = Duration::from_secs(400 * 86_400);
 pub(crate) enum IdAction {
     /// No session: say nothing.
     None,
-    /// The client already has this id (a persistent cookie is refreshed).
+    /// The client already has this id; a persistent cookie is re-sent so
+    /// its `Max-Age` slides (only built when the cookie is persistent).
     Keep(String),
     /// A new or changed id: send it.
     Set(String),

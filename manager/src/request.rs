@@ -274,7 +274,13 @@ fn cookie_action(context: &RequestContext, session: Option<&Arc<SessionState>>, 
             let mut inner = session.inner.lock();
             inner.announced = true;
             if context.incoming_text() == Some(inner.id.as_str()) {
-                IdAction::Keep(inner.id.to_string())
+                let persistent = context.shared.config.cookie.persistent;
+                // Only a persistent cookie is re-sent for an unchanged id.
+                if persistent {
+                    IdAction::Keep(inner.id.to_string())
+                } else {
+                    IdAction::None
+                }
             } else {
                 IdAction::Set(inner.id.to_string())
             }
