@@ -491,37 +491,13 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
         if !write_primary {
             return Ok(());
         }
-        let node = shared.nodes.get(primary);
-        let (data_key, validity_key) = (shared.session_key(&id), shared.validity_key(&id));
-        let sealed = shared.seal(&data_key, &bytes);
-        let data = Item {
-            key: &data_key,
-            value: &sealed,
-            expiry: data_expiry(max_inactive),
-        };
-        let validity = Item {
-            key: &validity_key,
-            value: &validity,
-            expiry: validity_expiry(max_inactive),
-        };
-        node.call(|b| b.set_pair(data, validity)).await
+        let keys = (shared.session_key(&id), shared.validity_key(&id));
+        write_copy(shared, primary, keys, &bytes, &validity).await
     };
     let backup_write = async {
         let Some(backup) = backup else { return Ok(()) };
-        let node = shared.nodes.get(backup);
-        let (data_key, validity_key) = (shared.backup_key(&id), shared.backup_validity_key(&id));
-        let sealed = shared.seal(&data_key, &bytes);
-        let data = Item {
-            key: &data_key,
-            value: &sealed,
-            expiry: data_expiry(max_inactive),
-        };
-        let validity = Item {
-            key: &validity_key,
-            value: &validity,
-            expiry: validity_expiry(max_inactive),
-        };
-        node.call(|b| b.set_pair(data, validity)).await
+        let keys = (shared.backup_key(&id), shared.backup_validity_key(&id));
+        write_copy(shared, backup, keys, &bytes, &validity).await
     };
     let (primary_result, backup_result) = tokio::join!(primary_write, backup_write);
     shared.stats.backup_time.record_duration(started.elapsed());
@@ -550,6 +526,30 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
         delete_session_keys(shared, old).await;
     }
     outcome
+}
+
+/// Writes one copy of a session (data + validity record) to `node`, in one
+/// pipelined exchange; the data is sealed for its key when configured.
+async fn write_copy(
+    shared: &Shared,
+    node: NodeIndex,
+    (data_key, validity_key): (String, String),
+    bytes: &[u8],
+    validity: &[u8],
+) -> Result<(), Error> {
+    let max_inactive = shared.config.max_inactive;
+    let sealed = shared.seal(&data_key, bytes);
+    let data = Item {
+        key: &data_key,
+        value: &sealed,
+        expiry: data_expiry(max_inactive),
+    };
+    let validity = Item {
+        key: &validity_key,
+        value: validity,
+        expiry: validity_expiry(max_inactive),
+    };
+    shared.nodes.get(node).call(|b| b.set_pair(data, validity)).await
 }
 
 /// Deletes the session, validity and backup keys of `id` (best effort;
