@@ -8,15 +8,12 @@
 //! to decode — truncated, foreign, from a newer version, trailing garbage —
 //! yield [`DecodeError`], which the manager treats as "no session".
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 /// First bytes of every blob, to recognise foreign values cheaply.
 const MAGIC: [u8; 2] = [0xA5, 0x53];
 
-/// Attribute name → postcard-encoded value.
-pub(crate) type Attributes = BTreeMap<String, Box<[u8]>>;
+pub(crate) use crate::attributes::Attributes;
 
 /// Session metadata and attributes as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +85,7 @@ mod tests {
     use super::*;
 
     fn record() -> SessionRecord {
-        let mut attributes = Attributes::new();
+        let mut attributes = Attributes::default();
         attributes.insert("count".into(), postcard::to_allocvec(&7u64).unwrap().into());
         attributes.insert("user".into(), postcard::to_allocvec("ann").unwrap().into());
         SessionRecord {

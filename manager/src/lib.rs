@@ -141,6 +141,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod attributes;
 pub mod backend;
 mod backup;
 mod config;

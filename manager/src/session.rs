@@ -188,7 +188,7 @@ impl Session {
     /// The attribute names, sorted.
     pub fn keys(&self) -> Vec<String> {
         self.current()
-            .map(|s| s.inner.lock().attributes.keys().cloned().collect())
+            .map(|s| s.inner.lock().attributes.keys().map(str::to_owned).collect())
             .unwrap_or_default()
     }
 

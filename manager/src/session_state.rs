@@ -107,7 +107,7 @@ pub(crate) fn ttl_margin(max_inactive: Duration) -> Duration {
 impl SessionState {
     pub(crate) fn new(id: SessionId, max_inactive: Option<Duration>) -> Self {
         let now = SystemTime::now();
-        Self::from_parts(id, Attributes::new(), unix_ms(now), max_inactive, None)
+        Self::from_parts(id, Attributes::default(), unix_ms(now), max_inactive, None)
     }
 
     /// A session loaded from memcached.
@@ -179,7 +179,7 @@ impl SessionInner {
 
     /// Stores an encoded attribute; only a different value is a change.
     pub(crate) fn set_attribute(&mut self, key: &str, bytes: Box<[u8]>) {
-        if self.attributes.get(key) == Some(&bytes) {
+        if self.attributes.get(key) == Some(&*bytes) {
             return;
         }
         self.attributes_size += entry_size(key, &bytes);
