@@ -57,8 +57,9 @@
 //!    a session that was only read gets its memcached TTL extended with
 //!    `touch` when that is due (at most once per `margin / 2`, see below).
 //!    With `sessionBackupAsync=true` (default) the backup runs off the
-//!    request path through a bounded queue; with `false` the response waits
-//!    up to `sessionBackupTimeout`.
+//!    request path through a bounded queue (sessions queued together are
+//!    written in one pipelined exchange per node); with `false` the
+//!    response waits up to `sessionBackupTimeout`.
 //! 5. `Set-Cookie` (HttpOnly, SameSite, Path, Secure as configured) is sent
 //!    only when the id is new or changed.
 //!
@@ -124,6 +125,23 @@
 //! nothing — no update can be lost; `proceed` serves the request unlocked
 //! with a warning, as MSM does. A request whose lock expired anyway (it
 //! could not be renewed) answers 503 and saves nothing.
+//!
+//! # Hostile input and security options
+//!
+//! Nothing a client sends — malformed, huge, duplicated or non-UTF-8
+//! cookies or id headers, ids of unknown nodes or of sessions that do not
+//! exist — is ever adopted as a session id or turned into a 5xx: it is "no
+//! session". Bytes read back from memcached that do not decode (garbage,
+//! truncated, foreign, newer format) are "no session" too, counted in
+//! `decode_failures`. [`ConfigBuilder::max_session_size`] bounds a session
+//! ([`Error::SessionTooLarge`] at `insert`);
+//! [`ConfigBuilder::session_encryption_keys`] seals every stored session
+//! (XChaCha20-Poly1305, bound to its key, key rotation);
+//! [`ConfigBuilder::storage_key_secret`] keeps session ids out of memcached
+//! keys; [`ConfigBuilder::session_id_header`] carries ids for API clients;
+//! `__Host-` cookie names and persistent cookies whose `Max-Age` slides with
+//! the session are supported. The README's Security section has the threat
+//! model.
 //!
 //! # Concurrency guarantees
 //!
