@@ -125,10 +125,10 @@ pub enum Error {
     LockLost,
     /// [`SessionManager::session`](crate::SessionManager::session) was used in
     /// a route that is not wrapped by
-    /// [`SessionManager::layer`](crate::SessionManager::layer).
+    /// [`SessionManager::wrap`](crate::SessionManager::wrap).
     #[error(
         "the session filter ran outside the session layer: wrap the routes with \
-         `.with(manager.layer())` (once, outermost)"
+         `manager.wrap(routes)` (once, around all routes)"
     )]
     MissingLayer,
     /// Two requests ran concurrently inside one task (for example
