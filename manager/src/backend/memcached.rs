@@ -193,22 +193,6 @@ impl NodeBackend for MemcachedNode {
         }
     }
 
-    async fn set_pair(&self, first: Item<'_>, second: Item<'_>) -> Result<(), BackendError> {
-        let results = self
-            .batch([
-                Set::new(first.key, first.value).ttl(ttl(first.expiry)).into(),
-                Set::new(second.key, second.value).ttl(ttl(second.expiry)).into(),
-            ])
-            .await?;
-        for result in results {
-            let stored = result.as_mutation().is_some_and(|m| m.applied());
-            if !stored {
-                return Err(BackendError::Protocol(format!("set not stored: {result:?}")));
-            }
-        }
-        Ok(())
-    }
-
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         let result = self.client.meta().delete(key).send().await.map_err(|e| self.error(e))?;
         Ok(result.applied())

@@ -83,13 +83,10 @@ pub trait NodeBackend: Send + Sync + 'static {
         outcomes
     }
 
-    /// Stores two items — one round trip where the backend can pipeline.
+    /// Stores two items — one round trip where the backend pipelines
+    /// [`set_many`](Self::set_many).
     async fn set_pair(&self, first: Item<'_>, second: Item<'_>) -> Result<(), BackendError> {
-        let (a, b) = tokio::join!(
-            self.set(first.key, first.value, first.expiry),
-            self.set(second.key, second.value, second.expiry)
-        );
-        a.and(b)
+        self.set_many(&[first, second]).await.into_iter().collect()
     }
 }
 
