@@ -14,6 +14,9 @@
 //! * [`http_client`] / [`http_client_without_cookies`] — `reqwest` clients
 //!   that never use a proxy.
 //! * [`free_port`] and [`init_tracing`].
+//! * [`FaultProxy`] / [`ProxyMesh`] — TCP proxies in front of memcached nodes
+//!   that pass, delay, black-hole or refuse traffic ([`ProxyMode`]), one per
+//!   (app instance, node) pair, to partition one instance from a node.
 //!
 //! And for the in-process suites:
 //!
@@ -53,10 +56,12 @@ use nix::unistd::Pid;
 
 mod app;
 mod client;
+mod fault_proxy;
 mod util;
 
 pub use crate::app::{COUNT_KEY, DATA_KEY, TestApp};
 pub use crate::client::{COOKIE_NAME, Reply, SessionClient, SetCookie};
+pub use crate::fault_proxy::{FaultProxy, ProxyMesh, ProxyMode};
 pub use crate::util::{
     ID_RANDOM_LEN, eventually, eventually_blocking, fast_config, id_node, id_random, id_route, raw_http_status,
     session_keys, wait_available,
