@@ -11,6 +11,11 @@ use warp::{Filter, Rejection, Reply};
 
 const COUNT: &str = "count";
 const USER: &str = "user";
+const TOKENS: &str = "tokens";
+/// How many of the most recent write tokens a session keeps.
+const MAX_TOKENS: usize = 512;
+/// Longest token accepted.
+const MAX_TOKEN_LEN: usize = 32;
 /// Longest `delay_ms` accepted, so a client cannot park requests forever.
 const MAX_DELAY_MS: u64 = 60_000;
 
@@ -32,7 +37,7 @@ pub(crate) fn app(
         .map(counter_json);
     let increment = warp::path!("counter")
         .and(warp::post())
-        .and(warp::query::<DelayQuery>())
+        .and(warp::query::<IncrementQuery>())
         .and(session.clone())
         .and(with_instance.clone())
         .and_then(increment);
@@ -73,8 +78,18 @@ pub(crate) fn app(
 }
 
 #[derive(Debug, Deserialize)]
-struct DelayQuery {
+struct IncrementQuery {
     delay_ms: Option<u64>,
+    /// Identifies this write: appended to the session's token list.
+    token: Option<String>,
+}
+
+/// A write token: 1–32 characters of `[A-Za-z0-9_-]`.
+fn valid_token(token: &str) -> bool {
+    (1..=MAX_TOKEN_LEN).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +104,8 @@ struct CounterBody {
     instance: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<String>,
+    /// The tokens of the most recent identified writes, oldest first.
+    tokens: Vec<String>,
 }
 
 fn body(session: &Session, instance: String) -> Result<CounterBody, memcached_sessions::Error> {
@@ -97,6 +114,7 @@ fn body(session: &Session, instance: String) -> Result<CounterBody, memcached_se
         session_id: session.id(),
         instance,
         user: session.get(USER)?,
+        tokens: session.get(TOKENS)?.unwrap_or_default(),
     })
 }
 
@@ -115,15 +133,38 @@ fn counter_json(session: Session, instance: String) -> Response {
     json_or_error(body(&session, instance))
 }
 
-/// `POST /counter?delay_ms=N`: holds the session N ms, then increments.
-async fn increment(query: DelayQuery, session: Session, instance: String) -> Result<Response, Rejection> {
+/// `POST /counter?delay_ms=N&token=T`: holds the session N ms, then
+/// increments and, with a token, appends it to the session's token list
+/// (the last [`MAX_TOKENS`] are kept). A malformed token is a 400 and
+/// changes nothing.
+async fn increment(query: IncrementQuery, session: Session, instance: String) -> Result<Response, Rejection> {
+    if query.token.as_deref().is_some_and(|token| !valid_token(token)) {
+        return Ok(warp::reply::with_status(
+            "token must be 1-32 characters of [A-Za-z0-9_-]",
+            StatusCode::BAD_REQUEST,
+        )
+        .into_response());
+    }
     let delay = query.delay_ms.unwrap_or(0).min(MAX_DELAY_MS);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let result = session
         .update(COUNT, |count: Option<u64>| count.unwrap_or(0) + 1)
-        .and_then(|_| body(&session, instance));
+        .and_then(|_| match query.token {
+            Some(token) => session
+                .update(TOKENS, |tokens: Option<Vec<String>>| {
+                    let mut tokens = tokens.unwrap_or_default();
+                    if tokens.len() >= MAX_TOKENS {
+                        tokens.drain(..=tokens.len() - MAX_TOKENS);
+                    }
+                    tokens.push(token);
+                    tokens
+                })
+                .map(drop),
+            None => Ok(()),
+        })
+        .and_then(|()| body(&session, instance));
     Ok(json_or_error(result))
 }
 
@@ -144,6 +185,7 @@ fn logout(session: Session, instance: String) -> Json {
         session_id: None,
         instance,
         user: None,
+        tokens: Vec::new(),
     })
 }
 
@@ -200,7 +242,18 @@ async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> 
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::{escape, valid_token};
+
+    #[test]
+    fn tokens_are_short_and_plain() {
+        assert!(valid_token("u1-000042_x"));
+        assert!(valid_token(&"a".repeat(32)));
+        assert!(!valid_token(""));
+        assert!(!valid_token(&"a".repeat(33)));
+        for bad in ["a b", "a/b", "a.b", "ä", "a%20"] {
+            assert!(!valid_token(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn escapes_html() {

@@ -37,7 +37,10 @@ async fn counter_increments_and_reads_create_nothing() {
     let mut client = SessionClient::new(app.base_url());
 
     let read = client.get("/counter").await.ok();
-    assert_eq!(read.json(), json!({"count": 0, "session_id": null, "instance": "a"}));
+    assert_eq!(
+        read.json(),
+        json!({"count": 0, "session_id": null, "instance": "a", "tokens": []})
+    );
     assert!(read.set_cookie().is_none(), "GET /counter never creates a session");
     assert_eq!(read.header("x-instance"), Some("a"));
 
@@ -195,7 +198,10 @@ async fn login_cycles_the_id_and_logout_removes_the_session() {
     assert_eq!(client.cookie(), None);
     eventually(WAIT, "key deleted on logout", || cluster.locate(&after).is_empty()).await;
     let reply = client.get("/counter").await.ok();
-    assert_eq!(reply.json(), json!({"count": 0, "session_id": null, "instance": "a"}));
+    assert_eq!(
+        reply.json(),
+        json!({"count": 0, "session_id": null, "instance": "a", "tokens": []})
+    );
     stale.set_cookie(Some(after));
     assert_eq!(stale.get("/counter").await.ok().count(), 0);
 }
