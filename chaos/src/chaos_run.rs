@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use crate::app_stats::AppStats;
 use crate::error::Error;
 use crate::load::{LoadConfig, LoadReport, run_load};
 use crate::local_cluster::LocalCluster;
-use crate::scenario::{ClusterMode, Fault, Scenario};
+use crate::scenario::{ClusterMode, Effect, Scenario};
+use crate::summary::Summary;
 use crate::targets::TargetMode;
 
 /// How hard and how long every scenario runs.
@@ -28,6 +30,8 @@ pub struct ScenarioSettings {
     pub write_ratio: f64,
     /// Users that only read once they have a session.
     pub readers: usize,
+    /// Readers pause this long before each read.
+    pub reader_idle: Duration,
     /// Sticky mode: pause before the hand-off read-back through the other
     /// instance (see [`LoadConfig::handoff`]).
     pub handoff_after: Duration,
@@ -41,15 +45,14 @@ pub struct ScenarioSettings {
     pub log_dir: PathBuf,
 }
 
-/// PASS, FAIL or INFO.
+/// PASS or FAIL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Ran, injected its fault, and lost nothing.
+    /// Ran, injected its fault, saw its effect, and lost nothing.
     Pass,
-    /// Lost something, or could not run or inject its fault.
+    /// Lost something, or could not run or inject its fault, or the fault
+    /// had no visible effect.
     Fail,
-    /// An informational scenario that ran (whatever it lost).
-    Info,
 }
 
 impl fmt::Display for Verdict {
@@ -57,8 +60,30 @@ impl fmt::Display for Verdict {
         f.write_str(match self {
             Verdict::Pass => "PASS",
             Verdict::Fail => "FAIL",
-            Verdict::Info => "INFO",
         })
+    }
+}
+
+/// How much of an effect was seen (> 0: the fault had it).
+fn measure(effect: Effect, summary: &Summary, stats: &[AppStats], partition_seen: bool) -> u64 {
+    let sum = |name: &str| stats.iter().map(|s| s.counter(name)).sum::<u64>();
+    let errors = |key: &str| summary.errors.get(key).copied().unwrap_or(0);
+    match effect {
+        Effect::StatsCounter(name) => sum(name),
+        Effect::AnyStatsCounter(names) => names.iter().map(|name| sum(name)).sum(),
+        Effect::ClientMoved => summary.moved,
+        Effect::ClientRelocated => summary.relocated,
+        Effect::ClientRefused => errors("refused"),
+        Effect::ClientHangUps => errors("hangup"),
+        Effect::StatsProbeMaxAtLeast(names, at_least) => {
+            let slowest = stats
+                .iter()
+                .flat_map(|s| names.iter().map(|name| s.probe_max(name)))
+                .max()
+                .unwrap_or(0);
+            if slowest >= at_least { slowest } else { 0 }
+        }
+        Effect::PartitionSeen => u64::from(partition_seen),
     }
 }
 
@@ -76,6 +101,10 @@ pub struct ScenarioReport {
     pub fault_at: Option<Duration>,
     /// The instances' log files.
     pub logs: Vec<PathBuf>,
+    /// `/stats` of every instance running at the end, or why not.
+    pub stats: Result<Vec<AppStats>, String>,
+    /// Whether a partition was seen to take effect.
+    pub partition_seen: bool,
 }
 
 impl ScenarioReport {
@@ -87,7 +116,21 @@ impl ScenarioReport {
             fault_error: None,
             fault_at: None,
             logs: Vec::new(),
+            stats: Ok(Vec::new()),
+            partition_seen: false,
         }
+    }
+
+    /// Every effect the scenario asserts, with how much of it was seen.
+    pub fn effects(&self) -> Vec<(Effect, u64)> {
+        let (Ok(load), Ok(stats)) = (&self.load, &self.stats) else {
+            return Vec::new();
+        };
+        self.scenario
+            .effects
+            .iter()
+            .map(|&effect| (effect, measure(effect, &load.summary, stats, self.partition_seen)))
+            .collect()
     }
 
     /// The verdict and, unless it passed, why.
@@ -99,15 +142,19 @@ impl ScenarioReport {
             }
             (Ok(report), None) => report,
         };
-        let mut problems: Vec<String> = report.summary.problems().into_iter().map(str::to_owned).collect();
-        if self.scenario.informational {
-            return (Verdict::Info, problems);
+        let mut problems: Vec<String> = report
+            .summary
+            .problems_with(self.scenario.tolerance)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if let Err(error) = &self.stats {
+            problems.push(format!("cannot read the instances' statistics: {error}"));
         }
-        if matches!(self.scenario.fault, Fault::KillApp(_))
-            && self.scenario.mode == ClusterMode::Sticky
-            && report.summary.moved == 0
-        {
-            problems.push("no session moved to the surviving instance".to_owned());
+        for (effect, seen) in self.effects() {
+            if seen == 0 {
+                problems.push(format!("the fault had no effect: expected {effect}"));
+            }
         }
         if problems.is_empty() {
             (Verdict::Pass, problems)
@@ -132,7 +179,7 @@ impl fmt::Display for ScenarioReport {
             write!(
                 f,
                 " sessions={} requests={} ok={} errors={} lost_sessions={} lost_updates={} \
-                 extra_updates={} unverified={} moved={} relocated={} \
+                 extra_updates={} phantom_writes={} server_errors={} unverified={} moved={} relocated={} \
                  p50_ms={:.1} p99_ms={:.1} max_ms={:.1}",
                 s.sessions,
                 s.requests,
@@ -141,6 +188,8 @@ impl fmt::Display for ScenarioReport {
                 s.lost_sessions,
                 s.lost_updates,
                 s.extra_updates,
+                s.phantom_writes,
+                s.server_errors,
                 s.unverified,
                 s.moved,
                 s.relocated,
@@ -149,6 +198,13 @@ impl fmt::Display for ScenarioReport {
                 s.max_ms
             )?;
         }
+        let effects = self
+            .effects()
+            .iter()
+            .map(|(effect, seen)| format!("{effect}:{seen}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        write!(f, " effects={{{effects}}}")?;
         if let Some(at) = self.fault_at {
             write!(f, " fault_at_ms={}", at.as_millis())?;
         }
@@ -180,7 +236,9 @@ pub fn run_scenario(
         requests: None,
         write_ratio: settings.write_ratio,
         readers: settings.readers,
-        delay_ms: settings.delay_ms,
+        reader_idle: settings.reader_idle,
+        delay_ms: scenario.delay_ms.unwrap_or(settings.delay_ms),
+        hangup_ratio: scenario.hangup_ratio,
         timeout: settings.timeout,
         mode: match scenario.mode {
             ClusterMode::Sticky => TargetMode::Sticky,
@@ -191,7 +249,7 @@ pub fn run_scenario(
         ..LoadConfig::new(cluster.targets())
     };
     let logs = cluster.logs();
-    let fault = scenario.fault;
+    let fault = &scenario.fault;
     let (load, injected) = std::thread::scope(|scope| {
         let cluster = &mut cluster;
         let fault_thread = scope.spawn(move || {
@@ -206,7 +264,10 @@ pub fn run_scenario(
             .unwrap_or_else(|_| Err(Error::Harness("fault thread panicked".to_owned())));
         (load, injected)
     });
-    // Kill everything before the next scenario starts.
+    // What the fault did, read before everything is killed for the next
+    // scenario.
+    let stats = cluster.stats();
+    let partition_seen = cluster.partition_seen();
     drop(cluster);
     let (fault_at, fault_error) = match injected {
         Ok(at) => (Some(at), None),
@@ -218,5 +279,7 @@ pub fn run_scenario(
         fault_error,
         fault_at,
         logs,
+        stats,
+        partition_seen,
     }
 }

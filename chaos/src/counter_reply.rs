@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 /// Body of `GET /counter` and `POST /counter`:
-/// `{"count":N,"session_id":"<id or null>","instance":"<route>"}`.
+/// `{"count":N,"session_id":"<id or null>","instance":"<route>","tokens":[..]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct CounterReply {
     /// The session's counter after the request.
@@ -12,4 +12,7 @@ pub struct CounterReply {
     pub session_id: Option<String>,
     /// The instance (route) that served the request.
     pub instance: String,
+    /// The session's most recent write tokens, oldest first (required: a
+    /// reply without them is a bad body).
+    pub tokens: Vec<String>,
 }

@@ -38,6 +38,13 @@ pub struct LoadConfig {
     pub delay_ms: u64,
     /// Timeout of one request.
     pub timeout: Duration,
+    /// Share of load requests (not read-backs) on which the client hangs
+    /// up — closes the connection — at a random moment within `delay_ms`
+    /// + 5 ms, before the answer; 0.0..=1.0.
+    pub hangup_ratio: f64,
+    /// Readers pause this long before each read (so their sessions sit
+    /// idle across a fault).
+    pub reader_idle: Duration,
     /// How users spread over several targets.
     pub mode: TargetMode,
     /// Seed of the users' read/write choices.
@@ -65,6 +72,8 @@ impl LoadConfig {
             readers: 0,
             delay_ms: 0,
             timeout: Duration::from_secs(5),
+            hangup_ratio: 0.0,
+            reader_idle: Duration::ZERO,
             mode: TargetMode::Sticky,
             seed: 0x5e55_1015,
             verify_attempts: 8,
@@ -98,6 +107,9 @@ impl LoadConfig {
         }
         if !(0.0..=1.0).contains(&self.write_ratio) {
             return invalid("--write-ratio must be between 0.0 and 1.0");
+        }
+        if !(0.0..=1.0).contains(&self.hangup_ratio) {
+            return invalid("--hangup-ratio must be between 0.0 and 1.0");
         }
         if self.duration.is_none() && self.requests.is_none() {
             return invalid("give --duration or --requests");
@@ -162,6 +174,8 @@ pub async fn run_load(config: &LoadConfig) -> Result<LoadReport, Error> {
         readers: config.readers,
         delay_ms: config.delay_ms,
         timeout: config.timeout,
+        hangup_ratio: config.hangup_ratio,
+        reader_idle: config.reader_idle,
         seed: config.seed,
         started,
     };

@@ -1,39 +1,55 @@
-//! The chaos scenarios of `chaos-local`, and the window they document.
+//! The chaos scenarios of `chaos-local`, the effects they assert, and the
+//! window they document.
 //!
 //! Every scenario starts a fresh cluster — 3 memcached nodes `n1..n3` and 2
 //! demo-app instances `a1`, `a2`, all on `127.0.0.1` at free ports, apps with
 //! `--operation-timeout-ms 500` — runs the load engine against both
-//! instances, injects one fault into `n1` or `a1` mid-run, keeps the load
-//! running afterwards, then reads every session back.
+//! instances (every write identifiable by its token, a quarter of the users
+//! readers that idle between reads), injects its fault mid-run, keeps the
+//! load running afterwards, reads every session back, and then checks that
+//! the fault **had its effect**: figures read from every running
+//! instance's `GET /stats` before teardown (relocations, takeovers,
+//! restored backups, node state changes) or seen by the clients (sessions
+//! that moved, hang-ups, refused connections). A scenario whose fault did
+//! nothing fails, however clean its load looked.
 //!
-//! | scenario | fault |
-//! |---|---|
-//! | `memcached-kill` | `kill -9` of memcached `n1` |
-//! | `memcached-freeze` | `SIGSTOP` of `n1`, `SIGCONT` about 2 s later |
-//! | `memcached-restart-empty` | `n1` killed and started again, empty, on its port |
-//! | `app-kill` | `kill -9` of instance `a1` |
+//! Network faults go through a TCP proxy per (instance, node) pair
+//! (`integration_tests::ProxyMesh`): a **partition** black-holes one node
+//! for one instance only, a **slow network** delays every byte both ways.
 //!
-//! A quarter of the users only read once they have created their session:
-//! in sticky mode an idle session is never backed up again, so a fault that
-//! loses memcached data would hit exactly those sessions.
+//! | scenario | fault | effect asserted |
+//! |---|---|---|
+//! | `memcached-kill` | `kill -9` of `n1` | relocations, sessions seen relocated |
+//! | `memcached-freeze` | `SIGSTOP` of `n1`, `SIGCONT` 2 s later | node state changes |
+//! | `memcached-restart-empty` | `n1` restarted empty on its port | restored (sticky) / re-created (non-sticky) copies |
+//! | `two-nodes-kill` | `kill -9` of `n1` and `n2` | relocations |
+//! | `all-nodes-freeze` | `SIGSTOP` of all nodes, `SIGCONT` 2 s later | node state changes |
+//! | `all-nodes-outage` | all nodes killed, restarted empty 2 s later (sticky) | restored backups |
+//! | `failover-node-kill` | `--failover-nodes n3`, `kill -9` of `n1` (sticky) | relocations |
+//! | `app-kill` | `kill -9` of `a1` | takeovers, sessions moved (sticky); refused connections (non-sticky) |
+//! | `app-kill-async-backup` | the same with async backup (sticky) | as `app-kill`; at most 1 lost update per user |
+//! | `rolling-restart` | `a1` then `a2`: SIGTERM, exit, start again | takeovers, sessions moved (sticky); refused connections |
+//! | `app-kill-during-restart` | SIGTERM of `a2`, `kill -9` of `a1` while `a2` is down, both started again | takeovers (sticky); refused connections |
+//! | `partition` | `n1` black-holed for `a1` only, 2 s | `a1` lost `n1` while `a2` still had it |
+//! | `slow-network-hangups` | every proxy delays 20 ms ± 10 ms, clients hang up on 20 % of requests | hang-ups, slow replies |
 //!
-//! Each runs in two modes:
+//! Each runs in the modes listed by `chaos-local --list`:
 //!
-//! * **sticky** (`--sticky true`, async backup as by default): user `i`
-//!   sticks to instance `i % 2` and moves to the other one when its
-//!   instance refuses connections, like a load balancer failing over; the
-//!   other instance then takes the session over from memcached.
-//!   After the read-back, every session is read once more through the
-//!   *other* instance (after a 1 s pause), which must take it over from
-//!   memcached: this checks the backups, not only the in-memory copies.
+//! * **sticky** (`--sticky true`): user `i` sticks to instance `i % 2` and
+//!   moves to the other one when its instance refuses connections, like a
+//!   load balancer failing over; the other instance then takes the
+//!   session over from memcached. After the read-back, every session is
+//!   read once more through the *other* instance (after a 1 s pause),
+//!   which must take it over from memcached: this checks the backups, not
+//!   only the in-memory copies.
 //! * **non-sticky** (`--sticky false --locking-mode all`): users send each
 //!   request to the next instance (round-robin), so memcached is the only
 //!   copy that matters and the lock serializes the requests of a session.
-//!   When an instance is killed while holding a session's lock, that
-//!   session answers `503` until the lock expires (`lockExpiration`, 5 s by
-//!   default): by design, no update is lost. The load runs 8 s with the
-//!   fault at 2 s so such locks have expired before the read-back (which
-//!   does not retry a `503`).
+//!
+//! A scenario marked **pending** names the issue whose fix it waits for: it
+//! exposes a known violation of the README's guarantees, is listed by
+//! `--list`, runs with `--only NAME` (or `--pending`), and is not part of
+//! the default run until that issue lands its fix.
 //!
 //! # The window: async backup and `kill -9` of an app instance
 //!
@@ -42,24 +58,21 @@
 //! memcached runs *after* the response: an update that was acknowledged to
 //! the client but whose backup had not reached memcached when the instance
 //! was killed is lost; the instance that takes the session over loads the
-//! previous version. At most the last update(s) of each session in flight
-//! at the moment of the kill are affected — usually none, since the backup
-//! is sub-millisecond on loopback. A memcached fault cannot cause this (the
+//! previous version. At most the last update of each session in flight at
+//! the moment of the kill is affected — `app-kill-async-backup` fails if
+//! any user lost more than one. A memcached fault cannot cause this (the
 //! instance still holds the session and backs it up again), and neither can
-//! an orderly shutdown (it flushes every pending backup).
+//! an orderly shutdown (it flushes every pending backup: `rolling-restart`
+//! runs with async backup and must lose nothing).
 //!
 //! `--session-backup-async false` closes the window: the response waits for
-//! the backup, so every acknowledged update is in memcached. The sticky
-//! `app-kill` scenario therefore runs with synchronous backup and must lose
-//! nothing, and `app-kill-async-backup` runs the same fault with async
-//! backup as an informational line (`result=INFO`, never a failure) that
-//! reports how many updates the window actually cost.
-//!
-//! Non-sticky mode has no such window: the session is written to memcached
-//! before the response.
+//! the backup, so every acknowledged update is in memcached; the sticky
+//! `app-kill` scenarios run that way and must lose nothing.
 
 use std::fmt;
 use std::time::Duration;
+
+use crate::summary::Tolerance;
 
 /// Sticky or non-sticky sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,39 +92,138 @@ impl fmt::Display for ClusterMode {
     }
 }
 
-/// The fault injected mid-run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The fault injected mid-run. Node and app numbers are 0-based (`n1` is 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
-    /// `kill -9` of memcached node `n{0+1}`.
-    KillMemcached(usize),
-    /// `SIGSTOP` of memcached node `n{0+1}`, `SIGCONT` after the duration.
-    FreezeMemcached(usize, Duration),
-    /// Memcached node `n{0+1}` killed and restarted empty on its port.
-    RestartMemcachedEmpty(usize),
-    /// `kill -9` of app instance number `0` (`a{0+1}`).
+    /// `kill -9` of these memcached nodes.
+    KillMemcached(Vec<usize>),
+    /// `SIGSTOP` of these memcached nodes, `SIGCONT` after the duration.
+    FreezeMemcached(Vec<usize>, Duration),
+    /// These memcached nodes killed and restarted empty on their ports
+    /// after the duration (zero: at once).
+    RestartMemcachedEmpty(Vec<usize>, Duration),
+    /// `kill -9` of this app instance.
     KillApp(usize),
+    /// Every app instance in turn: SIGTERM, wait for its exit, start it
+    /// again on its port, wait until it is healthy.
+    RollingRestart,
+    /// SIGTERM of the second instance and, while it is down, `kill -9` of
+    /// the first; then both are started again.
+    KillAppDuringRestart,
+    /// The node black-holed for this instance only, for the duration.
+    Partition {
+        /// The instance that loses the node.
+        app: usize,
+        /// The node it loses.
+        node: usize,
+        /// How long.
+        duration: Duration,
+    },
+    /// Every proxy delays every byte by `fixed` plus up to `jitter`, from
+    /// the fault to the end of the load.
+    SlowNetwork {
+        /// Fixed one-way delay.
+        fixed: Duration,
+        /// Added uniformly random delay.
+        jitter: Duration,
+    },
+}
+
+impl Fault {
+    /// Whether the instances must reach memcached through the proxy mesh.
+    pub fn needs_proxies(&self) -> bool {
+        matches!(self, Fault::Partition { .. } | Fault::SlowNetwork { .. })
+    }
+}
+
+fn node_list(nodes: &[usize]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("n{}", n + 1))
+        .collect::<Vec<_>>()
+        .join("+")
 }
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fault::KillMemcached(node) => write!(f, "kill -9 memcached n{}", node + 1),
-            Fault::FreezeMemcached(node, pause) => write!(
+            Fault::KillMemcached(nodes) => write!(f, "kill -9 memcached {}", node_list(nodes)),
+            Fault::FreezeMemcached(nodes, pause) => write!(
                 f,
-                "SIGSTOP memcached n{}, SIGCONT after {}ms",
-                node + 1,
+                "SIGSTOP memcached {}, SIGCONT after {}ms",
+                node_list(nodes),
                 pause.as_millis()
             ),
-            Fault::RestartMemcachedEmpty(node) => {
-                write!(f, "restart memcached n{} empty", node + 1)
-            }
+            Fault::RestartMemcachedEmpty(nodes, down) => write!(
+                f,
+                "restart memcached {} empty after {}ms",
+                node_list(nodes),
+                down.as_millis()
+            ),
             Fault::KillApp(app) => write!(f, "kill -9 app a{}", app + 1),
+            Fault::RollingRestart => f.write_str("rolling SIGTERM + restart of every app"),
+            Fault::KillAppDuringRestart => f.write_str("SIGTERM a2, kill -9 a1 while a2 is down, restart both"),
+            Fault::Partition { app, node, duration } => write!(
+                f,
+                "black-hole n{} for a{} only, {}ms",
+                node + 1,
+                app + 1,
+                duration.as_millis()
+            ),
+            Fault::SlowNetwork { fixed, jitter } => write!(
+                f,
+                "slow network {}ms ± {}ms, clients hanging up",
+                fixed.as_millis(),
+                jitter.as_millis()
+            ),
+        }
+    }
+}
+
+/// What a scenario's fault must have done, checked after the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Sum of `/stats` counter `.0` over the running instances is > 0.
+    StatsCounter(&'static str),
+    /// Sum of these `/stats` counters over the running instances is > 0.
+    AnyStatsCounter(&'static [&'static str]),
+    /// At least one session was served by another instance than before.
+    ClientMoved,
+    /// At least one session id moved to another memcached node.
+    ClientRelocated,
+    /// The clients saw at least one refused connection (an instance was
+    /// really down).
+    ClientRefused,
+    /// The clients hung up on at least one request.
+    ClientHangUps,
+    /// Some instance took at least `.1` µs for one memcached exchange in
+    /// one of these `/stats` probes (the network really was slow).
+    StatsProbeMaxAtLeast(&'static [&'static str], u64),
+    /// The partitioned instance stopped listing the node among its
+    /// available nodes while the other instance still listed it (observed
+    /// during the fault).
+    PartitionSeen,
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Effect::StatsCounter(name) => write!(f, "{name}>0"),
+            Effect::AnyStatsCounter(names) => write!(f, "{}>0", names.join("+")),
+            Effect::ClientMoved => f.write_str("moved>0"),
+            Effect::ClientRelocated => f.write_str("relocated>0"),
+            Effect::ClientRefused => f.write_str("refused>0"),
+            Effect::ClientHangUps => f.write_str("hangups>0"),
+            Effect::StatsProbeMaxAtLeast(names, at_least) => {
+                write!(f, "max({})>={at_least}us", names.join(","))
+            }
+            Effect::PartitionSeen => f.write_str("partition seen"),
         }
     }
 }
 
 /// One line of `chaos-local`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
     /// Its name (`scenario=`).
     pub name: &'static str,
@@ -121,12 +233,46 @@ pub struct Scenario {
     pub backup_async: bool,
     /// What goes wrong.
     pub fault: Fault,
-    /// Informational: reported as `result=INFO`, never a failure (unless it
-    /// cannot run at all).
-    pub informational: bool,
+    /// What the fault must have done.
+    pub effects: Vec<Effect>,
+    /// What the run may lose and still pass (nothing, by default).
+    pub tolerance: Tolerance,
+    /// Extra demo-app flags.
+    pub extra_args: Vec<&'static str>,
+    /// Share of requests the clients hang up on.
+    pub hangup_ratio: f64,
+    /// `delay_ms` of every write, overriding the run's setting.
+    pub delay_ms: Option<u64>,
+    /// The issue whose fix this scenario waits for (not run by default).
+    pub pending: Option<&'static str>,
 }
 
 impl Scenario {
+    fn new(name: &'static str, mode: ClusterMode, fault: Fault, effects: Vec<Effect>) -> Scenario {
+        Scenario {
+            name,
+            mode,
+            backup_async: true,
+            fault,
+            effects,
+            tolerance: Tolerance::NONE,
+            extra_args: Vec::new(),
+            hangup_ratio: 0.0,
+            delay_ms: None,
+            pending: None,
+        }
+    }
+
+    fn sync_backup(mut self) -> Scenario {
+        self.backup_async = false;
+        self
+    }
+
+    fn pending(mut self, issue: &'static str) -> Scenario {
+        self.pending = Some(issue);
+        self
+    }
+
     /// The demo-app flags of this scenario (besides `--listen`/`--route`).
     pub fn app_args(&self, nodes: &str, operation_timeout_ms: u64) -> Vec<String> {
         let mut args = vec![
@@ -149,6 +295,7 @@ impl Scenario {
                 "all".to_owned(),
             ]),
         }
+        args.extend(self.extra_args.iter().map(|&arg| arg.to_owned()));
         args
     }
 
@@ -162,32 +309,136 @@ impl Scenario {
     }
 }
 
+const TWO_SECONDS: Duration = Duration::from_secs(2);
+/// The issue that makes non-sticky mode keep its promises under these faults.
+const NON_STICKY_V2: &str = "#10 Non-sticky mode v2";
+/// The issue that makes sticky takeovers release their claims.
+const STICKY_FINAL: &str = "#11 Sticky mode: what was acknowledged or logged out stays so";
+
 /// Every scenario, in the order `chaos-local` runs them; `freeze` is how
-/// long a frozen node stays stopped.
+/// long a frozen node stays stopped (and a partition lasts).
 pub fn all(freeze: Duration) -> Vec<Scenario> {
+    use ClusterMode::{NonSticky, Sticky};
+    use Effect::*;
     let mut scenarios = Vec::new();
-    for mode in [ClusterMode::Sticky, ClusterMode::NonSticky] {
-        let scenario = |name, fault, backup_async| Scenario {
-            name,
-            mode,
-            backup_async,
-            fault,
-            informational: false,
-        };
-        scenarios.push(scenario("memcached-kill", Fault::KillMemcached(0), true));
-        scenarios.push(scenario("memcached-freeze", Fault::FreezeMemcached(0, freeze), true));
-        scenarios.push(scenario(
-            "memcached-restart-empty",
-            Fault::RestartMemcachedEmpty(0),
-            true,
+    for mode in [Sticky, NonSticky] {
+        let sticky = mode == Sticky;
+        let new = |name, fault, effects| Scenario::new(name, mode, fault, effects);
+        scenarios.push(new(
+            "memcached-kill",
+            Fault::KillMemcached(vec![0]),
+            vec![StatsCounter("relocations"), ClientRelocated],
         ));
+        scenarios.push(new(
+            "memcached-freeze",
+            Fault::FreezeMemcached(vec![0], freeze),
+            vec![StatsCounter("node_state_changes")],
+        ));
+        scenarios.push(new(
+            "memcached-restart-empty",
+            Fault::RestartMemcachedEmpty(vec![0], Duration::ZERO),
+            vec![if sticky {
+                StatsCounter("backups_restored")
+            } else {
+                AnyStatsCounter(&["backups_recreated", "backup_node_loads"])
+            }],
+        ));
+        let two_nodes_kill = new(
+            "two-nodes-kill",
+            Fault::KillMemcached(vec![0, 1]),
+            vec![StatsCounter("relocations")],
+        );
+        let all_nodes_freeze = new(
+            "all-nodes-freeze",
+            Fault::FreezeMemcached(vec![0, 1, 2], freeze),
+            vec![StatsCounter("node_state_changes")],
+        );
+        if sticky {
+            scenarios.push(two_nodes_kill);
+            scenarios.push(all_nodes_freeze);
+        } else {
+            // Sessions whose primary and backup both die are answered as
+            // "no session"; with every node frozen a read answers 200
+            // without the session instead of 503.
+            scenarios.push(two_nodes_kill.pending(NON_STICKY_V2));
+            scenarios.push(all_nodes_freeze.pending(NON_STICKY_V2));
+        }
+        let app_kill_effects = if sticky {
+            vec![StatsCounter("takeovers"), ClientMoved]
+        } else {
+            vec![ClientRefused]
+        };
         // Sticky: synchronous backup closes the window (see the module docs).
-        scenarios.push(scenario("app-kill", Fault::KillApp(0), false));
-        if mode == ClusterMode::Sticky {
+        scenarios.push(new("app-kill", Fault::KillApp(0), app_kill_effects.clone()).sync_backup());
+        let rolling = new("rolling-restart", Fault::RollingRestart, app_kill_effects.clone());
+        let kill_during_restart = new(
+            "app-kill-during-restart",
+            Fault::KillAppDuringRestart,
+            app_kill_effects.clone(),
+        )
+        .sync_backup();
+        if sticky {
+            // A session taken over a1 -> a2 -> a1 cannot go back to a2 for
+            // 30 s: the first takeover's claim is never released (503).
+            scenarios.push(rolling.pending(STICKY_FINAL));
+            scenarios.push(kill_during_restart.pending(STICKY_FINAL));
+        } else {
+            scenarios.push(rolling);
+            scenarios.push(kill_during_restart);
+        }
+        let partition = new(
+            "partition",
+            Fault::Partition {
+                app: 0,
+                node: 0,
+                duration: freeze,
+            },
+            vec![PartitionSeen],
+        );
+        let slow = Scenario {
+            hangup_ratio: 0.2,
+            delay_ms: Some(50),
+            ..new(
+                "slow-network-hangups",
+                Fault::SlowNetwork {
+                    fixed: Duration::from_millis(20),
+                    jitter: Duration::from_millis(10),
+                },
+                // Every exchange crosses the proxy twice: at least 2 × 20 ms.
+                vec![
+                    ClientHangUps,
+                    StatsProbeMaxAtLeast(&["backup_time_us", "load_time_us", "lock_acquire_time_us"], 40_000),
+                ],
+            )
+        };
+        if sticky {
+            scenarios.push(partition);
+            scenarios.push(slow);
             scenarios.push(Scenario {
-                informational: true,
-                ..scenario("app-kill-async-backup", Fault::KillApp(0), true)
+                tolerance: Tolerance {
+                    lost_updates_per_user: 1,
+                    ..Tolerance::NONE
+                },
+                ..new("app-kill-async-backup", Fault::KillApp(0), app_kill_effects)
             });
+            scenarios.push(new(
+                "all-nodes-outage",
+                Fault::RestartMemcachedEmpty(vec![0, 1, 2], TWO_SECONDS),
+                vec![StatsCounter("backups_restored")],
+            ));
+            scenarios.push(Scenario {
+                extra_args: vec!["--failover-nodes", "n3"],
+                ..new(
+                    "failover-node-kill",
+                    Fault::KillMemcached(vec![0]),
+                    vec![StatsCounter("relocations"), ClientRelocated],
+                )
+            });
+        } else {
+            // Two instances that disagree about n1 lock and store on
+            // different nodes; hung-up requests keep renewing their locks.
+            scenarios.push(partition.pending(NON_STICKY_V2));
+            scenarios.push(slow.pending(NON_STICKY_V2));
         }
     }
     scenarios
@@ -198,13 +449,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn catalog_has_both_modes_and_one_informational_line() {
+    fn names_are_unique_per_mode_and_every_scenario_asserts_an_effect() {
         let scenarios = all(Duration::from_secs(2));
-        assert_eq!(scenarios.len(), 9);
-        let info: Vec<_> = scenarios.iter().filter(|s| s.informational).collect();
-        assert_eq!(info.len(), 1);
-        assert_eq!(info[0].mode, ClusterMode::Sticky);
-        assert!(info[0].backup_async);
+        for scenario in &scenarios {
+            assert!(!scenario.effects.is_empty(), "{} asserts nothing", scenario.name);
+            let same = scenarios
+                .iter()
+                .filter(|s| s.name == scenario.name && s.mode == scenario.mode)
+                .count();
+            assert_eq!(same, 1, "{} twice", scenario.name);
+        }
+    }
+
+    #[test]
+    fn the_counted_app_kill_is_sync_and_the_async_one_is_bounded() {
+        let scenarios = all(Duration::from_secs(2));
         let sticky_kill = scenarios
             .iter()
             .find(|s| s.name == "app-kill" && s.mode == ClusterMode::Sticky)
@@ -216,6 +475,9 @@ mod tests {
                 .windows(2)
                 .any(|w| w == ["--session-backup-async", "false"])
         );
+        let async_kill = scenarios.iter().find(|s| s.name == "app-kill-async-backup").unwrap();
+        assert!(async_kill.backup_async);
+        assert_eq!(async_kill.tolerance.lost_updates_per_user, 1);
     }
 
     #[test]
@@ -228,5 +490,15 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["--locking-mode", "all"]));
         assert!(args.windows(2).any(|w| w == ["--sticky", "false"]));
         assert_eq!(scenario.backup_label(), "-");
+    }
+
+    #[test]
+    fn extra_flags_reach_the_app() {
+        let scenario = all(Duration::from_secs(2))
+            .into_iter()
+            .find(|s| s.name == "failover-node-kill")
+            .unwrap();
+        let args = scenario.app_args("n1:127.0.0.1:1", 500);
+        assert!(args.windows(2).any(|w| w == ["--failover-nodes", "n3"]));
     }
 }

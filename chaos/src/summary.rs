@@ -7,6 +7,23 @@ use serde::Serialize;
 
 use crate::tally::Tally;
 
+/// What a run may lose or show and still pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tolerance {
+    /// Acknowledged updates one user may lose (the async-backup window).
+    pub lost_updates_per_user: u64,
+    /// Server errors (`500`) are expected by the scenario.
+    pub server_errors: bool,
+}
+
+impl Tolerance {
+    /// Nothing lost, no server error.
+    pub const NONE: Tolerance = Tolerance {
+        lost_updates_per_user: 0,
+        server_errors: false,
+    };
+}
+
 /// The result of a load run, printed as one `key=value` line (its
 /// [`Display`](fmt::Display)) or as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -23,8 +40,15 @@ pub struct Summary {
     pub lost_sessions: u64,
     /// Increments that disappeared (count below the expected range).
     pub lost_updates: u64,
-    /// Increments nobody sent (count above the expected range).
+    /// Increments nobody sent (count above the expected range, or a token
+    /// that was never sent).
     pub extra_updates: u64,
+    /// Writes answered `503`/`409` ("nothing saved") whose token was stored.
+    pub phantom_writes: u64,
+    /// Responses with a 5xx status other than 502/503/504.
+    pub server_errors: u64,
+    /// The most updates one user lost.
+    pub max_lost_per_user: u64,
     /// Sessions whose final read-back failed, so they are not verified.
     pub unverified: u64,
     /// Sessions that were served by more than one instance.
@@ -54,6 +78,9 @@ impl Summary {
             lost_sessions: tally.lost_sessions,
             lost_updates: tally.lost_updates,
             extra_updates: tally.extra_updates,
+            phantom_writes: tally.phantom_writes,
+            server_errors: tally.server_errors,
+            max_lost_per_user: tally.max_lost_per_user,
             unverified: tally.unverified,
             moved: tally.moved,
             relocated: tally.relocated,
@@ -63,11 +90,20 @@ impl Summary {
         }
     }
 
+    /// Why the run does not pass with no tolerance at all; empty when it
+    /// does.
+    pub fn problems(&self) -> Vec<&'static str> {
+        self.problems_with(Tolerance::NONE)
+    }
+
     /// Why the run does not pass; empty when it does.
     ///
     /// A run passes when at least one request succeeded, nothing was lost
-    /// or invented, and every session was read back at the end.
-    pub fn problems(&self) -> Vec<&'static str> {
+    /// (beyond `tolerance.lost_updates_per_user` per user), invented or
+    /// saved against a "nothing saved" answer, no server error occurred
+    /// (unless `tolerance.server_errors`), and every session was read back
+    /// at the end.
+    pub fn problems_with(&self, tolerance: Tolerance) -> Vec<&'static str> {
         let mut problems = Vec::new();
         if self.ok == 0 {
             problems.push("no request succeeded");
@@ -75,11 +111,17 @@ impl Summary {
         if self.lost_sessions > 0 {
             problems.push("sessions were lost");
         }
-        if self.lost_updates > 0 {
+        if self.max_lost_per_user > tolerance.lost_updates_per_user {
             problems.push("updates were lost");
         }
         if self.extra_updates > 0 {
             problems.push("counts rose by more than was sent");
+        }
+        if self.phantom_writes > 0 {
+            problems.push("writes answered 503/409 were saved (phantom writes)");
+        }
+        if self.server_errors > 0 && !tolerance.server_errors {
+            problems.push("the server answered 500");
         }
         if self.unverified > 0 {
             problems.push("sessions could not be read back");
@@ -114,7 +156,7 @@ impl fmt::Display for Summary {
         write!(
             f,
             "sessions={} requests={} ok={} errors={} lost_sessions={} lost_updates={} \
-             extra_updates={} unverified={} moved={} relocated={} \
+             extra_updates={} phantom_writes={} server_errors={} unverified={} moved={} relocated={} \
              p50_ms={:.1} p99_ms={:.1} max_ms={:.1}",
             self.sessions,
             self.requests,
@@ -123,6 +165,8 @@ impl fmt::Display for Summary {
             self.lost_sessions,
             self.lost_updates,
             self.extra_updates,
+            self.phantom_writes,
+            self.server_errors,
             self.unverified,
             self.moved,
             self.relocated,
@@ -140,11 +184,12 @@ mod tests {
     use super::*;
     use crate::expectation::Check;
     use crate::failure::Failure;
+    use crate::token_ledger::TokenCheck;
 
     #[test]
     fn line_format_and_verdict() {
         let mut tally = Tally::default();
-        tally.ok(Duration::from_millis(2), Check::default());
+        tally.ok(Duration::from_millis(2), Check::default(), TokenCheck::default());
         tally.failed(Duration::from_millis(1), Failure::Status(503));
         tally.failed(Duration::from_millis(1), Failure::Transport);
         tally.sessions = 1;
@@ -164,9 +209,42 @@ mod tests {
                 lost_updates: 2,
                 ..Check::default()
             },
+            TokenCheck {
+                lost: 1,
+                ..TokenCheck::default()
+            },
         );
         let summary = Summary::from_tally(&tally);
+        assert_eq!(summary.lost_updates, 2, "one loss seen two ways counts once");
         assert_eq!(summary.problems(), vec!["updates were lost"]);
+        let tolerant = Tolerance {
+            lost_updates_per_user: 2,
+            ..Tolerance::NONE
+        };
+        assert!(summary.problems_with(tolerant).is_empty());
+    }
+
+    #[test]
+    fn phantom_writes_and_server_errors_fail() {
+        let mut tally = Tally::default();
+        tally.ok(
+            Duration::from_millis(1),
+            Check::default(),
+            TokenCheck {
+                phantom: 1,
+                ..TokenCheck::default()
+            },
+        );
+        tally.failed(Duration::from_millis(1), Failure::Status(500));
+        let summary = Summary::from_tally(&tally);
+        let line = summary.to_string();
+        assert!(line.contains(" phantom_writes=1 server_errors=1 "), "{line}");
+        assert_eq!(summary.problems().len(), 2, "{:?}", summary.problems());
+        let declared = Tolerance {
+            server_errors: true,
+            ..Tolerance::NONE
+        };
+        assert_eq!(summary.problems_with(declared).len(), 1);
     }
 
     #[test]

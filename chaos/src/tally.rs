@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::expectation::Check;
 use crate::failure::Failure;
 use crate::latency::Latency;
+use crate::token_ledger::TokenCheck;
 
 /// What one user (or, merged, the whole run) saw.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +23,12 @@ pub struct Tally {
     pub lost_updates: u64,
     /// Increments that appeared from nowhere.
     pub extra_updates: u64,
+    /// Writes answered `503`/`409` ("nothing saved") whose token was stored.
+    pub phantom_writes: u64,
+    /// Responses with a 5xx status other than 502/503/504.
+    pub server_errors: u64,
+    /// The most updates lost by one user (merged: the maximum).
+    pub max_lost_per_user: u64,
     /// Sessions still held at the end (read back or not).
     pub sessions: u64,
     /// Sessions whose final read-back failed.
@@ -35,13 +42,18 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Records a request that got a counter reply, and its check.
-    pub fn ok(&mut self, latency: Duration, check: Check) {
+    /// Records a request that got a counter reply, the check of its count
+    /// and the check of its token list. A loss seen both ways (count
+    /// below range, acknowledged tokens missing) is counted once.
+    pub fn ok(&mut self, latency: Duration, check: Check, tokens: TokenCheck) {
         self.requests += 1;
         self.ok += 1;
         self.latency.record(latency);
-        self.lost_updates += check.lost_updates;
-        self.extra_updates += check.extra_updates;
+        let lost = check.lost_updates.max(tokens.lost);
+        self.lost_updates += lost;
+        self.max_lost_per_user = self.max_lost_per_user.max(self.lost_updates);
+        self.extra_updates += check.extra_updates.max(tokens.foreign);
+        self.phantom_writes += tokens.phantom;
         self.lost_sessions += u64::from(check.lost_session);
     }
 
@@ -49,6 +61,7 @@ impl Tally {
     pub fn failed(&mut self, latency: Duration, failure: Failure) {
         self.requests += 1;
         self.latency.record(latency);
+        self.server_errors += u64::from(failure.is_server_error());
         *self.errors.entry(failure).or_default() += 1;
     }
 
@@ -62,6 +75,9 @@ impl Tally {
         self.lost_sessions += other.lost_sessions;
         self.lost_updates += other.lost_updates;
         self.extra_updates += other.extra_updates;
+        self.phantom_writes += other.phantom_writes;
+        self.server_errors += other.server_errors;
+        self.max_lost_per_user = self.max_lost_per_user.max(other.max_lost_per_user);
         self.sessions += other.sessions;
         self.unverified += other.unverified;
         self.moved += other.moved;

@@ -15,11 +15,14 @@ use crate::failure::Failure;
 use crate::session_id::{node_part, random_part};
 use crate::tally::Tally;
 use crate::targets::{TargetMode, TargetPicker};
+use crate::token_ledger::{TokenCheck, TokenLedger, TokenOutcome};
 
 /// Requests remembered per user for anomaly reports.
 const HISTORY_LEN: usize = 10;
 /// Anomaly reports kept per user (the counts are always complete).
 const MAX_ANOMALIES: usize = 5;
+/// A hang-up comes at a random moment within `delay_ms` plus this much.
+const HANG_UP_SLACK_MS: u64 = 5;
 
 /// What a user needs to know about the run.
 #[derive(Debug, Clone)]
@@ -31,6 +34,10 @@ pub(crate) struct UserPlan {
     pub(crate) readers: usize,
     pub(crate) delay_ms: u64,
     pub(crate) timeout: Duration,
+    /// Share of load requests the client hangs up on at a random moment.
+    pub(crate) hangup_ratio: f64,
+    /// Readers pause this long before each read once they have a session.
+    pub(crate) reader_idle: Duration,
     pub(crate) seed: u64,
     /// When the run started (history timestamps are relative to it).
     pub(crate) started: Instant,
@@ -45,9 +52,13 @@ pub(crate) struct VirtualUser {
     client: reqwest::Client,
     picker: TargetPicker,
     expectation: Expectation,
+    ledger: TokenLedger,
     rng: fastrand::Rng,
     write_ratio: f64,
     delay_ms: u64,
+    hangup_ratio: f64,
+    /// Zero for writers.
+    idle: Duration,
     started: Instant,
     tally: Tally,
     /// Full id and instance of the last reply for the current session.
@@ -75,9 +86,16 @@ impl VirtualUser {
             client,
             picker: TargetPicker::new(Arc::clone(&plan.targets), plan.mode, index),
             expectation: Expectation::new(),
+            ledger: TokenLedger::new(index),
             rng: fastrand::Rng::with_seed(plan.seed.wrapping_add(index as u64)),
             write_ratio: if index < plan.readers { 0.0 } else { plan.write_ratio },
             delay_ms: plan.delay_ms,
+            hangup_ratio: plan.hangup_ratio,
+            idle: if index < plan.readers {
+                plan.reader_idle
+            } else {
+                Duration::ZERO
+            },
             started: plan.started,
             tally: Tally::default(),
             last_id: None,
@@ -91,15 +109,22 @@ impl VirtualUser {
     }
 
     /// Sends one request: a write while the user has no session, else a
-    /// write with probability `write_ratio` (0 for a reader), else a read.
+    /// write with probability `write_ratio` (0 for a reader), else a read
+    /// (a reader idles first). Every write carries the next token; with
+    /// probability `hangup_ratio` the user hangs up before the answer.
     pub(crate) async fn step(&mut self) {
         let write = self.expectation.session().is_none() || self.rng.f64() < self.write_ratio;
-        let (target, latency, result) = self.send(write).await;
+        if !write && !self.idle.is_zero() {
+            tokio::time::sleep(self.idle).await;
+        }
+        let hang_up = self.rng.f64() < self.hangup_ratio;
+        let (target, latency, result) = self.send(write, hang_up).await;
         match result {
             Ok(reply) => self.answered(write, target, latency, &reply),
             Err(failure) => {
                 if write {
                     self.expectation.write_failed(failure.write_effect());
+                    self.ledger.record(failure.token_outcome());
                 }
                 self.failed(write, target, latency, failure);
             }
@@ -133,7 +158,7 @@ impl VirtualUser {
 
     async fn read_back(&mut self, attempts: u32, pause: Duration, what: &str) {
         for attempt in 1..=attempts {
-            let (target, latency, result) = self.send(false).await;
+            let (target, latency, result) = self.send(false, false).await;
             match result {
                 Ok(reply) => {
                     self.answered(false, target, latency, &reply);
@@ -160,28 +185,50 @@ impl VirtualUser {
         (self.tally, self.anomalies)
     }
 
-    async fn send(&mut self, write: bool) -> (usize, Duration, Result<CounterReply, Failure>) {
+    /// Sends a read, or a write with the ledger's next token. With
+    /// `hang_up`, drops the request (closing its connection) at a random
+    /// moment within the time the server needs for it.
+    async fn send(&mut self, write: bool, hang_up: bool) -> (usize, Duration, Result<CounterReply, Failure>) {
         let (target, base) = self.picker.pick();
         let request = if !write {
             self.client.get(format!("{base}/counter"))
         } else if self.delay_ms > 0 {
-            self.client.post(format!("{base}/counter?delay_ms={}", self.delay_ms))
+            self.client.post(format!(
+                "{base}/counter?token={}&delay_ms={}",
+                self.ledger.next_token(),
+                self.delay_ms
+            ))
         } else {
-            self.client.post(format!("{base}/counter"))
+            self.client
+                .post(format!("{base}/counter?token={}", self.ledger.next_token()))
         };
+        let hang_up_after = hang_up.then(|| {
+            let within = (self.delay_ms + HANG_UP_SLACK_MS) * 1000;
+            Duration::from_micros(self.rng.u64(0..=within))
+        });
         let started = Instant::now();
-        let result = match request.send().await {
-            Err(error) => Err(Failure::from_reqwest(&error)),
-            Ok(response) if !response.status().is_success() => {
-                let status = response.status().as_u16();
-                // Read the body so the connection can be reused.
-                let _ = response.bytes().await;
-                Err(Failure::Status(status))
+        let exchange = async {
+            match request.send().await {
+                Err(error) => Err(Failure::from_reqwest(&error)),
+                Ok(response) if !response.status().is_success() => {
+                    let status = response.status().as_u16();
+                    // Read the body so the connection can be reused.
+                    let _ = response.bytes().await;
+                    Err(Failure::Status(status))
+                }
+                Ok(response) => response
+                    .json::<CounterReply>()
+                    .await
+                    .map_err(|error| Failure::from_reqwest(&error)),
             }
-            Ok(response) => response
-                .json::<CounterReply>()
+        };
+        let result = match hang_up_after {
+            // Dropping the future closes the connection: the server sees
+            // the client hang up mid-request.
+            Some(after) => tokio::time::timeout(after, exchange)
                 .await
-                .map_err(|error| Failure::from_reqwest(&error)),
+                .unwrap_or(Err(Failure::HangUp)),
+            None => exchange.await,
         };
         (target, started.elapsed(), result)
     }
@@ -189,12 +236,24 @@ impl VirtualUser {
     fn answered(&mut self, write: bool, target: usize, latency: Duration, reply: &CounterReply) {
         let expected = self.expectation.range();
         let id = reply.session_id.as_deref();
+        if self.expectation.session() != id.map(random_part) {
+            // A new session (or none): the old one's tokens no longer count.
+            self.ledger.new_session();
+        }
+        if write {
+            self.ledger.record(TokenOutcome::Acknowledged);
+        }
         let check = if write {
             self.expectation.write_succeeded(id, reply.count)
         } else {
             self.expectation.read_succeeded(id, reply.count)
         };
-        self.tally.ok(latency, check);
+        let tokens = if id.is_some() {
+            self.ledger.observe(&reply.tokens)
+        } else {
+            TokenCheck::default()
+        };
+        self.tally.ok(latency, check, tokens);
         self.note_instance_and_node(reply);
         self.remember(format!(
             "{} t{target} -> count={} id={} instance={}",
@@ -211,6 +270,16 @@ impl VirtualUser {
                 op(write),
                 reply.count,
                 describe(check)
+            ));
+        }
+        if !tokens.is_consistent() {
+            self.anomaly(format!(
+                "{}: token list of {} tokens: {} acknowledged missing, {} phantom (answered 503/409), {} never sent",
+                op(write),
+                reply.tokens.len(),
+                tokens.lost,
+                tokens.phantom,
+                tokens.foreign
             ));
         }
     }

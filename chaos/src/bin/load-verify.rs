@@ -3,20 +3,25 @@
 //! session, reads every session back at the end and prints one summary line:
 //!
 //! ```text
-//! sessions=32 requests=12345 ok=12300 errors={503:40,transport:5} lost_sessions=0 lost_updates=0 extra_updates=0 unverified=0 moved=0 relocated=0 p50_ms=1.2 p99_ms=8.5 max_ms=31.0
+//! sessions=32 requests=12345 ok=12300 errors={503:40,transport:5} lost_sessions=0 lost_updates=0 extra_updates=0 phantom_writes=0 server_errors=0 unverified=0 moved=0 relocated=0 p50_ms=1.2 p99_ms=8.5 max_ms=31.0
 //! ```
 //!
+//! Every write carries a unique token (`POST /counter?token=u3-17`); the
+//! session's token list is checked against what each write was answered
+//! (see `chaos::token_ledger`).
+//!
 //! Exit code: 0 when at least one request succeeded and every session was
-//! read back with nothing lost or invented; 1 otherwise; 2 for usage and
-//! startup errors (e.g. no target reachable). Details of every
-//! inconsistency go to stderr. See the `chaos` crate docs for the
-//! accounting.
+//! read back with nothing lost, invented or saved against a `503`/`409`,
+//! and no `500` was answered (`--allow-server-errors` declares them); 1
+//! otherwise; 2 for usage and startup errors (e.g. no target reachable).
+//! Details of every inconsistency go to stderr. See the `chaos` crate docs
+//! for the accounting.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chaos::{LoadConfig, TargetMode, parse_targets, run_load};
+use chaos::{LoadConfig, TargetMode, Tolerance, parse_targets, run_load};
 use clap::Parser;
 
 /// Load a session counter app and verify that no session or update is lost.
@@ -42,6 +47,20 @@ struct Args {
     /// The first N users only read once they have created their session.
     #[arg(long, default_value_t = 0, value_name = "N")]
     readers: usize,
+    /// Readers pause this long before each read, so their sessions sit idle.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    reader_idle_ms: u64,
+    /// Share of requests on which the client hangs up (closes the
+    /// connection) at a random moment before the answer.
+    #[arg(long, default_value_t = 0.0, value_name = "0.0..1.0")]
+    hangup_ratio: f64,
+    /// Do not fail on 500 answers (the scenario expects them).
+    #[arg(long)]
+    allow_server_errors: bool,
+    /// Acknowledged updates one user may lose and the run still pass
+    /// (e.g. 1 for the async-backup window of a killed instance).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    max_lost_per_user: u64,
     /// `delay_ms` sent with every write.
     #[arg(long, default_value_t = 0, value_name = "N")]
     delay_ms: u64,
@@ -82,6 +101,8 @@ impl Args {
             requests: self.requests,
             write_ratio: self.write_ratio,
             readers: self.readers,
+            reader_idle: Duration::from_millis(self.reader_idle_ms),
+            hangup_ratio: self.hangup_ratio,
             delay_ms: self.delay_ms,
             timeout: Duration::from_millis(self.timeout_ms),
             mode: self.mode,
@@ -122,7 +143,10 @@ fn main() -> ExitCode {
         let _ = writeln!(stdout, "{}", summary.to_json());
     }
     let _ = stdout.flush();
-    let problems = summary.problems();
+    let problems = summary.problems_with(Tolerance {
+        lost_updates_per_user: args.max_lost_per_user,
+        server_errors: args.allow_server_errors,
+    });
     if problems.is_empty() {
         ExitCode::SUCCESS
     } else {
