@@ -171,7 +171,6 @@ mod filter;
 pub mod fuzzing;
 mod id_transport;
 mod local_store;
-mod locking;
 mod locking_mode;
 mod manager;
 mod node;

@@ -43,10 +43,10 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use self::lock::HeldLock;
 use crate::backend::{Expiry, Item};
 use crate::envelope::{self, SessionRecord};
 use crate::error::Error;
-use crate::locking::{self, HeldLock};
 use crate::locking_mode::LockFailure;
 use crate::manager::Shared;
 use crate::nodes::NodeIndex;
@@ -54,6 +54,9 @@ use crate::session_id::SessionId;
 use crate::session_state::{SessionState, StoredMark, unix_ms};
 use crate::stats::Stats;
 use crate::validity::Validity;
+
+pub(crate) mod lock;
+pub(crate) mod lock_policy;
 
 /// What a load found out about a session's copies.
 #[derive(Clone, Copy, Debug, Default)]
@@ -185,7 +188,7 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
         }
         other => {
             if let Some(lock) = lock {
-                locking::release(shared, lock).await;
+                lock::release(shared, lock).await;
             }
             other.map(|_| None)
         }
@@ -204,7 +207,7 @@ async fn lock_for(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<HeldLoc
         let Some(home) = shared.nodes.home_of(primary) else {
             return Ok(None);
         };
-        outcome = locking::acquire(shared, home, shared.lock_key(id)).await;
+        outcome = lock::acquire(shared, home, shared.lock_key(id)).await;
         if !matches!(&outcome, Err(error) if error.is_unavailable()) {
             break;
         }
@@ -414,7 +417,7 @@ async fn finish_session(shared: &Arc<Shared>, entry: InFlight) -> Result<(), Err
         store(shared, &entry.session, entry.load).await
     };
     if let Some(lock) = entry.lock {
-        locking::release(shared, lock).await;
+        lock::release(shared, lock).await;
     }
     result
 }
