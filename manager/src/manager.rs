@@ -351,18 +351,17 @@ impl Shared {
         self.stats.effective_backup_time.record_duration(started.elapsed());
     }
 
-    /// The gate serializing loads and takeovers of one session id in this
-    /// process (concurrent requests wait for one load and share it).
-    pub(crate) fn id_gate(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.id_gates.lock().entry(id.into()).or_default().clone()
-    }
-
-    /// Drops the gate entry once nobody else waits on it.
-    pub(crate) fn release_id_gate(&self, id: &str, gate: Arc<tokio::sync::Mutex<()>>) {
-        let mut gates = self.id_gates.lock();
-        drop(gate);
-        if gates.get(id).is_some_and(|g| Arc::strong_count(g) == 1) {
-            gates.remove(id);
+    /// Waits for exclusive use of session id `id` within this process
+    /// (one load or takeover of an id at a time). The gate is let go, and
+    /// its entry removed once nobody else waits, when the guard is dropped
+    /// — also when the request holding it is cancelled.
+    pub(crate) async fn enter_id_gate(&self, id: &str) -> IdGateGuard<'_> {
+        let gate = self.id_gates.lock().entry(id.into()).or_default().clone();
+        let held = gate.lock_owned().await;
+        IdGateGuard {
+            gates: &self.id_gates,
+            id: id.into(),
+            held: Some(held),
         }
     }
 
@@ -442,6 +441,26 @@ async fn probe_nodes(shared: Weak<Shared>, interval: Duration) {
                 .backups_restored
                 .fetch_add(restored, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(node = %shared.nodes.get(index).label(), sessions = restored, "re-writing sessions to a node that lost its data");
+        }
+    }
+}
+
+/// Exclusive use of one session id in this process; see
+/// [`Shared::enter_id_gate`].
+pub(crate) struct IdGateGuard<'a> {
+    gates: &'a Mutex<HashMap<Box<str>, Arc<tokio::sync::Mutex<()>>>>,
+    id: Box<str>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for IdGateGuard<'_> {
+    fn drop(&mut self) {
+        let mut gates = self.gates.lock();
+        // Our guard's reference to the gate goes first; the map's own is
+        // then the last one unless somebody else waits or holds it.
+        drop(self.held.take());
+        if gates.get(&self.id).is_some_and(|gate| Arc::strong_count(gate) == 1) {
+            gates.remove(&self.id);
         }
     }
 }

@@ -105,16 +105,11 @@ async fn take_over(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<Arc<Se
         Stats::count(&shared.stats.counters.unknown_session_ids);
         return Ok(None);
     }
-    let lock = shared.id_gate(id.as_str());
-    let result = {
-        let _one_at_a_time = lock.lock().await;
-        match find_local(shared, id) {
-            Some(found) => Ok(Some(found)),
-            None => load_and_claim(shared, id, index).await,
-        }
-    };
-    shared.release_id_gate(id.as_str(), lock);
-    result
+    let _one_at_a_time = shared.enter_id_gate(id.as_str()).await;
+    match find_local(shared, id) {
+        Some(found) => Ok(Some(found)),
+        None => load_and_claim(shared, id, index).await,
+    }
 }
 
 async fn load_and_claim(

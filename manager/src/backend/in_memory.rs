@@ -202,6 +202,30 @@ impl NodeBackend for InMemoryNode {
         }
     }
 
+    async fn replace_if_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: u64,
+        expiry: Expiry,
+    ) -> Result<Option<u64>, BackendError> {
+        self.check(&self.counts.sets).await?;
+        let now = Instant::now();
+        let mut items = self.items.lock();
+        match items.get_mut(key) {
+            Some(item) if item.live(now) && item.cas == cas => {
+                let cas = self.cas();
+                *item = Item {
+                    value: value.to_vec(),
+                    expires_at: deadline(expiry, now),
+                    cas,
+                };
+                Ok(Some(cas))
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError> {
         self.check(&self.counts.touches).await?;
         let now = Instant::now();
@@ -260,6 +284,22 @@ mod tests {
             "a touch keeps the token"
         );
         assert!(!node.delete_if_cas("lock", cas).await.unwrap());
+        let cas = node.add_with_cas("lock", b"c", Expiry::Never).await.unwrap().unwrap();
+        let renewed = node
+            .replace_if_cas("lock", b"c", cas, Expiry::Never)
+            .await
+            .unwrap()
+            .expect("ours: renewed");
+        assert_ne!(renewed, cas, "a renewal changes the token");
+        assert_eq!(
+            node.replace_if_cas("lock", b"c", cas, Expiry::Never).await.unwrap(),
+            None
+        );
+        assert!(node.delete_if_cas("lock", renewed).await.unwrap());
+        assert_eq!(
+            node.replace_if_cas("lock", b"c", renewed, Expiry::Never).await.unwrap(),
+            None
+        );
     }
 
     #[tokio::test]

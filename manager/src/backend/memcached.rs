@@ -135,6 +135,33 @@ impl NodeBackend for MemcachedNode {
         Ok(result.applied())
     }
 
+    async fn replace_if_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: u64,
+        expiry: Expiry,
+    ) -> Result<Option<u64>, BackendError> {
+        let result = self
+            .client
+            .meta()
+            .set(key, value)
+            .ttl(ttl(expiry))
+            .compare_cas(cas)
+            .return_cas()
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        if !result.applied() {
+            // EX (another token) or NF (gone).
+            return Ok(None);
+        }
+        result
+            .cas
+            .map(Some)
+            .ok_or_else(|| BackendError::Protocol("memcached did not return the CAS token".to_owned()))
+    }
+
     async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError> {
         // `mg <key> T<ttl>` without value: one round trip that also says
         // whether the key exists (the high-level `touch` does not).

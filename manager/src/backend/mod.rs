@@ -56,6 +56,17 @@ pub trait NodeBackend: Send + Sync + 'static {
     /// Deletes the key only if its CAS token is still `cas`; `false` when it
     /// changed or is gone. A `touch` does not change the token.
     async fn delete_if_cas(&self, key: &str, cas: u64) -> Result<bool, BackendError>;
+    /// Rewrites `value` with a new expiry only if the item's CAS token is
+    /// still `cas`; returns the new token, `None` when the item changed or
+    /// is gone. Locks renew this way, so a renewal never extends a lock
+    /// that is no longer ours.
+    async fn replace_if_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: u64,
+        expiry: Expiry,
+    ) -> Result<Option<u64>, BackendError>;
     /// Sets a new expiry without rewriting the value; `false` when the key is missing.
     async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError>;
     /// Deletes a key; `false` when it was not there.

@@ -5,18 +5,25 @@
 //! available one in the ring while it is down, which is where the session
 //! is relocated to). It is retried with backoff — 10 ms doubling to 500 ms —
 //! until `operationTimeout` is spent. While held it is renewed every
-//! `lockExpiration / 3` with a `touch`, so a long request keeps it; if a
-//! renewal finds it gone, the request is marked as having lost its lock and
-//! its changes are not saved (it answers 503) instead of silently
-//! overwriting a concurrent writer. It is released with a CAS-guarded
-//! delete, so a request can only ever release its own lock. A lock left by
-//! a crashed instance expires after `lockExpiration`.
+//! `lockExpiration / 3` by rewriting it **only if its CAS token is still
+//! ours** (`ms … C<cas>`), so a renewal never extends a lock that expired
+//! and was taken by someone else; if a renewal finds it changed or gone,
+//! the request is marked as having lost its lock and its changes are not
+//! saved (it answers 503) instead of silently overwriting a concurrent
+//! writer. It is released with a CAS-guarded delete, so a request can only
+//! ever release its own lock.
+//!
+//! **Locks never leak.** A [`HeldLock`] dropped without [`release`] — its
+//! request was cancelled at any await point (a client hang-up, a timeout)
+//! — stops renewing and is released in the background. Renewal and release
+//! take turns on one mutex, so a release never races a renewal that just
+//! changed the token. A lock left by a crashed instance expires after
+//! `lockExpiration`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backend::Expiry;
@@ -28,20 +35,44 @@ use crate::stats::Stats;
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
-/// A lock held by this instance.
-pub(crate) struct HeldLock {
+/// What the holder, its renewal task and its release share.
+struct LockState {
+    shared: Weak<Shared>,
     node: NodeIndex,
     key: String,
-    cas: u64,
-    lost: Arc<AtomicBool>,
-    renewal: JoinHandle<()>,
+    /// The lock's value (this instance's token).
+    value: Vec<u8>,
+    /// The lock's current CAS token; `None` once released (or lost).
+    /// Renewal and release hold this mutex while they talk to memcached.
+    cas: tokio::sync::Mutex<Option<u64>>,
+    lost: AtomicBool,
     acquired_at: Instant,
+}
+
+/// A lock held by this instance. Release it with [`release`]; dropping it
+/// releases it in the background.
+pub(crate) struct HeldLock {
+    state: Arc<LockState>,
+    released: bool,
 }
 
 impl HeldLock {
     /// Whether a renewal found the lock gone (someone else may hold it now).
     pub(crate) fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        self.state.lost.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Cancelled before release: let go of it now, not after lockExpiration.
+        let state = Arc::clone(&self.state);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { let_go(&state).await });
+        }
     }
 }
 
@@ -54,27 +85,28 @@ pub(crate) async fn acquire(shared: &Arc<Shared>, node: NodeIndex, key: String) 
     let deadline = started + config.operation_timeout;
     let mut backoff = FIRST_BACKOFF;
     let expiry = Expiry::After(config.lock_expiration);
+    let value = shared.instance_token.as_bytes();
     loop {
-        let token = shared.instance_token.as_bytes();
         let acquired = shared
             .nodes
             .get(node)
-            .call(|b| b.add_with_cas(&key, token, expiry))
+            .call(|b| b.add_with_cas(&key, value, expiry))
             .await;
         match acquired {
             Ok(Some(cas)) => {
                 shared.stats.lock_acquire_time.record_duration(started.elapsed());
                 Stats::count(&counters.locks_acquired);
-                let lost = Arc::new(AtomicBool::new(false));
-                let renewal = tokio::spawn(renew(Arc::downgrade(shared), node, key.clone(), lost.clone()));
-                return Ok(Some(HeldLock {
+                let state = Arc::new(LockState {
+                    shared: Arc::downgrade(shared),
                     node,
                     key,
-                    cas,
-                    lost,
-                    renewal,
+                    value: value.to_vec(),
+                    cas: tokio::sync::Mutex::new(Some(cas)),
+                    lost: AtomicBool::new(false),
                     acquired_at: Instant::now(),
-                }));
+                });
+                tokio::spawn(renew(Arc::downgrade(&state)));
+                return Ok(Some(HeldLock { state, released: false }));
             }
             Ok(None) => {}
             Err(error) => {
@@ -93,23 +125,41 @@ pub(crate) async fn acquire(shared: &Arc<Shared>, node: NodeIndex, key: String) 
     }
 }
 
-/// Keeps a held lock alive; flags it lost when it is gone.
-async fn renew(shared: std::sync::Weak<Shared>, node: NodeIndex, key: String, lost: Arc<AtomicBool>) {
+/// Keeps a held lock alive while its holder exists and has not released
+/// it; flags it lost when it changed or is gone.
+async fn renew(state: Weak<LockState>) {
     loop {
-        let Some(expiration) = shared.upgrade().map(|s| s.config.lock_expiration) else {
+        let Some(every) = state
+            .upgrade()
+            .and_then(|s| s.shared.upgrade())
+            .map(|s| s.config.lock_expiration / 3)
+        else {
             return;
         };
-        tokio::time::sleep(expiration / 3).await;
-        let Some(shared) = shared.upgrade() else {
+        tokio::time::sleep(every).await;
+        // The holder is gone (released, or dropped and being let go).
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let Some(shared) = state.shared.upgrade() else {
+            return;
+        };
+        let mut cas = state.cas.lock().await;
+        let Some(current) = *cas else {
             return;
         };
         let expiry = Expiry::After(shared.config.lock_expiration);
-        match shared.nodes.get(node).call(|b| b.touch(&key, expiry)).await {
-            Ok(true) => {}
-            Ok(false) => {
-                lost.store(true, Ordering::Release);
+        let node = shared.nodes.get(state.node);
+        match node
+            .call(|b| b.replace_if_cas(&state.key, &state.value, current, expiry))
+            .await
+        {
+            Ok(Some(renewed)) => *cas = Some(renewed),
+            Ok(None) => {
+                *cas = None;
+                state.lost.store(true, Ordering::Release);
                 Stats::count(&shared.stats.counters.locks_lost);
-                tracing::error!(node = %shared.nodes.get(node).label(), "session lock expired during a request; its changes will not be saved");
+                tracing::error!(node = %node.label(), "session lock expired during a request; its changes will not be saved");
                 return;
             }
             // A failed renewal may still leave the lock alive until its TTL;
@@ -120,16 +170,28 @@ async fn renew(shared: std::sync::Weak<Shared>, node: NodeIndex, key: String, lo
 }
 
 /// Releases a held lock (only if it is still ours).
-pub(crate) async fn release(shared: &Shared, lock: HeldLock) {
-    lock.renewal.abort();
+pub(crate) async fn release(lock: HeldLock) {
+    let mut lock = lock;
+    lock.released = true;
+    let_go(&lock.state).await;
+}
+
+/// Deletes the lock if it is still ours, waiting for a renewal in flight.
+async fn let_go(state: &LockState) {
+    let Some(shared) = state.shared.upgrade() else {
+        return;
+    };
+    let Some(cas) = state.cas.lock().await.take() else {
+        return;
+    };
     let started = Instant::now();
     let released = shared
         .nodes
-        .get(lock.node)
-        .call(|b| b.delete_if_cas(&lock.key, lock.cas))
+        .get(state.node)
+        .call(|b| b.delete_if_cas(&state.key, cas))
         .await;
     shared.stats.lock_release_time.record_duration(started.elapsed());
-    shared.stats.lock_hold_time.record_duration(lock.acquired_at.elapsed());
+    shared.stats.lock_hold_time.record_duration(state.acquired_at.elapsed());
     match released {
         Ok(_) => Stats::count(&shared.stats.counters.locks_released),
         Err(error) => {

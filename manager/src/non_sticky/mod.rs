@@ -71,6 +71,16 @@ pub(crate) struct LoadInfo {
     written_ms: u64,
 }
 
+impl LoadInfo {
+    /// What is left to do once the session was written.
+    fn after_write(self) -> LoadInfo {
+        LoadInfo {
+            written_ms: unix_ms(SystemTime::now()),
+            ..LoadInfo::default()
+        }
+    }
+}
+
 /// A session in use by requests of this instance.
 struct InFlight {
     session: Arc<SessionState>,
@@ -91,17 +101,67 @@ impl InFlightSessions {
     }
 }
 
-/// One request's share of an in-flight session.
+/// One request's share of an in-flight session. Hand it back with
+/// [`release`]; a claim dropped without that (its request was cancelled)
+/// is released in the background, so its in-flight entry and lock never
+/// linger.
 pub(crate) struct Claim {
+    shared: Arc<Shared>,
     /// The id the session was loaded under (its key in the in-flight map).
     key: Box<str>,
     session: Arc<SessionState>,
     version_at_start: u64,
+    /// Counted out of the in-flight entry already.
+    released: bool,
 }
 
 impl Claim {
+    fn new(shared: &Arc<Shared>, key: &SessionId, session: Arc<SessionState>) -> Claim {
+        let version_at_start = session.inner.lock().version;
+        Claim {
+            shared: Arc::clone(shared),
+            key: key.as_str().into(),
+            session,
+            version_at_start,
+            released: false,
+        }
+    }
+
     pub(crate) fn session(&self) -> &Arc<SessionState> {
         &self.session
+    }
+
+    /// Whether this request changed the session (or invalidated it, or
+    /// cycled its id).
+    fn modified(&self) -> bool {
+        // `invalidate` and `cycle_id` do not bump the version. A relocation
+        // keeps the random part of the id; `cycle_id` draws a new one.
+        let inner = self.session.inner.lock();
+        inner.version != self.version_at_start || inner.invalidated || !self.key.starts_with(inner.id.random_part())
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let abandoned = Claim {
+            shared: Arc::clone(&self.shared),
+            key: std::mem::take(&mut self.key),
+            session: Arc::clone(&self.session),
+            version_at_start: self.version_at_start,
+            released: false,
+        };
+        self.released = true;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let shared = Arc::clone(&abandoned.shared);
+                if let Err(error) = count_out(&shared, abandoned).await {
+                    tracing::warn!(%error, "finishing the session of a cancelled request");
+                }
+            });
+        }
     }
 }
 
@@ -116,13 +176,8 @@ fn validity_expiry(max_inactive: Option<Duration>) -> Expiry {
 /// Finds the session `id` for a request, sharing it with the requests of
 /// this instance already using it; takes the lock first when `wants_lock`.
 pub(crate) async fn resolve(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) -> Result<Option<Claim>, Error> {
-    let gate = shared.id_gate(id.as_str());
-    let result = {
-        let _one_at_a_time = gate.lock().await;
-        join_or_load(shared, id, wants_lock).await
-    };
-    shared.release_id_gate(id.as_str(), gate);
-    result
+    let _one_at_a_time = shared.enter_id_gate(id.as_str()).await;
+    join_or_load(shared, id, wants_lock).await
 }
 
 async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) -> Result<Option<Claim>, Error> {
@@ -157,13 +212,7 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
                 }
             }
             entry.users += 1;
-            let session = entry.session.clone();
-            let version_at_start = session.inner.lock().version;
-            return Ok(Some(Claim {
-                key: id.as_str().into(),
-                session,
-                version_at_start,
-            }));
+            return Ok(Some(Claim::new(shared, id, entry.session.clone())));
         }
         // The entry cannot vanish while we hold the gate; fall through defensively.
     }
@@ -180,15 +229,11 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
                     load,
                 },
             );
-            Ok(Some(Claim {
-                key: id.as_str().into(),
-                session,
-                version_at_start: 0,
-            }))
+            Ok(Some(Claim::new(shared, id, session)))
         }
         other => {
             if let Some(lock) = lock {
-                lock::release(shared, lock).await;
+                lock::release(lock).await;
             }
             other.map(|_| None)
         }
@@ -374,39 +419,73 @@ async fn load_backup(
     Ok(Some(loaded(id, new_id, record, load)))
 }
 
-/// Ends one request's use of an in-flight session. The last user writes
-/// the session if needed, deletes it if invalidated, and releases the lock.
-/// `Err(LockLost)` when the lock expired under the request: nothing is
-/// written, so no concurrent writer is overwritten.
+/// Ends one request's use of an in-flight session. A request that
+/// changed the session writes it (with every change made to the shared
+/// copy so far) before it answers — acknowledged means stored, also when
+/// other requests of this instance share the session; the last user also
+/// writes whatever is still due, deletes it if invalidated and releases
+/// the lock. `Err(LockLost)` when the lock expired under the request:
+/// nothing is written, so no concurrent writer is overwritten.
 pub(crate) async fn release(shared: &Arc<Shared>, claim: Claim, method: &str, path: &str) -> Result<(), Error> {
-    let modified = claim.session.inner.lock().version != claim.version_at_start;
+    let modified = claim.modified();
     if !modified {
         Stats::count(&shared.stats.counters.read_only_requests);
     }
     if matches!(shared.config.locking_mode, crate::LockingMode::Auto) {
         shared.lock_policy.learn(method, path, modified);
     }
-    let gate = shared.id_gate(&claim.key);
-    let result = {
-        let _one_at_a_time = gate.lock().await;
-        let last = {
-            let mut map = shared.inflight.by_id.lock();
-            match map.get_mut(&*claim.key) {
-                Some(entry) if entry.users > 1 => {
-                    entry.users -= 1;
-                    None
+    count_out(shared, claim).await
+}
+
+/// Takes `claim` out of its in-flight entry (under the id's gate, so no
+/// other request of this instance loads the session while it is being
+/// written) and writes what its request needs.
+async fn count_out(shared: &Arc<Shared>, mut claim: Claim) -> Result<(), Error> {
+    let modified = claim.modified();
+    let _one_at_a_time = shared.enter_id_gate(&claim.key).await;
+    // From here on a cancellation cannot leave the entry behind: it is
+    // counted out before the next await.
+    claim.released = true;
+    /// What this user has to do once counted out.
+    enum Then {
+        Nothing,
+        /// Write the shared copy others still use (their lock stays).
+        Write(Arc<SessionState>, LoadInfo, bool),
+        /// The last user: finish the session.
+        Finish(InFlight),
+    }
+    let then = {
+        let mut map = shared.inflight.by_id.lock();
+        match map.get_mut(&*claim.key) {
+            None => Then::Nothing,
+            Some(entry) if entry.users > 1 => {
+                entry.users -= 1;
+                if modified {
+                    let lost = entry.lock.as_ref().is_some_and(HeldLock::is_lost);
+                    Then::Write(entry.session.clone(), entry.load, lost)
+                } else {
+                    Then::Nothing
                 }
-                Some(_) => map.remove(&*claim.key),
-                None => None,
             }
-        };
-        match last {
-            None => Ok(()),
-            Some(entry) => finish_session(shared, entry).await,
+            Some(_) => map.remove(&*claim.key).map_or(Then::Nothing, Then::Finish),
         }
     };
-    shared.release_id_gate(&claim.key, gate);
-    result
+    match then {
+        Then::Nothing => Ok(()),
+        Then::Write(_, _, true) => Err(Error::LockLost),
+        Then::Write(session, load, false) => {
+            let written = store(shared, &session, load).await;
+            if written.is_ok() {
+                // The copy in memcached is current: later writers need not
+                // re-create or relocate it again.
+                if let Some(entry) = shared.inflight.by_id.lock().get_mut(&*claim.key) {
+                    entry.load = entry.load.after_write();
+                }
+            }
+            written
+        }
+        Then::Finish(entry) => finish_session(shared, entry).await,
+    }
 }
 
 async fn finish_session(shared: &Arc<Shared>, entry: InFlight) -> Result<(), Error> {
@@ -417,7 +496,7 @@ async fn finish_session(shared: &Arc<Shared>, entry: InFlight) -> Result<(), Err
         store(shared, &entry.session, entry.load).await
     };
     if let Some(lock) = entry.lock {
-        lock::release(shared, lock).await;
+        lock::release(lock).await;
     }
     result
 }

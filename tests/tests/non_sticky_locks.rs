@@ -1,0 +1,121 @@
+//! Non-sticky locks never leak and never outlive their owner's claim,
+//! against real memcached: a request cancelled at any await point releases
+//! its lock at once (not after `lockExpiration`), and a renewal never
+//! extends a lock that is no longer ours.
+
+use std::time::Duration;
+
+use integration_tests::{
+    COOKIE_NAME, Cluster, ProxyMesh, ProxyMode, SessionClient, TestApp, eventually, fast_config, init_tracing,
+};
+
+/// Every `lock:` key on every node.
+fn lock_keys(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .flat_map(|node| node.keys())
+        .filter(|key| key.starts_with("lock:"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_while_loading_releases_its_lock_at_once() {
+    init_tracing();
+    let cluster = Cluster::start(2);
+    let mesh = ProxyMesh::start(&cluster, &["a"]);
+    let config = fast_config(&mesh.spec_for("a"))
+        .sticky(false)
+        .locking_mode("all")
+        .lock_expiration(Duration::from_secs(6))
+        .operation_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let app = TestApp::start(config).await;
+    let mut client = SessionClient::new(app.base_url());
+    assert_eq!(client.post("/incr").await.ok().count(), 1);
+    let cookie = client.cookie().expect("a session").to_owned();
+
+    // Every memcached round trip now takes >= 500 ms: the lock is taken
+    // after ~500 ms, the load runs until ~1000 ms; hang up in between.
+    mesh.set_all(ProxyMode::Delay {
+        fixed: Duration::from_millis(250),
+        jitter: Duration::ZERO,
+    });
+    let request = integration_tests::http_client_without_cookies()
+        .post(format!("{}/incr", app.base_url()))
+        .header("cookie", format!("{COOKIE_NAME}={cookie}"))
+        .send();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(750), request).await.is_err(),
+        "the request must still be loading when the client hangs up"
+    );
+    eventually(Duration::from_secs(2), "the lock was taken", || {
+        app.stats().counters.locks_acquired >= 1
+    })
+    .await;
+    mesh.set_all(ProxyMode::Pass);
+    // Well before lockExpiration (6 s): only a release explains it.
+    eventually(Duration::from_secs(3), "the cancelled request's lock is gone", || {
+        lock_keys(&cluster).is_empty()
+    })
+    .await;
+    let after = client.post("/incr").await;
+    assert_eq!(after.status, 200, "the session is not left locked");
+    assert_eq!(after.count(), 2, "the cancelled request never ran its handler");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_never_extends_a_lock_that_is_no_longer_ours() {
+    init_tracing();
+    let cluster = Cluster::start(1);
+    let config = fast_config(&cluster.spec())
+        .sticky(false)
+        .locking_mode("all")
+        .lock_expiration(Duration::from_secs(1))
+        .operation_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let app = TestApp::start(config).await;
+    let mut client = SessionClient::new(app.base_url());
+    assert_eq!(client.post("/incr").await.ok().count(), 1);
+
+    // A slow request holds the lock (renewed every ~333 ms) ...
+    let mut slow = SessionClient::new(app.base_url());
+    slow.set_cookie(client.cookie().map(str::to_owned));
+    let held = tokio::spawn(async move { slow.post("/incr?delay_ms=2000").await });
+    let node = &cluster.nodes[0];
+    let mut key = String::new();
+    eventually(
+        Duration::from_secs(2),
+        "the slow request holds the lock",
+        || match lock_keys(&cluster).pop() {
+            Some(found) => {
+                key = found;
+                true
+            }
+            None => false,
+        },
+    )
+    .await;
+    // ... when it expires and somebody else takes it (played here by
+    // replacing the item: a new CAS token and another owner's value).
+    node.set_raw(&key, b"someone-else", 30);
+    let reply = held.await.unwrap();
+    assert_eq!(
+        reply.status, 503,
+        "a request that lost its lock saves nothing and says so"
+    );
+    assert_eq!(
+        node.get_raw(&key).as_deref(),
+        Some(&b"someone-else"[..]),
+        "the other owner's lock was neither extended over nor deleted"
+    );
+    assert_eq!(app.stats().counters.locks_lost, 1);
+    node.delete_raw(&key);
+    assert_eq!(
+        client.get("/session").await.ok().count(),
+        1,
+        "the lost request's change was not saved"
+    );
+}
