@@ -536,6 +536,19 @@ impl ConfigBuilder {
                 format!("{:?} given without memcachedNodes", self.failover_nodes),
             ));
         }
+        if !self.sticky && !self.failover_nodes.trim().is_empty() {
+            // Non-sticky mode keeps two copies on a ring of nodes and moves a
+            // session only when its node is down: it has no rule for leaving
+            // a live failover node, and no instance owns a session whose
+            // "own host" node could be preferred (MSM forbids it as well).
+            return Err(ConfigError::new(
+                "failoverNodes",
+                format!(
+                    "{:?} is not supported with sticky=false (non-sticky sessions use every node alike); remove failoverNodes",
+                    self.failover_nodes
+                ),
+            ));
+        }
         if self.operation_timeout.is_zero() {
             return Err(ConfigError::new("operationTimeout", "\"0\" must be at least 1 ms"));
         }
