@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use memcached_sessions::{Config, ConfigError, SessionManager};
+use memcached_sessions::{Config, ConfigError, LockFailure, SessionManager};
 use tokio::net::TcpListener;
 
 mod routes;
@@ -55,6 +55,14 @@ struct Args {
     /// Non-sticky locking: none, all, auto or uriPattern:REGEX.
     #[arg(long, env = "LOCKING_MODE", default_value = "none")]
     locking_mode: String,
+    /// Non-sticky: TTL of a session lock, in milliseconds (a crashed
+    /// holder's lock is gone after this long).
+    #[arg(long, env = "LOCK_EXPIRATION_MS", default_value_t = 5000)]
+    lock_expiration_ms: u64,
+    /// Non-sticky: what a request does when it cannot get its lock —
+    /// `fail` (503, nothing saved) or `proceed` (without the lock).
+    #[arg(long, env = "LOCK_FAILURE", default_value = "fail")]
+    lock_failure: String,
 }
 
 impl Args {
@@ -67,7 +75,9 @@ impl Args {
             .route(self.route.as_str())
             .max_inactive_interval_secs(self.max_inactive_secs)
             .request_uri_ignore_pattern(self.request_uri_ignore_pattern.as_str())
-            .locking_mode(self.locking_mode.as_str());
+            .locking_mode(self.locking_mode.as_str())
+            .lock_expiration(Duration::from_millis(self.lock_expiration_ms))
+            .lock_failure(LockFailure::parse(&self.lock_failure)?);
         if !self.memcached_nodes.trim().is_empty() {
             builder = builder.memcached_nodes(self.memcached_nodes.as_str());
         }
