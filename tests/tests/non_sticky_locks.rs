@@ -19,8 +19,11 @@ fn lock_keys(cluster: &Cluster) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_cancelled_while_loading_releases_its_lock_at_once() {
+/// Takes a lock for a request through a network where every round trip
+/// takes >= 500 ms, hangs the client up after `hang_up_after`, and checks
+/// that no lock is left: the lock is taken after ~500 ms, the load runs
+/// until ~1000 ms.
+async fn cancelled_request_leaves_no_lock(hang_up_after: Duration) {
     init_tracing();
     let cluster = Cluster::start(2);
     let mesh = ProxyMesh::start(&cluster, &["a"]);
@@ -36,8 +39,6 @@ async fn a_request_cancelled_while_loading_releases_its_lock_at_once() {
     assert_eq!(client.post("/incr").await.ok().count(), 1);
     let cookie = client.cookie().expect("a session").to_owned();
 
-    // Every memcached round trip now takes >= 500 ms: the lock is taken
-    // after ~500 ms, the load runs until ~1000 ms; hang up in between.
     mesh.set_all(ProxyMode::Delay {
         fixed: Duration::from_millis(250),
         jitter: Duration::ZERO,
@@ -47,8 +48,8 @@ async fn a_request_cancelled_while_loading_releases_its_lock_at_once() {
         .header("cookie", format!("{COOKIE_NAME}={cookie}"))
         .send();
     assert!(
-        tokio::time::timeout(Duration::from_millis(750), request).await.is_err(),
-        "the request must still be loading when the client hangs up"
+        tokio::time::timeout(hang_up_after, request).await.is_err(),
+        "the request must still be running when the client hangs up"
     );
     eventually(Duration::from_secs(2), "the lock was taken", || {
         app.stats().counters.locks_acquired >= 1
@@ -63,6 +64,16 @@ async fn a_request_cancelled_while_loading_releases_its_lock_at_once() {
     let after = client.post("/incr").await;
     assert_eq!(after.status, 200, "the session is not left locked");
     assert_eq!(after.count(), 2, "the cancelled request never ran its handler");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_while_its_lock_is_being_added_leaves_no_lock() {
+    cancelled_request_leaves_no_lock(Duration::from_millis(250)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_while_loading_releases_its_lock_at_once() {
+    cancelled_request_leaves_no_lock(Duration::from_millis(750)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

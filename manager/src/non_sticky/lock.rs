@@ -15,7 +15,9 @@
 //!
 //! **Locks never leak.** A [`HeldLock`] dropped without [`release`] — its
 //! request was cancelled at any await point (a client hang-up, a timeout)
-//! — stops renewing and is released in the background. Renewal and release
+//! — stops renewing and is released in the background; an acquisition
+//! whose request is cancelled mid-way finishes in its own task and lets go
+//! of what it got. Renewal and release
 //! take turns on one mutex, so a release never races a renewal that just
 //! changed the token. A lock left by a crashed instance expires after
 //! `lockExpiration`.
@@ -78,7 +80,21 @@ impl Drop for HeldLock {
 
 /// Acquires the lock `key` on `node`. `Ok(None)`: not acquired within
 /// `operationTimeout`.
+///
+/// The attempts run in their own task: a request cancelled while an `add`
+/// is on the wire does not leave a lock nobody knows about (it would block
+/// the session until `lockExpiration`); the task finishes the attempt and,
+/// with nobody waiting for it, its lock is dropped and so released.
 pub(crate) async fn acquire(shared: &Arc<Shared>, node: NodeIndex, key: String) -> Result<Option<HeldLock>, Error> {
+    let attempt = tokio::spawn(acquire_here(Arc::clone(shared), node, key));
+    attempt.await.unwrap_or_else(|join| {
+        // Only a panic ends the task early; never swallow one.
+        std::panic::resume_unwind(join.into_panic())
+    })
+}
+
+async fn acquire_here(shared: Arc<Shared>, node: NodeIndex, key: String) -> Result<Option<HeldLock>, Error> {
+    let shared = &shared;
     let config = &shared.config;
     let counters = &shared.stats.counters;
     let started = Instant::now();
