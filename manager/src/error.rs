@@ -43,6 +43,10 @@ pub enum BackendError {
     /// The node could not be reached (connection refused or reset, I/O error).
     #[error("node unreachable: {0}")]
     Unreachable(String),
+    /// The request was sent but the connection failed before the answer:
+    /// it may or may not have been carried out.
+    #[error("no answer after the request was sent: {0}")]
+    Ambiguous(String),
     /// The node answered `SERVER_ERROR` (for example out of memory).
     #[error("server error: {0}")]
     Server(String),
@@ -61,7 +65,13 @@ impl BackendError {
     /// The node should be considered down: timeouts and transport failures.
     /// A `SERVER_ERROR` is not: the node answers, it just refused this write.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Timeout(_) | Self::Unreachable(_))
+        matches!(self, Self::Timeout(_) | Self::Unreachable(_) | Self::Ambiguous(_))
+    }
+
+    /// A write that failed like this may still have been carried out (it
+    /// timed out, or the connection broke after it was sent).
+    pub fn may_have_been_applied(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::Ambiguous(_))
     }
 }
 
@@ -119,6 +129,21 @@ pub enum Error {
     /// `operationTimeout` and `lockFailure` is `fail`. Mapped to `503`.
     #[error("the session is locked by a concurrent request; retry the request")]
     LockUnavailable,
+    /// Non-sticky mode: memcached did not confirm the write of the
+    /// request's change in time (a timeout, or a connection that broke
+    /// after the write was sent): the change may or may not have been
+    /// saved. Mapped to `504 Gateway Timeout` — never to `503`, which
+    /// promises that nothing was saved.
+    #[error(
+        "memcached node {node} did not confirm the session write ({source}); the change may or may not have been saved"
+    )]
+    OutcomeUnknown {
+        /// The node's id.
+        node: String,
+        /// What went wrong.
+        #[source]
+        source: BackendError,
+    },
     /// Non-sticky mode: the session's lock expired during the request (it
     /// could not be renewed), so its changes were not saved. Mapped to `503`.
     #[error("the session lock was lost during the request; its changes were not saved")]

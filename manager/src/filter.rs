@@ -45,6 +45,10 @@ impl SessionRejection {
             Error::TakeoverInProgress | Error::LockUnavailable | Error::LockLost => {
                 (StatusCode::SERVICE_UNAVAILABLE, error.to_string())
             }
+            Error::OutcomeUnknown { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the session store did not confirm the change in time; it may or may not have been saved".to_owned(),
+            ),
             // Store details stay in the log, not in the response.
             Error::Backend { .. } if error.is_unavailable() => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -76,7 +76,7 @@ fn map_error(error: ClientError, timeout: Duration) -> BackendError {
         ClientError::Ambiguous { source, .. } => match *source {
             ClientError::Server(message) => BackendError::Server(message),
             ClientError::Timeout { .. } => BackendError::Timeout(timeout),
-            other => BackendError::Unreachable(other.to_string()),
+            other => BackendError::Ambiguous(other.to_string()),
         },
         ClientError::Server(message) => BackendError::Server(message),
         other => BackendError::Protocol(other.to_string()),

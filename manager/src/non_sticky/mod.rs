@@ -366,8 +366,14 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
             }
         }
     }
+    // When no node that could hold the session answered (all down or
+    // frozen), the session may well exist: "no session" would be a lie.
+    let mut answered = false;
+    let mut unanswered: Option<Error> =
+        (!shared.nodes.get(primary).is_available()).then(|| unavailable(shared, primary));
     for candidate in shared.nodes.ring_after(primary) {
         if !shared.nodes.get(candidate).is_available() {
+            unanswered.get_or_insert_with(|| unavailable(shared, candidate));
             continue;
         }
         let relocated = id.with_location(shared.nodes.get(candidate).spec.id.as_ref(), shared.config.route());
@@ -381,14 +387,33 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
                 );
                 return Ok(Some(found));
             }
-            Ok(None) => continue,
-            Err(error) if error.is_unavailable() => continue,
+            Ok(None) => {
+                // A node that could hold the backup answered "not here".
+                answered = true;
+                continue;
+            }
+            Err(error) if error.is_unavailable() => {
+                unanswered.get_or_insert(error);
+                continue;
+            }
             Err(error) => return Err(error),
         }
+    }
+    if let Some(error) = unanswered.filter(|_| !answered) {
+        Stats::count(&counters.load_failures);
+        return Err(error);
     }
     Stats::count(&counters.load_misses);
     Stats::count(&counters.unknown_session_ids);
     Ok(None)
+}
+
+/// "Node `index` is unavailable", as a request error (`503`).
+fn unavailable(shared: &Shared, index: NodeIndex) -> Error {
+    Error::Backend {
+        node: shared.nodes.get(index).label(),
+        source: crate::error::BackendError::Unreachable("the node is marked unavailable".to_owned()),
+    }
 }
 
 /// Reads the backup copy of `id` on `node`; the session gets `new_id`.
@@ -601,13 +626,22 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
         (Err(error), _) => {
             Stats::count(&counters.backups_failed);
             tracing::error!(%error, "a non-sticky session could not be saved");
-            Err(error)
+            Err(outcome_unknown(error))
         }
     };
     for old in obsolete.iter().filter(|old| **old != id) {
         delete_session_keys(shared, old).await;
     }
     outcome
+}
+
+/// A failed write that may still have been carried out is reported as
+/// such (`504`), never as "nothing saved" (`503`).
+fn outcome_unknown(error: Error) -> Error {
+    match error {
+        Error::Backend { node, source } if source.may_have_been_applied() => Error::OutcomeUnknown { node, source },
+        other => other,
+    }
 }
 
 /// Writes one copy of a session (data + validity record) to `node`, in one
