@@ -326,7 +326,8 @@ fn plan(shared: &Shared, session: &SessionState) -> Plan {
 fn expires_at(expiry: Expiry, from: Instant) -> Option<Instant> {
     match expiry {
         Expiry::Never => None,
-        Expiry::After(d) => Some(from + d),
+        // Beyond the clock's range: it never expires as far as we can tell.
+        Expiry::After(d) => from.checked_add(d),
     }
 }
 

@@ -238,13 +238,16 @@ impl SessionInner {
     }
 
     /// The TTL for a full write at `now`: remaining inactivity plus margin.
+    /// An interval reaching beyond the clock's range (a configured or stored
+    /// `maxInactiveInterval` of ~2^63 s) is "never", not an overflow.
     pub(crate) fn write_expiry(&self, now: Instant) -> Expiry {
-        match self.max_inactive {
-            None => Expiry::Never,
-            Some(max) => {
-                let local_deadline = self.last_accessed + max;
-                Expiry::After(local_deadline.saturating_duration_since(now) + ttl_margin(max))
-            }
+        match self.max_inactive.map(|max| (max, self.last_accessed.checked_add(max))) {
+            None | Some((_, None)) => Expiry::Never,
+            Some((max, Some(local_deadline))) => Expiry::After(
+                local_deadline
+                    .saturating_duration_since(now)
+                    .saturating_add(ttl_margin(max)),
+            ),
         }
     }
 
@@ -276,7 +279,12 @@ impl SessionInner {
             return BackupNeed::DeleteObsolete;
         }
         match (stored.expires_at, self.max_inactive) {
-            (Some(expires_at), Some(max)) if expires_at < self.last_accessed + max + ttl_margin(max) / 2 => {
+            (Some(expires_at), Some(max))
+                if self
+                    .last_accessed
+                    .checked_add(max.saturating_add(ttl_margin(max) / 2))
+                    .is_some_and(|due| expires_at < due) =>
+            {
                 BackupNeed::Touch
             }
             _ => BackupNeed::Nothing,
@@ -357,6 +365,21 @@ mod tests {
             Expiry::After(Duration::from_secs(40 * 86_400 + 300)),
             "over 30 days: the backend sends it as an absolute time"
         );
+    }
+
+    /// Found by the `request_record` fuzz target: a stored record with
+    /// `max_inactive_secs >= 2^63` overflowed `Instant + Duration`.
+    #[tokio::test(start_paused = true)]
+    async fn an_interval_beyond_the_clock_is_never_an_overflow() {
+        for secs in [1 << 63, u64::MAX, (1 << 63) - 1] {
+            let mut s = session(Some(Duration::from_secs(secs)));
+            assert_eq!(s.write_expiry(Instant::now()), Expiry::Never, "{secs}");
+            stored_now(&mut s, 0);
+            assert_eq!(s.backup_need(Some(0)), BackupNeed::Nothing, "{secs}");
+            s.stored.as_mut().unwrap().expires_at = Some(Instant::now());
+            assert_eq!(s.backup_need(Some(0)), BackupNeed::Nothing, "{secs}: no due time");
+            assert!(!s.is_expired(Instant::now() + Duration::from_secs(86_400 * 365)));
+        }
     }
 
     #[test]

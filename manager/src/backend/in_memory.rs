@@ -55,7 +55,8 @@ pub struct OperationCounts {
 fn deadline(expiry: Expiry, now: Instant) -> Option<Instant> {
     match expiry {
         Expiry::Never => None,
-        Expiry::After(d) => Some(now + d),
+        // Beyond the clock's range: never.
+        Expiry::After(d) => now.checked_add(d),
     }
 }
 
