@@ -25,6 +25,11 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 passed
 
+echo "== fuzz smoke"
+# cargo check --features fuzzing, then every fuzz target for 15 s (scripts/fuzz.sh).
+bash scripts/fuzz.sh
+passed
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
