@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use crate::error::Error;
 
@@ -12,8 +13,9 @@ use crate::error::Error;
 /// * Otherwise `demo-app` in the cargo profile directory of the running
 ///   executable (`target/<profile>/`, also from `target/<profile>/deps/`).
 ///   With `build`, `cargo build -p demo-app` for that profile runs first
-///   (a no-op when it is up to date), so a chaos run never tests a stale
-///   binary; if cargo cannot be found, an existing binary is used.
+///   (once per process, a no-op when it is up to date), so a chaos run
+///   never tests a stale binary; if cargo cannot be found, an existing
+///   binary is used.
 ///
 /// # Errors
 ///
@@ -29,9 +31,35 @@ pub fn demo_app_binary(explicit: Option<&Path>, build: bool) -> Result<PathBuf, 
     let profile_dir = profile_dir()?;
     let path = profile_dir.join(format!("demo-app{}", std::env::consts::EXE_SUFFIX));
     if build {
-        cargo_build(&profile_dir, &path)?;
+        build_once(&profile_dir, &path)?;
     }
     existing(path)
+}
+
+/// Why the one build of this process failed, kept so every caller gets it.
+enum BuildFailure {
+    Status(String),
+    Spawn(String, std::io::ErrorKind, String),
+}
+
+/// [`cargo_build`] at most once per process; later calls get its outcome.
+fn build_once(profile_dir: &Path, binary: &Path) -> Result<(), Error> {
+    static BUILT: OnceLock<Result<(), BuildFailure>> = OnceLock::new();
+    let outcome = BUILT.get_or_init(|| {
+        cargo_build(profile_dir, binary).map_err(|error| match error {
+            Error::DemoAppBuild { status } => BuildFailure::Status(status),
+            Error::Spawn { what, source } => BuildFailure::Spawn(what, source.kind(), source.to_string()),
+            other => BuildFailure::Status(other.to_string()),
+        })
+    });
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(BuildFailure::Status(status)) => Err(Error::DemoAppBuild { status: status.clone() }),
+        Err(BuildFailure::Spawn(what, kind, message)) => Err(Error::Spawn {
+            what: what.clone(),
+            source: std::io::Error::new(*kind, message.clone()),
+        }),
+    }
 }
 
 fn existing(path: PathBuf) -> Result<PathBuf, Error> {

@@ -7,10 +7,8 @@ use std::process::{Command, Output};
 use chaos::{AppInstance, demo_app_binary};
 
 fn binary() -> PathBuf {
-    // Built by `cargo nextest run --workspace`; build it only if missing.
-    demo_app_binary(None, false)
-        .or_else(|_| demo_app_binary(None, true))
-        .expect("demo-app binary")
+    // Always built first (a no-op when up to date): never a stale binary.
+    demo_app_binary(None, true).expect("demo-app binary")
 }
 
 fn start_app(route: &str) -> AppInstance {

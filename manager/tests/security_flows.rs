@@ -10,6 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use common::*;
+use memcached_sessions::backend::{InMemoryNode, NodeBackend};
 use memcached_sessions::{Config, Error, Session, SessionManager};
 use warp::Filter;
 use warp::http::StatusCode;
@@ -192,6 +193,185 @@ async fn sealed_blobs_hide_the_data_and_reject_tampering() {
     let d = cluster.manager(config().route("d"));
     assert_eq!(call(&d, "GET", "/count", Some(&other)).await.body, "0");
     assert_eq!(d.statistics().counters.decode_failures, 1);
+}
+
+/// The bytes stored under `key` on `node`.
+async fn stored(node: &InMemoryNode, key: &str) -> Vec<u8> {
+    node.get(key)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{key} is stored"))
+}
+
+fn flipped(blob: &[u8], at: usize) -> Vec<u8> {
+    let mut tampered = blob.to_vec();
+    tampered[at] ^= 0x01;
+    tampered
+}
+
+/// Positions of a sealed blob (`magic 2 | fingerprint 4 | nonce 24 |
+/// ciphertext | tag 16`) worth flipping: each part once.
+fn positions(blob: &[u8]) -> [usize; 6] {
+    [0, 3, 10, 31, blob.len() / 2 + 15, blob.len() - 1]
+}
+
+#[tokio::test]
+async fn a_sealed_blob_with_one_flipped_byte_is_no_session() {
+    let cluster = Cluster::new(1);
+    let node = &cluster.nodes[0];
+    let config = |route: &str| Config::builder().session_encryption_keys(key(1)).route(route);
+    let a = cluster.manager(config("a"));
+    let id = session_with_count(&a, 3).await;
+    let good = stored(node, &id).await;
+    let b = cluster.manager(config("b"));
+    for (case, at) in positions(&good).into_iter().enumerate() {
+        node.put_raw(&id, &flipped(&good, at));
+        let reply = call(&b, "GET", "/count", Some(&id)).await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, "0"),
+            "byte {at} flipped: no session"
+        );
+        assert_eq!(b.statistics().counters.decode_failures, case as u64 + 1);
+    }
+    // The untampered blob opens for b: the failures above were the flips.
+    node.put_raw(&id, &good);
+    assert_eq!(call(&b, "GET", "/count", Some(&id)).await.body, "3");
+    assert_eq!(b.statistics().counters.takeovers, 1);
+}
+
+#[tokio::test]
+async fn a_sealed_blob_copied_under_another_sessions_key_is_no_session() {
+    let cluster = Cluster::new(1);
+    let node = &cluster.nodes[0];
+    let config = |route: &str| Config::builder().session_encryption_keys(key(1)).route(route);
+    let a = cluster.manager(config("a"));
+    let session_a = session_with_count(&a, 1).await;
+    let session_b = session_with_count(&a, 2).await;
+    let blob_a = stored(node, &session_a).await;
+    let blob_b = stored(node, &session_b).await;
+    let c = cluster.manager(config("c"));
+    node.put_raw(&session_b, &blob_a);
+    let reply = call(&c, "GET", "/count", Some(&session_b)).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "0"),
+        "a's blob does not open as b"
+    );
+    assert_eq!(c.statistics().counters.decode_failures, 1);
+    node.put_raw(&session_b, &blob_b);
+    assert_eq!(
+        call(&c, "GET", "/count", Some(&session_b)).await.body,
+        "2",
+        "b's own blob opens"
+    );
+}
+
+/// Non-sticky: the backup copy (`bak:` on the next node) is sealed for its
+/// own key too. With the primary node down, a tampered backup, or another
+/// session's backup copied over it, is no session (200, never a 5xx).
+#[tokio::test]
+async fn a_tampered_or_swapped_non_sticky_backup_is_no_session() {
+    let cluster = Cluster::new(2);
+    let config = || {
+        Config::builder()
+            .sticky(false)
+            .operation_timeout(Duration::from_secs(3))
+            .session_encryption_keys(key(1))
+    };
+    let manager = cluster.manager(config());
+    // Three sessions on one primary (node choice is random).
+    let mut on: [Vec<(String, u64)>; 2] = Default::default();
+    let mut count = 0;
+    while on.iter().all(|ids| ids.len() < 3) {
+        count += 1;
+        let id = session_with_count(&manager, count).await;
+        on[usize::from(node_of(&id) == "n2")].push((id, count));
+    }
+    let primary_index = usize::from(on[1].len() == 3);
+    let [tampered, swapped, intact] = [0, 1, 2].map(|i| on[primary_index][i].0.clone());
+    let intact_count = on[primary_index][2].1;
+    let primary = node_of(&tampered).to_owned();
+    let backup = cluster.node(if primary == "n1" { "n2" } else { "n1" });
+    let good = stored(backup, &format!("bak:{tampered}")).await;
+    backup.put_raw(&format!("bak:{tampered}"), &flipped(&good, good.len() / 2));
+    backup.put_raw(&format!("bak:{swapped}"), &good);
+    cluster.node(&primary).set_down(true);
+
+    let reader = cluster.manager(config());
+    for id in [&tampered, &swapped] {
+        let reply = call(&reader, "GET", "/count", Some(id)).await;
+        assert_eq!(
+            (reply.status, reply.body.as_str(), reply.set_cookie.as_deref()),
+            (StatusCode::OK, "0", None),
+            "no session from a tampered or foreign backup"
+        );
+    }
+    assert_eq!(reader.statistics().counters.decode_failures, 2);
+    // The intact backup of a session on the same dead primary is read.
+    let reply = call(&reader, "GET", "/count", Some(&intact)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, intact_count.to_string(), "the intact backup opens");
+    assert!(reply.cookie_id().is_some(), "relocated to the backup node");
+    assert_eq!(reader.statistics().counters.backup_node_loads, 1);
+}
+
+/// Postcard's unsigned varint.
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A well-formed stored record (magic, envelope V1) with a `count` of 7.
+fn record(max_inactive_secs: u64) -> Vec<u8> {
+    let mut out = vec![0xA5, 0x53, 0];
+    for field in [1_700_000_000_000, 1_700_000_000_000, max_inactive_secs] {
+        varint(&mut out, field);
+    }
+    out.extend_from_slice(&[1, 5]);
+    out.extend_from_slice(b"count");
+    out.extend_from_slice(&[1, 7]);
+    out
+}
+
+/// A stored record whose inactivity interval is beyond the clock's range
+/// (found by the `request_record` fuzz target: `Instant + Duration`
+/// overflowed and panicked in the backup after a takeover). Such a session
+/// is served and written back like any other, in both modes.
+#[tokio::test]
+async fn a_stored_record_with_an_absurd_inactivity_interval_is_served_without_a_panic() {
+    for max_inactive_secs in [1 << 63, u64::MAX, (1 << 63) - 1, 1 << 62] {
+        let cluster = Cluster::new(1);
+        let node = &cluster.nodes[0];
+        let sticky = cluster.manager(Config::builder().route("a"));
+        let foreign = format!("{}-n1.b", "A".repeat(32));
+        node.put_raw(&foreign, &record(max_inactive_secs));
+        let reply = call(&sticky, "POST", "/count", Some(&foreign)).await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, "8"),
+            "sticky takeover, max_inactive_secs = {max_inactive_secs}"
+        );
+        let taken = reply.cookie_id().expect("taken over").to_owned();
+        assert!(node.contains(&taken), "written back");
+        assert_eq!(call(&sticky, "GET", "/count", Some(&taken)).await.body, "8");
+        sticky.shutdown().await;
+
+        let non_sticky = cluster.manager(Config::builder().sticky(false));
+        let id = format!("{}-n1", "B".repeat(32));
+        node.put_raw(&id, &record(max_inactive_secs));
+        node.put_raw(&format!("validity:{id}"), b"1");
+        let reply = call(&non_sticky, "POST", "/count", Some(&id)).await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, "8"),
+            "non-sticky, max_inactive_secs = {max_inactive_secs}"
+        );
+        assert_eq!(call(&non_sticky, "GET", "/count", Some(&id)).await.body, "8");
+    }
 }
 
 #[tokio::test]

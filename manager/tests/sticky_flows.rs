@@ -36,22 +36,23 @@ async fn a_session_is_created_by_the_first_write_and_announced_once() {
 #[tokio::test]
 async fn only_changed_sessions_are_written_and_reads_touch_nothing() {
     let cluster = Cluster::new(2);
-    let manager = cluster.manager(Config::builder());
+    let manager = cluster.quiet_manager(Config::builder());
     let id = session_with_count(&manager, 1).await;
     cluster.wait_for_probes().await;
-    let (sets, gets) = (cluster.sets(), cluster.gets());
+    let (sets, gets, touches) = (cluster.sets(), cluster.gets(), cluster.touches());
     for _ in 0..5 {
         assert_eq!(call(&manager, "GET", "/count", Some(&id)).await.body, "1");
     }
     assert_eq!(cluster.sets(), sets, "read-only requests write nothing");
-    let probe_gets = cluster.gets() - gets;
-    assert!(probe_gets < 20, "only probe reads happen: {probe_gets}");
+    assert_eq!(cluster.gets(), gets, "nor read: the primary copy is here");
+    assert_eq!(cluster.touches(), touches, "nor touch: the TTL margin is comfortable");
     for n in 2..=4 {
         assert_eq!(call(&manager, "POST", "/count", Some(&id)).await.body, n.to_string());
     }
     assert_eq!(cluster.sets() - sets, 3, "one write per modifying request");
+    assert_eq!(cluster.gets(), gets);
     let stats = manager.statistics();
-    assert!(stats.counters.backups_skipped >= 5);
+    assert_eq!(stats.counters.backups_skipped, 5, "one per read-only request");
 }
 
 #[tokio::test]
@@ -212,20 +213,17 @@ async fn invalidate_and_cycle_id_remove_the_old_keys() {
 #[tokio::test]
 async fn ignored_requests_never_touch_memcached() {
     let cluster = Cluster::new(1);
-    let manager = cluster.manager(Config::builder().request_uri_ignore_pattern("/id"));
+    let manager = cluster.quiet_manager(Config::builder().request_uri_ignore_pattern("/id"));
     let id = session_with_count(&manager, 1).await;
-    let ops = || cluster.sets() + cluster.gets();
+    cluster.wait_for_probes().await;
+    let ops = || cluster.sets() + cluster.gets() + cluster.touches() + cluster.deletes();
     let before = ops();
     let reply = call(&manager, "GET", "/id", Some(&id)).await;
     assert_eq!(reply.body, id, "the local session is still visible");
     // A foreign id would need a load: not on an ignored path.
     let foreign = format!("{}.zz", &id);
     assert_eq!(call(&manager, "GET", "/id", Some(&foreign)).await.body, "");
-    let probes_meanwhile = ops() - before;
-    assert!(
-        probes_meanwhile <= 4,
-        "only the prober talked to memcached: {probes_meanwhile}"
-    );
+    assert_eq!(ops(), before, "no memcached operation at all");
     assert_eq!(manager.statistics().counters.requests_ignored, 2);
 }
 
@@ -283,24 +281,50 @@ async fn a_node_that_lost_its_data_gets_the_sessions_back_without_a_request() {
     wait_until("the prober placed its sentinel", || cluster.nodes[0].keys().len() == 2).await;
     cluster.nodes[0].clear();
     wait_until("the session is re-written", || cluster.nodes[0].contains(&id)).await;
-    assert!(manager.statistics().counters.backups_restored >= 1);
+    assert_eq!(manager.statistics().counters.backups_restored, 1);
 }
 
 #[tokio::test]
 async fn sessions_survive_an_orderly_restart() {
     let cluster = Cluster::new(2);
     let config = Config::builder().route("a");
-    let first = cluster.manager_async(config.clone());
-    let id = session_with_count(&first, 3).await;
-    first.shutdown().await;
-    let second = cluster.manager(config);
-    let reply = call(&second, "GET", "/count", Some(&id)).await;
-    assert_eq!(
-        (reply.body.as_str(), reply.set_cookie.as_deref()),
-        ("3", None),
-        "same route: same id"
+    let first = cluster.manager_async(config.clone().backup_concurrency(1));
+    cluster.wait_for_probes().await;
+    // Slow nodes and one backup at a time: the backups are still queued
+    // when shutdown starts.
+    for node in &cluster.nodes {
+        node.set_delay(Duration::from_millis(100));
+    }
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        ids.push((session_with_count(&first, n).await, n));
+    }
+    assert!(
+        first.statistics().backup_queue_len > 0,
+        "backups are pending at shutdown"
     );
-    assert_eq!(second.statistics().counters.loads, 1);
+    assert!(
+        cluster.session_keys().len() < ids.len(),
+        "not everything is written yet"
+    );
+    first.shutdown().await;
+    assert_eq!(first.statistics().backup_queue_len, 0);
+    for (id, _) in &ids {
+        assert!(cluster.node(node_of(id)).contains(id), "{id} written by shutdown");
+    }
+    for node in &cluster.nodes {
+        node.set_delay(Duration::ZERO);
+    }
+    let second = cluster.manager(config);
+    for (id, n) in &ids {
+        let reply = call(&second, "GET", "/count", Some(id)).await;
+        assert_eq!(
+            (reply.body.as_str(), reply.set_cookie.as_deref()),
+            (n.to_string().as_str(), None),
+            "same route: same id, latest data"
+        );
+    }
+    assert_eq!(second.statistics().counters.loads, 4);
 }
 
 #[tokio::test(start_paused = true)]
@@ -340,6 +364,10 @@ async fn async_backups_of_one_session_are_coalesced() {
     }
     wait_until("the queue drained", || manager.statistics().backup_queue_len == 0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // A range, not an exact count: how many of the 20 requests run before
+    // the first delayed write starts depends on how the executor interleaves
+    // the request task with the backup task (2 or 3 writes in practice);
+    // what is tested is that the changes are coalesced, not the interleaving.
     let written = manager.statistics().counters.backups_written;
     assert!(
         written <= 4,
@@ -369,6 +397,9 @@ async fn a_full_backup_queue_drops_and_counts_but_loses_nothing() {
                 .to_owned(),
         );
     }
+    // Ranges: how many pushes find the one-slot queue full depends on when
+    // the backup task gets to run between the requests (executor
+    // interleaving), not on the behaviour under test.
     let dropped = manager.statistics().counters.backups_dropped;
     assert!(dropped >= 5, "a queue of one overflows under a burst: {dropped}");
     assert!(manager.statistics().backup_queue_len <= 1, "memory stays bounded");

@@ -35,7 +35,8 @@
 //! variable, else `memcached` on `PATH`, else `/usr/bin/memcached`
 //! (install it with `apt-get install memcached`). The demo-app binary is
 //! taken from `DEMO_APP_BIN`, else `target/<profile>/demo-app` next to the
-//! running test executable (build it with `cargo build -p demo-app`).
+//! running test executable, which is built (`cargo build -p demo-app`, once
+//! per test process) before its first use.
 //!
 //! All process- and protocol-level helpers are synchronous (blocking, with
 //! short timeouts); they can be called from `#[tokio::test]` functions too,
@@ -48,6 +49,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -1095,16 +1097,19 @@ impl Cluster {
 // demo-app
 // ---------------------------------------------------------------------------
 
-/// Locates the `demo-app` binary.
+/// Locates the `demo-app` binary, building it first.
 ///
-/// Order: the `DEMO_APP_BIN` environment variable, else `demo-app` in the
-/// cargo profile directory of the running test executable (the test runs
-/// from `target/<profile>/deps/<test>-<hash>`, so this is
-/// `target/<profile>/demo-app`).
+/// Order: the `DEMO_APP_BIN` environment variable (used as is, never
+/// built), else `demo-app` in the cargo profile directory of the running
+/// test executable (the test runs from `target/<profile>/deps/<test>-<hash>`,
+/// so this is `target/<profile>/demo-app`). In the second case
+/// `cargo build -p demo-app` for that profile and target directory runs
+/// first, once per test process (a no-op when it is up to date), so a test
+/// never runs a binary older than its source.
 ///
 /// # Panics
 ///
-/// If the binary does not exist (the message says how to build it).
+/// If the build fails or the binary does not exist afterwards.
 pub fn demo_app_binary() -> PathBuf {
     if let Some(path) = binary_from_env("DEMO_APP_BIN") {
         return path;
@@ -1118,13 +1123,48 @@ pub fn demo_app_binary() -> PathBuf {
         dir.pop();
     }
     let path = dir.join(format!("demo-app{}", std::env::consts::EXE_SUFFIX));
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(error) = BUILT.get_or_init(|| build_demo_app(&dir)) {
+        panic!("{error}");
+    }
     assert!(
         path.is_file(),
-        "demo-app binary not found at {}: build it with `cargo build -p demo-app` \
+        "demo-app binary not found at {} after building it: build it with `cargo build -p demo-app` \
          (same profile as the tests) or set DEMO_APP_BIN",
         path.display()
     );
     path
+}
+
+/// Runs `cargo build -p demo-app` into `profile_dir` (`<target>/<profile>`).
+fn build_demo_app(profile_dir: &Path) -> Result<(), String> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let (Some(profile), Some(target_dir)) = (
+        profile_dir.file_name().and_then(|name| name.to_str()),
+        profile_dir.parent(),
+    ) else {
+        return Err(format!("cannot tell the cargo profile of {}", profile_dir.display()));
+    };
+    // The `dev` profile builds into `debug/`; every other profile into its name.
+    let profile = if profile == "debug" { "dev" } else { profile };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["build", "--quiet", "-p", "demo-app", "--profile", profile])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|err| format!("cannot run `{} build -p demo-app`: {err}", Path::new(&cargo).display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`cargo build -p demo-app --profile {profile}` failed ({status}); see its output above, \
+             or set DEMO_APP_BIN to a prebuilt binary"
+        ))
+    }
 }
 
 /// The real `demo-app` binary, running as a child process on

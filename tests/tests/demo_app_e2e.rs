@@ -265,19 +265,68 @@ async fn embedded_store_works_without_memcached_nodes() {
 
 /// SIGTERM stops demo-app in order (pending async backups are written);
 /// a new process with the same route continues the session.
+///
+/// Both nodes are frozen (SIGSTOP) while 40 sessions are changed — more than
+/// the 32 backups demo-app runs at once — so backups are provably still
+/// queued (`/stats` `backup_queue_len`) when SIGTERM arrives; the nodes are
+/// thawed (SIGCONT) while the process shuts down, well within its
+/// `operationTimeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_restart_keeps_sessions() {
     init_tracing();
     let cluster = Cluster::start(2);
-    let mut app = start(&cluster, "a", &[]);
+    let spec = cluster.spec();
+    let args = [
+        "--memcached-nodes",
+        spec.as_str(),
+        "--route",
+        "a",
+        "--operation-timeout-ms",
+        "10000",
+    ];
+    let mut app = DemoApp::start(&args);
+    for node in &cluster.nodes {
+        eventually(WAIT, "sentinel placed", || {
+            node.keys().iter().any(|k| k.starts_with("msm-probe:"))
+        })
+        .await;
+    }
+    for node in &cluster.nodes {
+        node.freeze();
+    }
     let mut client = SessionClient::new(app.base_url());
     for _ in 0..5 {
         client.post("/counter").await.ok();
     }
-    let status = app.terminate().expect("demo-app exits on SIGTERM");
+    let mut ids = vec![client.cookie().unwrap().to_owned()];
+    for _ in 0..39 {
+        let mut other = SessionClient::new(app.base_url());
+        other.post("/counter").await.ok();
+        ids.push(other.cookie().unwrap().to_owned());
+    }
+    let pending = client.get("/stats").await.ok().json()["backup_queue_len"].clone();
+    assert!(
+        pending.as_u64().is_some_and(|n| n > 0),
+        "backups are queued when SIGTERM arrives: {pending}"
+    );
+    let status = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            for node in &cluster.nodes {
+                node.thaw();
+            }
+        });
+        app.terminate()
+    });
+    let status = status.expect("demo-app exits on SIGTERM");
     assert!(status.success(), "{status}");
-    let id = client.cookie().unwrap().to_owned();
-    assert_eq!(session_keys(cluster.node(id_node(&id).unwrap())), vec![id.clone()]);
+    for id in &ids {
+        let node = id_node(id).unwrap();
+        assert!(
+            session_keys(cluster.node(node)).contains(id),
+            "{id} was written before the process exited"
+        );
+    }
 
     let restarted = start(&cluster, "a", &[]);
     client.set_base(restarted.base_url());

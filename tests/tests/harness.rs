@@ -270,8 +270,49 @@ fn free_port_is_bindable() {
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the free port");
 }
 
-// The DemoApp handle is exercised with the real `demo-app` binary (built by
-// `cargo nextest run --workspace` / `cargo build -p demo-app`).
+// The DemoApp handle is exercised with the real `demo-app` binary, which
+// `demo_app_binary()` builds (once per test process) before its first use.
+
+/// Every source file of demo-app (and of the library it links) that was
+/// last changed before this test started is older than the binary the
+/// harness hands out: a test never runs a stale demo-app. (Files edited
+/// while the test runs are not held against it. Under nextest each test is
+/// its own process, so the build happens inside this test.)
+#[test]
+fn demo_app_binary_is_never_older_than_its_source() {
+    if std::env::var_os("DEMO_APP_BIN").is_some_and(|v| !v.is_empty()) {
+        return; // an explicit binary is used as is
+    }
+    let started = std::time::SystemTime::now();
+    let binary = integration_tests::demo_app_binary();
+    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut pending = vec![
+        root.join("demo-app/src"),
+        root.join("demo-app/Cargo.toml"),
+        root.join("manager/src"),
+        root.join("manager/Cargo.toml"),
+    ];
+    let mut checked = 0;
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::metadata(&path).unwrap();
+        if metadata.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let changed = metadata.modified().unwrap();
+        if changed < started {
+            assert!(
+                changed <= built,
+                "{} is newer than {}: a stale demo-app would be tested",
+                path.display(),
+                binary.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 5, "found the sources ({checked} files)");
+}
 
 #[tokio::test]
 async fn demo_app_start_health_and_terminate() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use integration_tests::{
-    Cluster, DemoApp, Memcached, SessionClient, TestApp, eventually, fast_config, id_random, init_tracing,
+    Cluster, DemoApp, Memcached, SessionClient, TestApp, eventually, fast_config, id_node, id_random, init_tracing,
     raw_http_status,
 };
 use memcached_sessions::Config;
@@ -194,15 +194,19 @@ async fn malformed_requests_get_a_4xx_or_a_fresh_session_and_the_instance_keeps_
     ] {
         let status = raw_http_status(addr, request(cookie).as_bytes()).unwrap();
         assert!((200..500).contains(&status), "{what}: {status}");
+        if what.starts_with("two") {
+            assert_eq!(status, 200, "{what}: the valid id is used");
+        }
     }
     let mut non_utf8 = b"POST /counter HTTP/1.1\r\nHost: x\r\nCookie: SESSIONID=\xff\xfe\xfd\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec();
     let status = raw_http_status(addr, &non_utf8).unwrap();
     assert!((200..500).contains(&status), "non-UTF-8: {status}");
     non_utf8.clear();
     assert_eq!(client.get("/health").await.status, 200, "still serving");
-    assert!(
-        client.get("/counter").await.ok().count() >= 1,
-        "the real session is intact"
+    assert_eq!(
+        client.get("/counter").await.ok().count(),
+        3,
+        "the real session is intact, incremented by the two requests that carried its id"
     );
 }
 
@@ -247,4 +251,128 @@ async fn a_memcached_dump_reveals_neither_ids_nor_data_with_encryption_and_hashe
         b.stats().counters.takeovers == 1
     })
     .await;
+}
+
+/// Instances sharing one encryption key, synchronous backups.
+fn sealed(cluster: &Cluster, sticky: bool, route: &str) -> memcached_sessions::Config {
+    fast_config(&cluster.spec())
+        .sticky(sticky)
+        .session_backup_async(false)
+        .operation_timeout(Duration::from_secs(3))
+        .session_encryption_keys(STANDARD.encode([7u8; 32]))
+        .route(route)
+        .build()
+        .unwrap()
+}
+
+fn flipped(blob: &[u8], at: usize) -> Vec<u8> {
+    let mut tampered = blob.to_vec();
+    tampered[at] ^= 0x01;
+    tampered
+}
+
+/// A sealed session read back through another instance: one flipped byte
+/// anywhere (magic, key fingerprint, nonce, ciphertext, tag) is no
+/// session, and so is session A's intact blob stored under session B's key
+/// (the blob is bound to its key). The untouched blobs open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_or_moved_sealed_session_is_no_session() {
+    init_tracing();
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let a = TestApp::start(sealed(&cluster, true, "a")).await;
+    let b = TestApp::start(sealed(&cluster, true, "b")).await;
+    let mut owner_a = SessionClient::new(a.base_url());
+    let mut owner_b = SessionClient::new(a.base_url());
+    for _ in 0..3 {
+        owner_a.post("/incr").await.ok();
+    }
+    owner_b.post("/incr").await.ok();
+    let (id_a, id_b) = (
+        owner_a.cookie().unwrap().to_owned(),
+        owner_b.cookie().unwrap().to_owned(),
+    );
+    let (blob_a, blob_b) = (node.get_raw(&id_a).unwrap(), node.get_raw(&id_b).unwrap());
+    let read_on_b = |id: &str| {
+        let mut client = SessionClient::new(b.base_url());
+        client.set_cookie(Some(id.to_owned()));
+        async move { client.get("/session").await }
+    };
+
+    let mut failures = 0;
+    for at in [0, 3, 10, 31, blob_a.len() / 2 + 15, blob_a.len() - 1] {
+        node.set_raw(&id_a, &flipped(&blob_a, at), 600);
+        let reply = read_on_b(&id_a).await;
+        assert_eq!(reply.status, 200, "byte {at} flipped: {}", reply.body);
+        assert_eq!((reply.id(), reply.count()), (None, 0), "byte {at} flipped: no session");
+        failures += 1;
+        assert_eq!(b.stats().counters.decode_failures, failures);
+    }
+    node.set_raw(&id_b, &blob_a, 600);
+    let reply = read_on_b(&id_b).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!((reply.id(), reply.count()), (None, 0), "a's blob does not open as b");
+    assert_eq!(b.stats().counters.decode_failures, failures + 1);
+    assert_eq!(b.stats().counters.takeovers, 0);
+
+    // Control: the original blobs open (b takes both sessions over).
+    node.set_raw(&id_a, &blob_a, 600);
+    node.set_raw(&id_b, &blob_b, 600);
+    assert_eq!(read_on_b(&id_a).await.ok().count(), 3);
+    assert_eq!(read_on_b(&id_b).await.ok().count(), 1);
+    assert_eq!(b.stats().counters.takeovers, 2);
+}
+
+/// Non-sticky: the backup copy (`bak:` on the next node) is sealed for its
+/// own key. With the primary node killed, a backup with a flipped byte, or
+/// another session's backup copied over it, is no session (200, never a
+/// panic or a 5xx), while an intact backup on the same node is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_or_swapped_non_sticky_backup_is_no_session() {
+    init_tracing();
+    let mut cluster = Cluster::start(2);
+    let app = TestApp::start(sealed(&cluster, false, "a")).await;
+    // Three sessions on one primary (node choice is random).
+    let mut on: [Vec<(String, u64)>; 2] = Default::default();
+    let mut count = 0;
+    while on.iter().all(|sessions| sessions.len() < 3) {
+        count += 1;
+        let mut client = SessionClient::new(app.base_url());
+        for _ in 0..count {
+            client.post("/incr").await.ok();
+        }
+        let id = client.cookie().unwrap().to_owned();
+        on[usize::from(id_node(&id) == Some("n2"))].push((id, count));
+    }
+    let sessions = if on[0].len() == 3 { &on[0] } else { &on[1] };
+    let [tampered, swapped, intact] = [0, 1, 2].map(|i| sessions[i].0.clone());
+    let primary = id_node(&tampered).unwrap().to_owned();
+    let backup = if primary == "n1" { "n2" } else { "n1" };
+    let good = cluster.node(backup).get_raw(&format!("bak:{tampered}")).unwrap();
+    cluster
+        .node(backup)
+        .set_raw(&format!("bak:{tampered}"), &flipped(&good, good.len() / 2), 600);
+    cluster.node(backup).set_raw(&format!("bak:{swapped}"), &good, 600);
+    cluster.node_mut(&primary).kill();
+
+    let reader = TestApp::start(sealed(&cluster, false, "b")).await;
+    for id in [&tampered, &swapped] {
+        let mut client = SessionClient::new(reader.base_url());
+        client.set_cookie(Some(id.clone()));
+        let reply = client.get("/session").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!((reply.id(), reply.count()), (None, 0), "no session from a bad backup");
+        assert!(reply.set_cookie().is_none());
+    }
+    assert_eq!(reader.stats().counters.decode_failures, 2);
+    let mut client = SessionClient::new(reader.base_url());
+    client.set_cookie(Some(intact.clone()));
+    let reply = client.get("/session").await.ok();
+    assert_eq!(reply.count(), sessions[2].1, "the intact backup opens");
+    assert_eq!(
+        id_node(client.cookie().unwrap()),
+        Some(backup),
+        "relocated to the backup node"
+    );
+    assert_eq!(reader.stats().counters.backup_node_loads, 1);
 }

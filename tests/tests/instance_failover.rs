@@ -10,7 +10,8 @@
 use std::time::Duration;
 
 use integration_tests::{
-    Cluster, Reply, SessionClient, TestApp, fast_config, id_node, id_random, id_route, init_tracing, wait_available,
+    Cluster, Reply, SessionClient, TestApp, eventually, fast_config, id_node, id_random, id_route, init_tracing,
+    wait_available,
 };
 
 async fn instance(cluster: &Cluster, route: &str) -> TestApp {
@@ -228,12 +229,33 @@ async fn takeover_from_a_dead_node_is_no_session() {
 /// Issue 13: sessions survive an orderly restart. With async backups (the
 /// default), `shutdown()` writes every pending backup; a new manager with
 /// the same route loads the sessions (same ids: no Set-Cookie).
+///
+/// Both nodes are frozen (SIGSTOP) while the sessions are created, and
+/// backups run one at a time, so backups are provably still queued when
+/// shutdown starts; the nodes are thawed (SIGCONT) while it waits, well
+/// within `operationTimeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_survive_an_orderly_restart() {
     init_tracing();
     let cluster = Cluster::start(2);
-    let config = || fast_config(&cluster.spec()).route("a").build().unwrap();
+    let config = || {
+        fast_config(&cluster.spec())
+            .route("a")
+            .operation_timeout(Duration::from_secs(5))
+            .backup_concurrency(1)
+            .build()
+            .unwrap()
+    };
     let app = TestApp::start(config()).await;
+    for node in &cluster.nodes {
+        eventually(Duration::from_secs(5), "sentinel placed", || {
+            node.keys().iter().any(|k| k.starts_with("msm-probe:"))
+        })
+        .await;
+    }
+    for node in &cluster.nodes {
+        node.freeze();
+    }
     let mut clients = Vec::new();
     for n in 1..=4u64 {
         let mut client = SessionClient::new(app.base_url());
@@ -242,11 +264,26 @@ async fn sessions_survive_an_orderly_restart() {
         }
         clients.push((client, n));
     }
-    app.shutdown().await;
+    let pending = app.stats().backup_queue_len;
+    assert!(pending > 0, "backups are queued at shutdown: {pending}");
+    let manager = app.manager.clone();
+    let shutdown = tokio::spawn(async move { manager.shutdown().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!shutdown.is_finished(), "shutdown waits for the pending backups");
+    for node in &cluster.nodes {
+        node.thaw();
+    }
+    shutdown.await.unwrap();
+    drop(app);
     for (client, _) in &clients {
         let id = client.cookie().unwrap();
         assert_eq!(cluster.locate(id), vec![id_node(id).unwrap().to_owned()]);
     }
+    assert_eq!(
+        cluster.nodes.iter().map(|n| n.stats().cmd_set()).sum::<u64>(),
+        2 + 4,
+        "the two sentinels, then each session written once: the backups queued meanwhile were coalesced"
+    );
 
     let restarted = TestApp::start(config()).await;
     for (client, n) in &mut clients {

@@ -83,15 +83,23 @@ async fn read_only_activity_keeps_session_and_backup_alive() {
     let mut client = SessionClient::new(app.base_url());
     client.post("/incr").await.ok();
     let id = client.cookie().unwrap().to_owned();
-    // The first write's TTL is 2 s + 1 s margin; read for 4 s.
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    // The first write's TTL is 2 s + 1 s margin; read for 4 s. A touch is
+    // due once the last access is more than margin / 2 = 0.5 s after the
+    // last write or touch: every read, 0.8 s apart (at least), is one.
+    let before = cluster.nodes[0].stats();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
         let reply = client.get("/session").await.ok();
         assert_eq!(reply.count(), 1);
         assert_eq!(reply.id().as_deref(), Some(id.as_str()));
     }
+    let after = cluster.nodes[0].stats();
+    // The prober's reads (`mg` without T) count as cmd_get, never as touches.
+    assert_eq!(after.delta(&before, "cmd_touch"), 5, "one touch per read");
+    assert_eq!(after.delta(&before, "touch_hits"), 5);
+    assert_eq!(after.delta(&before, "cmd_set"), 0, "and no write");
     assert!(cluster.nodes[0].get_raw(&id).is_some(), "TTL was extended");
-    assert!(app.stats().counters.backups_touched >= 1);
+    assert_eq!(app.stats().counters.backups_touched, 5);
     assert_eq!(app.stats().counters.sessions_expired, 0);
 }
 
@@ -268,7 +276,78 @@ async fn garbage_cookies_are_no_session() {
         assert!(keys_after.contains(key), "{key} disappeared");
     }
     let counters = app.stats().counters;
-    assert!(counters.invalid_session_ids >= 10, "{counters:?}");
+    assert_eq!(counters.invalid_session_ids, 30, "{counters:?}");
     assert_eq!(counters.takeovers, 0);
     assert_eq!(counters.decode_failures, 0);
+}
+
+/// The remaining TTL memcached reports for `key` (`mg <key> t`): `None` on a
+/// miss, `Some(-1)` for "never expires".
+fn remaining_ttl(node: &integration_tests::Memcached, key: &str) -> Option<i64> {
+    let reply = node.meta(&format!("mg {key} t"), None);
+    match reply.code() {
+        "EN" => None,
+        "HD" => reply
+            .header
+            .split(' ')
+            .find_map(|flag| flag.strip_prefix('t'))
+            .map(|t| t.parse().unwrap_or_else(|_| panic!("bad TTL in {:?}", reply.header))),
+        _ => panic!("unexpected reply to mg {key} t: {:?}", reply.header),
+    }
+}
+
+/// Asserts that `ttl` is `expected` seconds, less at most a few seconds of
+/// test time. (memcached's clock ticks once a second, so an absolute expiry
+/// time can read up to a second longer than it was when sent.)
+#[track_caller]
+fn assert_ttl_about(ttl: Option<i64>, expected: i64, what: &str) {
+    let ttl = ttl.unwrap_or_else(|| panic!("{what}: not stored (expired at once?)"));
+    assert!(
+        (expected - 10..=expected + 2).contains(&ttl),
+        "{what}: memcached TTL {ttl} s, expected about {expected} s"
+    );
+}
+
+/// memcached reads an expiration above 30 days as an absolute unix time: a
+/// relative 40 days sent as is would be a date in 1970, and the item would
+/// expire at once. A session with maxInactiveInterval = 40 days must live
+/// about 40 days in memcached (sticky: + the 5 min margin; non-sticky: the
+/// data 2 × 40 days, the validity record 40 days), and 0 means never (-1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inactivity_intervals_over_30_days_are_kept_that_long_in_memcached() {
+    init_tracing();
+    const DAY: i64 = 86_400;
+    let cluster = Cluster::start(1);
+    let node = &cluster.nodes[0];
+    let sticky = app(&cluster, "a", 40 * DAY).await;
+    let mut client = SessionClient::new(sticky.base_url());
+    client.post("/incr").await.ok();
+    let id = client.cookie().unwrap().to_owned();
+    assert_ttl_about(remaining_ttl(node, &id), 40 * DAY + 300, "sticky session");
+    // A read that extends the TTL: not due for a long time, so nothing changes.
+    assert_eq!(client.get("/session").await.ok().count(), 1);
+    assert_ttl_about(remaining_ttl(node, &id), 40 * DAY + 300, "sticky session after a read");
+
+    let non_sticky = TestApp::start(
+        fast_config(&cluster.spec())
+            .sticky(false)
+            .max_inactive_interval_secs(40 * DAY)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let mut client = SessionClient::new(non_sticky.base_url());
+    client.post("/incr").await.ok();
+    let id = client.cookie().unwrap().to_owned();
+    assert_ttl_about(remaining_ttl(node, &id), 80 * DAY, "non-sticky data");
+    let validity = format!("validity:{id}");
+    assert_ttl_about(remaining_ttl(node, &validity), 40 * DAY, "validity record");
+    // The touch that slides the validity record sends the long TTL too.
+    assert_eq!(client.get("/session").await.ok().count(), 1);
+    assert_ttl_about(remaining_ttl(node, &validity), 40 * DAY, "validity record after a read");
+
+    let forever = app(&cluster, "c", 0).await;
+    let mut client = SessionClient::new(forever.base_url());
+    client.post("/incr").await.ok();
+    assert_eq!(remaining_ttl(node, client.cookie().unwrap()), Some(-1), "0 means never");
 }

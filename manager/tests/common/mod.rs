@@ -37,9 +37,20 @@ impl Cluster {
 
     /// A manager with the builder's backup mode (async by default).
     pub fn manager_async(&self, builder: ConfigBuilder) -> SessionManager {
+        self.manager_probing_every(builder, Duration::from_millis(20))
+    }
+
+    /// A manager with synchronous backups whose prober runs once at start
+    /// (placing its sentinels, see [`wait_for_probes`](Self::wait_for_probes))
+    /// and then not again for an hour: operation counts are exact.
+    pub fn quiet_manager(&self, builder: ConfigBuilder) -> SessionManager {
+        self.manager_probing_every(builder.session_backup_async(false), Duration::from_secs(3600))
+    }
+
+    fn manager_probing_every(&self, builder: ConfigBuilder, probe_interval: Duration) -> SessionManager {
         let config = builder
             .memcached_nodes(self.spec())
-            .node_probe_interval(Duration::from_millis(20))
+            .node_probe_interval(probe_interval)
             .session_backup_timeout(Duration::from_secs(2))
             .build()
             .unwrap();
