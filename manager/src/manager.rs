@@ -58,7 +58,7 @@ pub(crate) struct Shared {
     /// Non-sticky: which requests lock.
     pub(crate) lock_policy: LockPolicy,
     /// Serializes, per session id, the loads and takeovers of this process.
-    id_gates: Mutex<HashMap<Box<str>, Arc<tokio::sync::Mutex<()>>>>,
+    id_gates: IdGates,
     /// Random name of this manager instance (lock values, sentinel key).
     pub(crate) instance_token: String,
     /// Key of this instance's sentinel on every node (detects data loss).
@@ -356,13 +356,21 @@ impl Shared {
     /// its entry removed once nobody else waits, when the guard is dropped
     /// — also when the request holding it is cancelled.
     pub(crate) async fn enter_id_gate(&self, id: &str) -> IdGateGuard<'_> {
-        let gate = self.id_gates.lock().entry(id.into()).or_default().clone();
-        let held = gate.lock_owned().await;
-        IdGateGuard {
+        let gate = {
+            let mut gates = self.id_gates.lock();
+            let (gate, users) = gates.entry(id.into()).or_default();
+            *users += 1;
+            Arc::clone(gate)
+        };
+        // Made before the wait, so a waiter cancelled while it waits is
+        // counted out too.
+        let mut guard = IdGateGuard {
             gates: &self.id_gates,
             id: id.into(),
-            held: Some(held),
-        }
+            held: None,
+        };
+        guard.held = Some(gate.lock_owned().await);
+        guard
     }
 
     /// Expires a session: removes it here and deletes its memcached copy.
@@ -445,22 +453,27 @@ async fn probe_nodes(shared: Weak<Shared>, interval: Duration) {
     }
 }
 
+/// Per session id: its gate, and how many requests hold it or wait for it
+/// (the entry goes when that drops to zero).
+type IdGates = Mutex<HashMap<Box<str>, (Arc<tokio::sync::Mutex<()>>, usize)>>;
+
 /// Exclusive use of one session id in this process; see
 /// [`Shared::enter_id_gate`].
 pub(crate) struct IdGateGuard<'a> {
-    gates: &'a Mutex<HashMap<Box<str>, Arc<tokio::sync::Mutex<()>>>>,
+    gates: &'a IdGates,
     id: Box<str>,
     held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Drop for IdGateGuard<'_> {
     fn drop(&mut self) {
-        let mut gates = self.gates.lock();
-        // Our guard's reference to the gate goes first; the map's own is
-        // then the last one unless somebody else waits or holds it.
         drop(self.held.take());
-        if gates.get(&self.id).is_some_and(|gate| Arc::strong_count(gate) == 1) {
-            gates.remove(&self.id);
+        let mut gates = self.gates.lock();
+        if let Some((_, users)) = gates.get_mut(&self.id) {
+            *users -= 1;
+            if *users == 0 {
+                gates.remove(&self.id);
+            }
         }
     }
 }

@@ -74,6 +74,9 @@ pub(crate) struct RequestContext {
     path: Box<str>,
     resolved: OnceCell<()>,
     pub(crate) state: Mutex<RequestState>,
+    /// The handler changed, invalidated or re-keyed the session (set by
+    /// the [`Session`](crate::Session) methods).
+    pub(crate) changed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -107,6 +110,7 @@ impl RequestContext {
             path,
             resolved: OnceCell::new(),
             state: Mutex::new(RequestState::default()),
+            changed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -157,7 +161,10 @@ impl RequestContext {
         let shared = &self.shared;
         let claimed = claim.as_ref().map(|c| c.session().clone());
         let released = match claim {
-            Some(claim) => non_sticky::release(shared, claim, &self.method, &self.path).await,
+            Some(claim) => {
+                let changed = self.changed.load(std::sync::atomic::Ordering::Relaxed);
+                non_sticky::release(shared, claim, &self.method, &self.path, changed).await
+            }
             None => Ok(()),
         };
         if let Some(session) = session.filter(|_| !self.ignored) {

@@ -105,7 +105,9 @@ impl Session {
         let session = self.current_or_create();
         let mut inner = session.inner.lock();
         self.check_size(&inner, key, &bytes)?;
+        let before = inner.version;
         inner.set_attribute(key, bytes);
+        self.note_change(inner.version != before);
         Ok(())
     }
 
@@ -134,7 +136,9 @@ impl Session {
         let next = change(current);
         let bytes = encode_value(key, &next)?;
         self.check_size(&inner, key, &bytes)?;
+        let before = inner.version;
         inner.set_attribute(key, bytes);
+        self.note_change(inner.version != before);
         Ok(next)
     }
 
@@ -156,7 +160,17 @@ impl Session {
     }
 
     fn remove_raw(&self, key: &str) -> Option<Box<[u8]>> {
-        self.current()?.inner.lock().remove_attribute(key)
+        let removed = self.current()?.inner.lock().remove_attribute(key);
+        self.note_change(removed.is_some());
+        removed
+    }
+
+    /// Records that this request changed its session (non-sticky mode
+    /// writes, before answering, what a request changed).
+    fn note_change(&self, changed: bool) {
+        if changed {
+            self.context.changed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// `maxSessionSize`: refuses a value that would make the session too large.
@@ -176,7 +190,9 @@ impl Session {
     /// Removes every attribute (the session and its id stay).
     pub fn clear(&self) {
         if let Some(session) = self.current() {
-            session.inner.lock().clear_attributes();
+            let mut inner = session.inner.lock();
+            self.note_change(!inner.attributes.is_empty());
+            inner.clear_attributes();
         }
     }
 
@@ -206,6 +222,7 @@ impl Session {
             inner.invalidated = true;
             inner.id.clone()
         };
+        self.note_change(true);
         let shared = &self.context.shared;
         shared.sessions.remove(id.as_str());
         Stats::count(&shared.stats.counters.sessions_invalidated);
@@ -232,6 +249,7 @@ impl Session {
             (old, new)
         };
         shared.sessions.rekey(old.as_str(), new.as_str(), false);
+        self.note_change(true);
         Stats::count(&shared.stats.counters.ids_cycled);
         Some(new.to_string())
     }

@@ -79,7 +79,20 @@ async fn idle_session_expires_locally_and_in_memcached() {
 async fn read_only_activity_keeps_session_and_backup_alive() {
     init_tracing();
     let cluster = Cluster::start(1);
-    let app = app(&cluster, "a", 2).await;
+    // Exact counts: a generous operationTimeout, so a busy CI machine never
+    // makes the node look down (and a touch skipped or repeated).
+    let config = fast_config(&cluster.spec())
+        .route("a")
+        .session_backup_async(false)
+        .max_inactive_interval_secs(2)
+        .expiry_sweep_interval(Duration::from_millis(200))
+        .operation_timeout(Duration::from_secs(2))
+        // No probes during the reads: their traffic and their verdicts
+        // (a node briefly seen down) stay out of the counts.
+        .node_probe_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let app = TestApp::start(config).await;
     let mut client = SessionClient::new(app.base_url());
     client.post("/incr").await.ok();
     let id = client.cookie().unwrap().to_owned();

@@ -48,6 +48,9 @@ struct LockState {
     /// Renewal and release hold this mutex while they talk to memcached.
     cas: tokio::sync::Mutex<Option<u64>>,
     lost: AtomicBool,
+    /// Until when the lock is surely ours: its TTL counted from when the
+    /// last successful (re)write of it was sent.
+    valid_until: parking_lot::Mutex<Instant>,
     acquired_at: Instant,
 }
 
@@ -59,9 +62,10 @@ pub(crate) struct HeldLock {
 }
 
 impl HeldLock {
-    /// Whether a renewal found the lock gone (someone else may hold it now).
+    /// Whether a renewal found the lock gone, or renewals failed for so
+    /// long that it may have expired (someone else may hold it now).
     pub(crate) fn is_lost(&self) -> bool {
-        self.state.lost.load(Ordering::Acquire)
+        self.state.lost.load(Ordering::Acquire) || *self.state.valid_until.lock() <= Instant::now()
     }
 }
 
@@ -87,10 +91,15 @@ impl Drop for HeldLock {
 /// with nobody waiting for it, its lock is dropped and so released.
 pub(crate) async fn acquire(shared: &Arc<Shared>, node: NodeIndex, key: String) -> Result<Option<HeldLock>, Error> {
     let attempt = tokio::spawn(acquire_here(Arc::clone(shared), node, key));
-    attempt.await.unwrap_or_else(|join| {
-        // Only a panic ends the task early; never swallow one.
-        std::panic::resume_unwind(join.into_panic())
-    })
+    match attempt.await {
+        Ok(outcome) => outcome,
+        // Never swallow a panic; a task cancelled by a runtime shutting
+        // down got no lock.
+        Err(join) => match join.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => Ok(None),
+        },
+    }
 }
 
 async fn acquire_here(shared: Arc<Shared>, node: NodeIndex, key: String) -> Result<Option<HeldLock>, Error> {
@@ -103,6 +112,7 @@ async fn acquire_here(shared: Arc<Shared>, node: NodeIndex, key: String) -> Resu
     let expiry = Expiry::After(config.lock_expiration);
     let value = shared.instance_token.as_bytes();
     loop {
+        let sent = Instant::now();
         let acquired = shared
             .nodes
             .get(node)
@@ -119,6 +129,7 @@ async fn acquire_here(shared: Arc<Shared>, node: NodeIndex, key: String) -> Resu
                     value: value.to_vec(),
                     cas: tokio::sync::Mutex::new(Some(cas)),
                     lost: AtomicBool::new(false),
+                    valid_until: parking_lot::Mutex::new(sent + config.lock_expiration),
                     acquired_at: Instant::now(),
                 });
                 tokio::spawn(renew(Arc::downgrade(&state)));
@@ -166,11 +177,15 @@ async fn renew(state: Weak<LockState>) {
         };
         let expiry = Expiry::After(shared.config.lock_expiration);
         let node = shared.nodes.get(state.node);
+        let sent = Instant::now();
         match node
             .call(|b| b.replace_if_cas(&state.key, &state.value, current, expiry))
             .await
         {
-            Ok(Some(renewed)) => *cas = Some(renewed),
+            Ok(Some(renewed)) => {
+                *cas = Some(renewed);
+                *state.valid_until.lock() = sent + shared.config.lock_expiration;
+            }
             Ok(None) => {
                 *cas = None;
                 state.lost.store(true, Ordering::Release);
@@ -185,11 +200,13 @@ async fn renew(state: Weak<LockState>) {
     }
 }
 
-/// Releases a held lock (only if it is still ours).
+/// Releases a held lock (only if it is still ours). The release runs in
+/// its own task: a caller cancelled while it waits still lets go.
 pub(crate) async fn release(lock: HeldLock) {
     let mut lock = lock;
     lock.released = true;
-    let_go(&lock.state).await;
+    let state = Arc::clone(&lock.state);
+    let _ = tokio::spawn(async move { let_go(&state).await }).await;
 }
 
 /// Deletes the lock if it is still ours, waiting for a renewal in flight.

@@ -69,13 +69,17 @@ pub(crate) struct LoadInfo {
     backup_missing: bool,
     /// When the session was last written (from the stored record).
     written_ms: u64,
+    /// The session's version in the last write by this instance (0: as
+    /// loaded): a change is what came after it.
+    version_written: u64,
 }
 
 impl LoadInfo {
     /// What is left to do once the session was written.
-    fn after_write(self) -> LoadInfo {
+    fn after_write(self, version: u64) -> LoadInfo {
         LoadInfo {
             written_ms: unix_ms(SystemTime::now()),
+            version_written: version,
             ..LoadInfo::default()
         }
     }
@@ -87,6 +91,9 @@ struct InFlight {
     users: usize,
     lock: Option<HeldLock>,
     load: LoadInfo,
+    /// Writes of the shared copy made by users that finished before the
+    /// last one.
+    writes: u64,
 }
 
 /// The sessions non-sticky requests of this instance are using right now.
@@ -103,41 +110,33 @@ impl InFlightSessions {
 
 /// One request's share of an in-flight session. Hand it back with
 /// [`release`]; a claim dropped without that (its request was cancelled)
-/// is released in the background, so its in-flight entry and lock never
+/// is counted out in the background, so its in-flight entry and lock never
 /// linger.
 pub(crate) struct Claim {
     shared: Arc<Shared>,
     /// The id the session was loaded under (its key in the in-flight map).
     key: Box<str>,
     session: Arc<SessionState>,
-    version_at_start: u64,
+    /// The entry's write count when this request joined: a later write by
+    /// a co-user may have carried this request's change.
+    writes_at_join: u64,
     /// Counted out of the in-flight entry already.
     released: bool,
 }
 
 impl Claim {
-    fn new(shared: &Arc<Shared>, key: &SessionId, session: Arc<SessionState>) -> Claim {
-        let version_at_start = session.inner.lock().version;
+    fn new(shared: &Arc<Shared>, key: &SessionId, session: Arc<SessionState>, writes_at_join: u64) -> Claim {
         Claim {
             shared: Arc::clone(shared),
             key: key.as_str().into(),
             session,
-            version_at_start,
+            writes_at_join,
             released: false,
         }
     }
 
     pub(crate) fn session(&self) -> &Arc<SessionState> {
         &self.session
-    }
-
-    /// Whether this request changed the session (or invalidated it, or
-    /// cycled its id).
-    fn modified(&self) -> bool {
-        // `invalidate` and `cycle_id` do not bump the version. A relocation
-        // keeps the random part of the id; `cycle_id` draws a new one.
-        let inner = self.session.inner.lock();
-        inner.version != self.version_at_start || inner.invalidated || !self.key.starts_with(inner.id.random_part())
     }
 }
 
@@ -146,21 +145,28 @@ impl Drop for Claim {
         if self.released {
             return;
         }
-        let abandoned = Claim {
-            shared: Arc::clone(&self.shared),
-            key: std::mem::take(&mut self.key),
-            session: Arc::clone(&self.session),
-            version_at_start: self.version_at_start,
-            released: false,
-        };
         self.released = true;
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let shared = Arc::clone(&abandoned.shared);
-                if let Err(error) = count_out(&shared, abandoned).await {
-                    tracing::warn!(%error, "finishing the session of a cancelled request");
+        let shared = Arc::clone(&self.shared);
+        let key = std::mem::take(&mut self.key);
+        let writes_at_join = self.writes_at_join;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(error) = count_out(&shared, &key, writes_at_join, false).await {
+                        tracing::warn!(%error, "finishing the session of a cancelled request");
+                    }
+                });
+            }
+            // No runtime (shutting down): count out here; the lock, if this
+            // was the last user, is released by its own drop or expires.
+            Err(_) => {
+                let mut map = shared.inflight.by_id.lock();
+                match map.get_mut(&*key) {
+                    Some(entry) if entry.users > 1 => entry.users -= 1,
+                    Some(_) => drop(map.remove(&*key)),
+                    None => {}
                 }
-            });
+            }
         }
     }
 }
@@ -181,17 +187,42 @@ pub(crate) async fn resolve(shared: &Arc<Shared>, id: &SessionId, wants_lock: bo
 }
 
 async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) -> Result<Option<Claim>, Error> {
-    let present = shared.inflight.by_id.lock().get(id.as_str()).map(|e| e.lock.is_some());
-    if let Some(locked) = present {
+    let present = shared.inflight.by_id.lock().get(id.as_str()).map(|entry| {
+        let inner = entry.session.inner.lock();
+        // Logged out, or given a new id (login) by a request still sharing
+        // it: the old id is dead, here as in memcached.
+        let gone = inner.invalidated || !id.as_str().starts_with(inner.id.random_part());
+        (entry.lock.is_some(), gone)
+    });
+    if let Some((_, true)) = present {
+        Stats::count(&shared.stats.counters.unknown_session_ids);
+        return Ok(None);
+    }
+    if let Some((locked, false)) = present {
         let lock = if wants_lock && !locked {
             lock_for(shared, id).await?
         } else {
             None
         };
-        let reload = if lock.is_some() {
-            load(shared, id).await.ok().flatten()
-        } else {
-            None
+        // Loaded without the lock: read it again under the lock, or give
+        // the lock back and say why.
+        let mut lock = lock;
+        let reload = match lock.take() {
+            None => None,
+            Some(held) => match load(shared, id).await {
+                Ok(Some(fresh)) => {
+                    lock = Some(held);
+                    Some(fresh)
+                }
+                Ok(None) => {
+                    lock::release(held).await;
+                    return Ok(None);
+                }
+                Err(error) => {
+                    lock::release(held).await;
+                    return Err(error);
+                }
+            },
         };
         let mut map = shared.inflight.by_id.lock();
         if let Some(entry) = map.get_mut(id.as_str()) {
@@ -212,7 +243,7 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
                 }
             }
             entry.users += 1;
-            return Ok(Some(Claim::new(shared, id, entry.session.clone())));
+            return Ok(Some(Claim::new(shared, id, entry.session.clone(), entry.writes)));
         }
         // The entry cannot vanish while we hold the gate; fall through defensively.
     }
@@ -227,9 +258,10 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
                     users: 1,
                     lock,
                     load,
+                    writes: 0,
                 },
             );
-            Ok(Some(Claim::new(shared, id, session)))
+            Ok(Some(Claim::new(shared, id, session, 0)))
         }
         other => {
             if let Some(lock) = lock {
@@ -303,6 +335,10 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
     };
     let max_inactive = shared.config.max_inactive;
     let started = Instant::now();
+    // Why the session could not be read where it may be; when neither its
+    // node nor its backup's node answered (down, frozen), the session may
+    // well exist, and "no session" would be a lie: 503 instead.
+    let unanswered: Error;
     if shared.nodes.get(primary).is_available() {
         let node = shared.nodes.get(primary);
         let backup = shared.nodes.next_available(primary);
@@ -344,10 +380,17 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
             (Ok(Some(_)), Ok(false)) => {
                 // Expired: the validity record is gone.
                 Stats::count(&counters.sessions_expired);
-                delete_session_keys(shared, id).await;
+                // Best effort: an expired session is gone either way.
+                let _ = delete_session_keys(shared, id).await;
                 return Ok(None);
             }
             (Ok(None), Ok(_)) => {
+                if let Some(Err(error)) = backup_valid {
+                    // Not on its node (restarted empty?) and its backup's
+                    // node did not answer: it may exist there.
+                    Stats::count(&counters.load_failures);
+                    return Err(error);
+                }
                 if !matches!(backup_valid, Some(Ok(true))) {
                     Stats::count(&counters.load_misses);
                     Stats::count(&counters.unknown_session_ids);
@@ -363,17 +406,18 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
                     return Err(error);
                 }
                 // The primary just failed: fall through to the backups.
+                unanswered = error;
             }
         }
+    } else {
+        unanswered = unavailable(shared, primary);
     }
-    // When no node that could hold the session answered (all down or
-    // frozen), the session may well exist: "no session" would be a lie.
+    // Only the node after the primary in the ring (where the backup is
+    // written while it is up) answering "not here" settles it.
+    let designated_backup = shared.nodes.ring_after(primary).next();
     let mut answered = false;
-    let mut unanswered: Option<Error> =
-        (!shared.nodes.get(primary).is_available()).then(|| unavailable(shared, primary));
     for candidate in shared.nodes.ring_after(primary) {
         if !shared.nodes.get(candidate).is_available() {
-            unanswered.get_or_insert_with(|| unavailable(shared, candidate));
             continue;
         }
         let relocated = id.with_location(shared.nodes.get(candidate).spec.id.as_ref(), shared.config.route());
@@ -388,20 +432,16 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
                 return Ok(Some(found));
             }
             Ok(None) => {
-                // A node that could hold the backup answered "not here".
-                answered = true;
+                answered |= Some(candidate) == designated_backup;
                 continue;
             }
-            Err(error) if error.is_unavailable() => {
-                unanswered.get_or_insert(error);
-                continue;
-            }
+            Err(error) if error.is_unavailable() => continue,
             Err(error) => return Err(error),
         }
     }
-    if let Some(error) = unanswered.filter(|_| !answered) {
+    if !answered {
         Stats::count(&counters.load_failures);
-        return Err(error);
+        return Err(unanswered);
     }
     Stats::count(&counters.load_misses);
     Stats::count(&counters.unknown_session_ids);
@@ -451,26 +491,40 @@ async fn load_backup(
 /// writes whatever is still due, deletes it if invalidated and releases
 /// the lock. `Err(LockLost)` when the lock expired under the request:
 /// nothing is written, so no concurrent writer is overwritten.
-pub(crate) async fn release(shared: &Arc<Shared>, claim: Claim, method: &str, path: &str) -> Result<(), Error> {
-    let modified = claim.modified();
-    if !modified {
+pub(crate) async fn release(
+    shared: &Arc<Shared>,
+    mut claim: Claim,
+    method: &str,
+    path: &str,
+    changed: bool,
+) -> Result<(), Error> {
+    if !changed {
         Stats::count(&shared.stats.counters.read_only_requests);
     }
     if matches!(shared.config.locking_mode, crate::LockingMode::Auto) {
-        shared.lock_policy.learn(method, path, modified);
+        shared.lock_policy.learn(method, path, changed);
     }
-    count_out(shared, claim).await
+    // Cancelled while waiting for the gate: the claim's drop counts it out.
+    let _one_at_a_time = shared.enter_id_gate(&claim.key).await;
+    // From here on it is counted out before the next await.
+    claim.released = true;
+    count_out_gated(shared, &claim.key, claim.writes_at_join, changed).await
 }
 
-/// Takes `claim` out of its in-flight entry (under the id's gate, so no
-/// other request of this instance loads the session while it is being
-/// written) and writes what its request needs.
-async fn count_out(shared: &Arc<Shared>, mut claim: Claim) -> Result<(), Error> {
-    let modified = claim.modified();
-    let _one_at_a_time = shared.enter_id_gate(&claim.key).await;
-    // From here on a cancellation cannot leave the entry behind: it is
-    // counted out before the next await.
-    claim.released = true;
+/// [`count_out_gated`] after taking the id's gate.
+async fn count_out(shared: &Arc<Shared>, key: &str, writes_at_join: u64, changed: bool) -> Result<(), Error> {
+    let _one_at_a_time = shared.enter_id_gate(key).await;
+    count_out_gated(shared, key, writes_at_join, changed).await
+}
+
+/// Takes one user out of the in-flight entry `key` (the caller holds the
+/// id's gate, so no other request of this instance loads the session while
+/// it is being written) and writes what its request needs: a user that
+/// `changed` the session writes the shared copy before it answers; the
+/// last user finishes the session. When a co-user's write since this user
+/// joined may have carried its change, a failure is reported as "may have
+/// been saved" (`504`), never as "nothing saved" (`503`).
+async fn count_out_gated(shared: &Arc<Shared>, key: &str, writes_at_join: u64, changed: bool) -> Result<(), Error> {
     /// What this user has to do once counted out.
     enum Then {
         Nothing,
@@ -479,37 +533,63 @@ async fn count_out(shared: &Arc<Shared>, mut claim: Claim) -> Result<(), Error> 
         /// The last user: finish the session.
         Finish(InFlight),
     }
-    let then = {
+    let (then, co_user_wrote) = {
         let mut map = shared.inflight.by_id.lock();
-        match map.get_mut(&*claim.key) {
-            None => Then::Nothing,
+        match map.get_mut(key) {
+            None => (Then::Nothing, false),
             Some(entry) if entry.users > 1 => {
                 entry.users -= 1;
-                if modified {
+                let co_user_wrote = entry.writes > writes_at_join;
+                if changed {
                     let lost = entry.lock.as_ref().is_some_and(HeldLock::is_lost);
-                    Then::Write(entry.session.clone(), entry.load, lost)
+                    (Then::Write(entry.session.clone(), entry.load, lost), co_user_wrote)
                 } else {
-                    Then::Nothing
+                    (Then::Nothing, co_user_wrote)
                 }
             }
-            Some(_) => map.remove(&*claim.key).map_or(Then::Nothing, Then::Finish),
+            Some(_) => {
+                let entry = map.remove(key);
+                let co_user_wrote = entry.as_ref().is_some_and(|e| e.writes > writes_at_join);
+                (entry.map_or(Then::Nothing, Then::Finish), co_user_wrote)
+            }
         }
     };
-    match then {
+    let result = match then {
         Then::Nothing => Ok(()),
         Then::Write(_, _, true) => Err(Error::LockLost),
         Then::Write(session, load, false) => {
+            let version = session.inner.lock().version;
             let written = store(shared, &session, load).await;
             if written.is_ok() {
                 // The copy in memcached is current: later writers need not
                 // re-create or relocate it again.
-                if let Some(entry) = shared.inflight.by_id.lock().get_mut(&*claim.key) {
-                    entry.load = entry.load.after_write();
+                if let Some(entry) = shared.inflight.by_id.lock().get_mut(key) {
+                    entry.load = entry.load.after_write(version);
+                    entry.writes += 1;
                 }
             }
             written
         }
         Then::Finish(entry) => finish_session(shared, entry).await,
+    };
+    match result {
+        Err(error) if changed && co_user_wrote => Err(maybe_saved(error)),
+        other => other,
+    }
+}
+
+/// A failure after a co-user's write that may have carried this request's
+/// change.
+fn maybe_saved(error: Error) -> Error {
+    match error {
+        Error::Backend { node, source } => Error::OutcomeUnknown { node, source },
+        Error::OutcomeUnknown { .. } => error,
+        other => Error::OutcomeUnknown {
+            node: "-".to_owned(),
+            source: crate::error::BackendError::Ambiguous(format!(
+                "{other}; a concurrent request of this instance wrote the session with this change before"
+            )),
+        },
     }
 }
 
@@ -548,14 +628,25 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
     let max_inactive = shared.config.max_inactive;
     let (id, invalidated, changed, obsolete) = {
         let inner = session.inner.lock();
-        let changed = inner.version != 0;
+        let changed = inner.version != load.version_written;
         (inner.id.clone(), inner.invalidated, changed, inner.obsolete_ids.clone())
     };
     if invalidated {
+        // A logout is acknowledged only once the session's copies are
+        // gone; otherwise it could come back with its node (504: retry).
+        let mut outcome = Ok(());
         for old in obsolete.iter().chain(std::iter::once(&id)) {
-            delete_session_keys(shared, old).await;
+            let deleted = delete_session_keys(shared, old).await;
+            // Copies under ids the session left (relocated off a dead
+            // node) are best effort; its current copy must go.
+            if let (Err(error), true) = (deleted, *old == id) {
+                outcome = Err(error);
+            }
         }
-        return Ok(());
+        return outcome.map_err(|error| match error {
+            Error::Backend { node, source } => Error::OutcomeUnknown { node, source },
+            other => other,
+        });
     }
     let now_ms = unix_ms(SystemTime::now());
     let due = max_inactive.is_some_and(|max| {
@@ -623,14 +714,21 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
             tracing::warn!(%error, "primary node failed; the backup copy is written and will be read next");
             Ok(())
         }
-        (Err(error), _) => {
+        (Err(error), backup_result) => {
             Stats::count(&counters.backups_failed);
             tracing::error!(%error, "a non-sticky session could not be saved");
-            Err(outcome_unknown(error))
+            // Either copy may have landed: then the change may be read later.
+            let backup_maybe =
+                matches!(&backup_result, Err(Error::Backend { source, .. }) if source.may_have_been_applied());
+            match (outcome_unknown(error), backup_maybe) {
+                (Error::Backend { node, source }, true) => Err(Error::OutcomeUnknown { node, source }),
+                (error, _) => Err(error),
+            }
         }
     };
     for old in obsolete.iter().filter(|old| **old != id) {
-        delete_session_keys(shared, old).await;
+        // Best effort: the session moved on to `id`.
+        let _ = delete_session_keys(shared, old).await;
     }
     outcome
 }
@@ -669,10 +767,16 @@ async fn write_copy(
 }
 
 /// Deletes the session, validity and backup keys of `id` (best effort;
-/// unavailable nodes are skipped).
-pub(crate) async fn delete_session_keys(shared: &Shared, id: &SessionId) {
+/// unavailable nodes are skipped). `Err` when the session's own copy may
+/// still be there: its node is down, or a delete of it failed.
+pub(crate) async fn delete_session_keys(shared: &Shared, id: &SessionId) -> Result<(), Error> {
     let Some(primary) = shared.node_index(id) else {
-        return;
+        return Ok(());
+    };
+    let mut outcome = if shared.nodes.get(primary).is_available() {
+        Ok(())
+    } else {
+        Err(unavailable(shared, primary))
     };
     let primary_keys = [shared.session_key(id), shared.validity_key(id)];
     let backup_keys = [shared.backup_key(id), shared.backup_validity_key(id)];
@@ -686,11 +790,15 @@ pub(crate) async fn delete_session_keys(shared: &Shared, id: &SessionId) {
     for (index, keys) in targets {
         let node = shared.nodes.get(index);
         for key in keys {
-            if let Ok(true) = node.call(|b| b.delete(key)).await {
-                Stats::count(&shared.stats.counters.deletes);
+            match node.call(|b| b.delete(key)).await {
+                Ok(true) => Stats::count(&shared.stats.counters.deletes),
+                Ok(false) => {}
+                Err(error) if index == primary => outcome = outcome.and(Err(error)),
+                Err(_) => {}
             }
         }
     }
+    outcome
 }
 
 /// Slides the inactivity clock of a session a request carried but did not
