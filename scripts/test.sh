@@ -31,6 +31,9 @@ bash scripts/fuzz.sh
 passed
 
 echo "== tests"
+# The end-to-end tests run target/debug/demo-app; they build it themselves
+# when it is stale, but building it here keeps that out of their timing.
+cargo build --locked -p demo-app
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
   # nextest does not run doctests
