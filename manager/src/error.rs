@@ -129,6 +129,11 @@ pub enum Error {
     /// `operationTimeout` and `lockFailure` is `fail`. Mapped to `503`.
     #[error("the session is locked by a concurrent request; retry the request")]
     LockUnavailable,
+    /// Non-sticky mode: another request changed the session after this
+    /// one read it, so this request's change — based on older data — was
+    /// refused and nothing of it saved. Mapped to `503` with `Retry-After`.
+    #[error("the session was changed by a concurrent request; nothing was saved, retry the request")]
+    Conflict,
     /// Non-sticky mode: memcached did not confirm the write of the
     /// request's change in time (a timeout, or a connection that broke
     /// after the write was sent): the change may or may not have been
@@ -170,7 +175,10 @@ impl Error {
     /// The error was caused by the request, not by the server: the client may
     /// retry or start over; never a reason for a 5xx other than 503.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::TakeoverInProgress | Self::LockUnavailable | Self::LockLost)
+        matches!(
+            self,
+            Self::TakeoverInProgress | Self::LockUnavailable | Self::LockLost | Self::Conflict
+        )
     }
 
     /// The error is a programming mistake in the application (wrong type

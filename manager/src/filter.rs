@@ -42,7 +42,7 @@ impl SessionRejection {
     fn to_response(&self) -> Response {
         let error = &self.0;
         let (status, body) = match error {
-            Error::TakeoverInProgress | Error::LockUnavailable | Error::LockLost => {
+            Error::TakeoverInProgress | Error::LockUnavailable | Error::LockLost | Error::Conflict => {
                 (StatusCode::SERVICE_UNAVAILABLE, error.to_string())
             }
             Error::OutcomeUnknown { .. } => (

@@ -106,14 +106,18 @@
 //! one loads it from memcached and writes it back at its end if it changed
 //! (the write completes before the response, so the next request sees it on
 //! any instance). Concurrent requests of one instance share one in-memory
-//! copy and the last to finish writes it. A validity record whose TTL is the
+//! copy; each request that changed it writes it before it answers, and the
+//! last to finish releases it. The session's copy is written back only if
+//! its CAS token is the one it was read with: a change based on older data
+//! is refused with `503` and nothing saved (never a silent overwrite). A validity record whose TTL is the
 //! inactivity clock is slid with `touch` by every request carrying the id,
 //! and a backup copy of session and validity lives on the next available
 //! node of the ring; a node that lost either copy gets it back at the next
 //! request, and a dead primary is replaced by its backup (relocation). The
 //! exact memcached operations per request kind are listed in the README.
 //!
-//! **Locking** (`lockingMode`): `none` (last writer wins), `all` (every
+//! **Locking** (`lockingMode`): `none` (concurrent changes: the first
+//! write wins, the others are refused with 503), `all` (every
 //! request that uses a session holds its lock), `uriPattern:<regex>` (the
 //! matching paths), `auto` (locks until a request kind — method + path — is
 //! seen not to change the session; a kind seen changing it always locks). A
@@ -124,7 +128,9 @@
 //! decides: `fail` (default) answers 503 with `Retry-After` and saves
 //! nothing — no update can be lost; `proceed` serves the request unlocked
 //! with a warning, as MSM does. A request whose lock expired anyway (it
-//! could not be renewed) answers 503 and saves nothing.
+//! could not be renewed) answers 503 and saves nothing. A lock is never
+//! left behind by a cancelled request (client hang-up): it is released at
+//! once. A write memcached did not confirm is `504` (may have been saved).
 //!
 //! # Hostile input and security options
 //!

@@ -147,6 +147,9 @@ counters! {
     locks_released,
     /// Non-sticky: session locks that expired during a request.
     locks_lost,
+    /// Non-sticky: writes refused because another request changed the
+    /// session since it was read (answered 503, nothing saved).
+    write_conflicts,
 }
 
 /// All figures at one moment.

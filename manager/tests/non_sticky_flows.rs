@@ -131,8 +131,10 @@ async fn parallel_increments_across_two_instances_lose_nothing_with_locking() {
 }
 
 #[tokio::test]
-async fn without_locking_parallel_increments_on_two_instances_can_lose_updates() {
-    // The reason locking exists: this documents the hazard, it does not require it.
+async fn without_locking_a_write_based_on_older_data_is_refused_not_lost() {
+    // Without a lock two instances can change one session at once; the
+    // write based on the older copy is refused (503, nothing saved)
+    // instead of silently overwriting the newer one.
     let cluster = Cluster::new(2);
     let a = cluster.manager(non_sticky().route("a"));
     let b = cluster.manager(non_sticky().route("b"));
@@ -143,12 +145,23 @@ async fn without_locking_parallel_increments_on_two_instances_can_lose_updates()
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(call(&b, "POST", "/count", Some(&id)).await.body, "2");
+    assert_eq!(call(&b, "POST", "/count", Some(&id)).await.body, "3");
+    let slow = slow.await.unwrap();
     assert_eq!(
-        slow.await.unwrap().body,
-        "2",
-        "a loaded before b wrote, and writes over it"
+        slow.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a loaded 1 before b wrote: refused"
     );
-    assert_eq!(call(&a, "GET", "/count", Some(&id)).await.body, "2", "one update lost");
+    assert_eq!(call(&a, "GET", "/count", Some(&id)).await.body, "3", "b's updates kept");
+    assert_eq!(a.statistics().counters.write_conflicts, 1);
+    // The backup copy holds b's writes, not a's refused one (which was
+    // sent to it in parallel): read it with the primary gone.
+    cluster.node(node_of(&id)).set_down(true);
+    assert_eq!(
+        call(&b, "GET", "/count", Some(&id)).await.body,
+        "3",
+        "the backup kept b's updates"
+    );
 }
 
 #[tokio::test]

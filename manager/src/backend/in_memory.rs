@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{Expiry, NodeBackend};
+use super::{Expiry, Item as StoreItem, NodeBackend, Versioned, WriteMode, WriteOutcome};
 use crate::error::BackendError;
 
 /// An in-process key/value store with memcached's expiry semantics.
@@ -201,6 +201,72 @@ impl NodeBackend for InMemoryNode {
             }
             _ => Ok(false),
         }
+    }
+
+    async fn get_and_touch_other(
+        &self,
+        key: &str,
+        touch_key: &str,
+        expiry: Expiry,
+    ) -> Result<(Option<Versioned>, bool), BackendError> {
+        self.counts.touches.fetch_add(1, Ordering::Relaxed);
+        self.check(&self.counts.gets).await?;
+        let now = Instant::now();
+        let mut items = self.items.lock();
+        let value = items.get(key).filter(|item| item.live(now)).map(|item| Versioned {
+            value: item.value.clone(),
+            cas: item.cas,
+        });
+        let touched = match items.get_mut(touch_key) {
+            Some(item) if item.live(now) => {
+                item.expires_at = deadline(expiry, now);
+                true
+            }
+            _ => false,
+        };
+        Ok((value, touched))
+    }
+
+    async fn set_pair_as(
+        &self,
+        first: StoreItem<'_>,
+        mode: WriteMode,
+        second: StoreItem<'_>,
+    ) -> Result<WriteOutcome, BackendError> {
+        self.counts.sets.fetch_add(1, Ordering::Relaxed);
+        self.check(&self.counts.sets).await?;
+        let now = Instant::now();
+        let mut items = self.items.lock();
+        let current = items.get(first.key).filter(|item| item.live(now)).map(|item| item.cas);
+        let allowed = match mode {
+            WriteMode::Set => true,
+            WriteMode::Add => current.is_none(),
+            WriteMode::IfCas(cas) => current == Some(cas),
+        };
+        let outcome = if allowed {
+            let cas = self.cas();
+            items.insert(
+                first.key.to_owned(),
+                Item {
+                    value: first.value.to_vec(),
+                    expires_at: deadline(first.expiry, now),
+                    cas,
+                },
+            );
+            WriteOutcome::Stored(cas)
+        } else {
+            WriteOutcome::Refused
+        };
+        let cas = self.cas();
+        items.insert(
+            second.key.to_owned(),
+            Item {
+                value: second.value.to_vec(),
+                expires_at: deadline(second.expiry, now),
+                cas,
+            },
+        );
+        Ok(outcome)
     }
 
     async fn replace_if_cas(

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use memcache::exp::{AsyncMemcache, Error as ClientError, Get, Op, OpResult, Set, Ttl};
+use memcache::exp::{AsyncMemcache, Error as ClientError, Get, Meta, MutationStatus, Op, OpResult, Set, Ttl};
 
-use super::{Expiry, Item, NodeBackend};
+use super::{Expiry, Item, NodeBackend, Versioned, WriteMode, WriteOutcome};
 use crate::error::BackendError;
 
 /// Idle connections kept per node. Above the peak number of concurrent
@@ -182,22 +182,57 @@ impl NodeBackend for MemcachedNode {
         key: &str,
         touch_key: &str,
         expiry: Expiry,
-    ) -> Result<(Option<Vec<u8>>, bool), BackendError> {
+    ) -> Result<(Option<Versioned>, bool), BackendError> {
         let [got, touched] = self
             .batch([
-                Get::new(key).into(),
+                Get::new(key).meta(Meta::NONE.cas()).into(),
                 Get::new(touch_key).touch(ttl(expiry)).without_value().into(),
             ])
             .await?;
         let unexpected = || BackendError::Protocol("batch answered with the wrong result kind".to_owned());
-        let value = got
-            .as_get()
-            .ok_or_else(unexpected)?
-            .value
-            .clone()
-            .filter(|v| !v.is_empty());
+        let got = got.as_get().ok_or_else(unexpected)?;
+        let value = match got.value.clone().filter(|v| !v.is_empty()) {
+            None => None,
+            Some(value) => Some(Versioned {
+                value,
+                cas: got
+                    .item
+                    .cas
+                    .ok_or_else(|| BackendError::Protocol("memcached did not return the CAS token".to_owned()))?,
+            }),
+        };
         let exists = touched.as_get().ok_or_else(unexpected)?.hit();
         Ok((value, exists))
+    }
+
+    async fn set_pair_as(
+        &self,
+        first: Item<'_>,
+        mode: WriteMode,
+        second: Item<'_>,
+    ) -> Result<WriteOutcome, BackendError> {
+        let conditional = Set::new(first.key, first.value).ttl(ttl(first.expiry)).return_cas();
+        let conditional = match mode {
+            WriteMode::Set => conditional,
+            WriteMode::Add => conditional.add(),
+            WriteMode::IfCas(cas) => conditional.compare_cas(cas),
+        };
+        let [stored, _] = self
+            .batch([
+                conditional.into(),
+                Set::new(second.key, second.value).ttl(ttl(second.expiry)).into(),
+            ])
+            .await?;
+        let stored = stored
+            .as_mutation()
+            .ok_or_else(|| BackendError::Protocol("batch answered with the wrong result kind".to_owned()))?;
+        match stored.status {
+            MutationStatus::Applied => stored
+                .cas
+                .map(WriteOutcome::Stored)
+                .ok_or_else(|| BackendError::Protocol("memcached did not return the CAS token".to_owned())),
+            _ => Ok(WriteOutcome::Refused),
+        }
     }
 
     async fn set_many(&self, items: &[Item<'_>]) -> Vec<Result<(), BackendError>> {

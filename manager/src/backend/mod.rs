@@ -72,17 +72,24 @@ pub trait NodeBackend: Send + Sync + 'static {
     /// Deletes a key; `false` when it was not there.
     async fn delete(&self, key: &str) -> Result<bool, BackendError>;
 
-    /// Reads `key` and slides the expiry of `touch_key` (is it there?) —
-    /// one round trip where the backend can pipeline (memcached does).
+    /// Reads `key` with its CAS token and slides the expiry of `touch_key`
+    /// (is it there?) — one round trip where the backend can pipeline
+    /// (memcached does).
     async fn get_and_touch_other(
         &self,
         key: &str,
         touch_key: &str,
         expiry: Expiry,
-    ) -> Result<(Option<Vec<u8>>, bool), BackendError> {
-        let (value, touched) = tokio::join!(self.get(key), self.touch(touch_key, expiry));
-        Ok((value?, touched?))
-    }
+    ) -> Result<(Option<Versioned>, bool), BackendError>;
+
+    /// Stores `first` as `mode` says and `second` unconditionally — one
+    /// round trip where the backend pipelines. The outcome is `first`'s.
+    async fn set_pair_as(
+        &self,
+        first: Item<'_>,
+        mode: WriteMode,
+        second: Item<'_>,
+    ) -> Result<WriteOutcome, BackendError>;
 
     /// Stores many items — one round trip where the backend can pipeline —
     /// with one outcome per item, in order.
@@ -99,6 +106,35 @@ pub trait NodeBackend: Send + Sync + 'static {
     async fn set_pair(&self, first: Item<'_>, second: Item<'_>) -> Result<(), BackendError> {
         self.set_many(&[first, second]).await.into_iter().collect()
     }
+}
+
+/// A value with the CAS token it had when it was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value.
+    pub value: Vec<u8>,
+    /// Its CAS token: changes with every write of the item.
+    pub cas: u64,
+}
+
+/// When a conditional write stores its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Always.
+    Set,
+    /// Only if the key is absent.
+    Add,
+    /// Only if the item's CAS token is still this one.
+    IfCas(u64),
+}
+
+/// What a conditional write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Stored; the item's new CAS token.
+    Stored(u64),
+    /// Not stored: the key exists (add), or was changed or is gone (CAS).
+    Refused,
 }
 
 /// One item to store.

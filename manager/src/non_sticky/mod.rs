@@ -44,7 +44,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use self::lock::HeldLock;
-use crate::backend::{Expiry, Item};
+use crate::backend::{Expiry, Item, WriteMode, WriteOutcome};
 use crate::envelope::{self, SessionRecord};
 use crate::error::Error;
 use crate::locking_mode::LockFailure;
@@ -72,14 +72,20 @@ pub(crate) struct LoadInfo {
     /// The session's version in the last write by this instance (0: as
     /// loaded): a change is what came after it.
     version_written: u64,
+    /// CAS token of the primary copy as read (or last written) here, with
+    /// the key it belongs to: the next write of that key is conditional on
+    /// it. Any other key (new session, re-created from the backup,
+    /// relocated, new id) is written with an add.
+    cas: Option<(u64, u64)>,
 }
 
 impl LoadInfo {
     /// What is left to do once the session was written.
-    fn after_write(self, version: u64) -> LoadInfo {
+    fn after_write(self, version: u64, cas: Option<(u64, u64)>) -> LoadInfo {
         LoadInfo {
             written_ms: unix_ms(SystemTime::now()),
             version_written: version,
+            cas: cas.or(self.cas),
             ..LoadInfo::default()
         }
     }
@@ -366,13 +372,14 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
             Err(error) => (Err(error), Ok(false)),
         };
         match (data, valid) {
-            (Ok(Some(bytes)), Ok(true)) => {
+            (Ok(Some(stored)), Ok(true)) => {
                 Stats::count(&counters.loads);
-                let Some(record) = shared.read_record(&data_key, &bytes, primary) else {
+                let Some(record) = shared.read_record(&data_key, &stored.value, primary) else {
                     return Ok(None);
                 };
                 let load = LoadInfo {
                     backup_missing,
+                    cas: Some((key_tag(&data_key), stored.cas)),
                     ..LoadInfo::default()
                 };
                 return Ok(Some(loaded(id, id.clone(), record, load)));
@@ -472,7 +479,7 @@ async fn load_backup(
     let (Some(bytes), true) = (data, valid) else {
         return Ok(None);
     };
-    let Some(record) = shared.read_record(&data_key, &bytes, node) else {
+    let Some(record) = shared.read_record(&data_key, &bytes.value, node) else {
         return Ok(None);
     };
     Stats::count(&shared.stats.counters.backup_node_loads);
@@ -559,16 +566,23 @@ async fn count_out_gated(shared: &Arc<Shared>, key: &str, writes_at_join: u64, c
         Then::Write(_, _, true) => Err(Error::LockLost),
         Then::Write(session, load, false) => {
             let version = session.inner.lock().version;
-            let written = store(shared, &session, load).await;
-            if written.is_ok() {
-                // The copy in memcached is current: later writers need not
-                // re-create or relocate it again.
-                if let Some(entry) = shared.inflight.by_id.lock().get_mut(key) {
-                    entry.load = entry.load.after_write(version);
-                    entry.writes += 1;
+            let (key_now, written) = {
+                let id = session.inner.lock().id.clone();
+                (key_tag(&shared.session_key(&id)), store(shared, &session, load).await)
+            };
+            match written {
+                Ok(cas) => {
+                    // The copy in memcached is current: later writers need
+                    // not re-create or relocate it again, and write on top
+                    // of this write.
+                    if let Some(entry) = shared.inflight.by_id.lock().get_mut(key) {
+                        entry.load = entry.load.after_write(version, cas.map(|cas| (key_now, cas)));
+                        entry.writes += 1;
+                    }
+                    Ok(())
                 }
+                Err(error) => Err(error),
             }
-            written
         }
         Then::Finish(entry) => finish_session(shared, entry).await,
     };
@@ -598,7 +612,7 @@ async fn finish_session(shared: &Arc<Shared>, entry: InFlight) -> Result<(), Err
     let result = if lost {
         Err(Error::LockLost)
     } else {
-        store(shared, &entry.session, entry.load).await
+        store(shared, &entry.session, entry.load).await.map(drop)
     };
     if let Some(lock) = entry.lock {
         lock::release(lock).await;
@@ -612,7 +626,7 @@ pub(crate) async fn store_new(shared: &Arc<Shared>, session: &Arc<SessionState>)
         new: true,
         ..LoadInfo::default()
     };
-    store(shared, session, load).await
+    store(shared, session, load).await.map(drop)
 }
 
 /// Brings memcached in line with the session: delete it (invalidated),
@@ -623,7 +637,7 @@ pub(crate) async fn store_new(shared: &Arc<Shared>, session: &Arc<SessionState>)
 /// primary write failed while its node still answers (a `SERVER_ERROR`), or
 /// both copies failed. A primary that is down while the backup was written
 /// is fine: the next request reads the backup.
-async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> Result<(), Error> {
+async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> Result<Option<u64>, Error> {
     let counters = &shared.stats.counters;
     let max_inactive = shared.config.max_inactive;
     let (id, invalidated, changed, obsolete) = {
@@ -643,7 +657,7 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
                 outcome = Err(error);
             }
         }
-        return outcome.map_err(|error| match error {
+        return outcome.map(|()| None).map_err(|error| match error {
             Error::Backend { node, source } => Error::OutcomeUnknown { node, source },
             other => other,
         });
@@ -655,7 +669,7 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
     let write_primary = changed || due || load.new || load.primary_missing || !obsolete.is_empty();
     if !write_primary && !load.backup_missing {
         Stats::count(&counters.backups_skipped);
-        return Ok(());
+        return Ok(None);
     }
     let relocated = !obsolete.is_empty();
     if (load.primary_missing && !relocated) || (load.backup_missing && !changed && !load.new) {
@@ -684,53 +698,135 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
     }
     .encode();
     let backup = shared.nodes.next_available(primary);
+    let data_key = shared.session_key(&id);
+    // Never over a newer copy: conditional on the token it was read with.
+    let primary_mode = match load.cas {
+        Some((tag, cas)) if tag == key_tag(&data_key) => WriteMode::IfCas(cas),
+        _ => WriteMode::Add,
+    };
     let started = Instant::now();
-    let primary_write = async {
-        if !write_primary {
-            return Ok(());
-        }
-        let keys = (shared.session_key(&id), shared.validity_key(&id));
-        write_copy(shared, primary, keys, &bytes, &validity).await
-    };
-    let backup_write = async {
-        let Some(backup) = backup else { return Ok(()) };
-        let keys = (shared.backup_key(&id), shared.backup_validity_key(&id));
-        write_copy(shared, backup, keys, &bytes, &validity).await
-    };
-    let (primary_result, backup_result) = tokio::join!(primary_write, backup_write);
-    shared.stats.backup_time.record_duration(started.elapsed());
-    let outcome = match (primary_result, backup_result) {
-        (Ok(()), Ok(())) => {
-            Stats::count(&counters.backups_written);
-            Ok(())
-        }
-        (Ok(()), Err(error)) => {
-            Stats::count(&counters.backups_failed);
-            tracing::warn!(%error, "writing a non-sticky backup copy failed; the primary copy is written");
-            Ok(())
-        }
-        (Err(error), Ok(())) if error.is_unavailable() && backup.is_some() => {
-            Stats::count(&counters.backups_failed);
-            tracing::warn!(%error, "primary node failed; the backup copy is written and will be read next");
-            Ok(())
-        }
-        (Err(error), backup_result) => {
-            Stats::count(&counters.backups_failed);
-            tracing::error!(%error, "a non-sticky session could not be saved");
-            // Either copy may have landed: then the change may be read later.
-            let backup_maybe =
-                matches!(&backup_result, Err(Error::Backend { source, .. }) if source.may_have_been_applied());
-            match (outcome_unknown(error), backup_maybe) {
-                (Error::Backend { node, source }, true) => Err(Error::OutcomeUnknown { node, source }),
-                (error, _) => Err(error),
+    let primary_keys = || (shared.session_key(&id), shared.validity_key(&id));
+    let backup_keys = || (shared.backup_key(&id), shared.backup_validity_key(&id));
+    let outcome = if changed || load.new || relocated {
+        // Both copies at once; a refused primary write means another
+        // request changed the session since it was read: nothing of this
+        // one is kept (the backup gets the primary's copy back).
+        let primary_write = write_copy(shared, primary, primary_keys(), &bytes, &validity, primary_mode);
+        let backup_write = async {
+            let Some(backup) = backup else {
+                return Ok(WriteOutcome::Stored(0));
+            };
+            write_copy(shared, backup, backup_keys(), &bytes, &validity, WriteMode::Set).await
+        };
+        let (primary_result, backup_result) = tokio::join!(primary_write, backup_write);
+        match (primary_result, backup_result) {
+            (Ok(WriteOutcome::Refused), _) => {
+                Stats::count(&counters.write_conflicts);
+                if let Some(backup) = backup {
+                    restore_backup_from_primary(shared, &id, primary, backup).await;
+                }
+                Err(Error::Conflict)
+            }
+            (Ok(WriteOutcome::Stored(cas)), Ok(_)) => {
+                Stats::count(&counters.backups_written);
+                Ok(Some(cas))
+            }
+            (Ok(WriteOutcome::Stored(cas)), Err(error)) => {
+                Stats::count(&counters.backups_failed);
+                tracing::warn!(%error, "writing a non-sticky backup copy failed; the primary copy is written");
+                Ok(Some(cas))
+            }
+            (Err(error), Ok(_)) if error.is_unavailable() && backup.is_some() => {
+                Stats::count(&counters.backups_failed);
+                tracing::warn!(%error, "primary node failed; the backup copy is written and will be read next");
+                Ok(None)
+            }
+            (Err(error), backup_result) => {
+                Stats::count(&counters.backups_failed);
+                tracing::error!(%error, "a non-sticky session could not be saved");
+                // Either copy may have landed: then the change may be read later.
+                let backup_maybe =
+                    matches!(&backup_result, Err(Error::Backend { source, .. }) if source.may_have_been_applied());
+                match (outcome_unknown(error), backup_maybe) {
+                    (Error::Backend { node, source }, true) => Err(Error::OutcomeUnknown { node, source }),
+                    (error, _) => Err(error),
+                }
             }
         }
+    } else {
+        // Unchanged (read-only request): re-create what is missing, or
+        // rewrite what is due — never over a newer copy, and the backup
+        // only after the primary was kept, so an older copy read here never
+        // replaces a newer write of another request.
+        let mut primary_kept = !write_primary;
+        let mut new_cas = None;
+        if write_primary {
+            match write_copy(shared, primary, primary_keys(), &bytes, &validity, primary_mode).await {
+                Ok(WriteOutcome::Stored(cas)) => {
+                    primary_kept = true;
+                    new_cas = Some(cas);
+                }
+                // Changed meanwhile: that write refreshed both copies.
+                Ok(WriteOutcome::Refused) => {}
+                Err(error) => tracing::warn!(%error, "refreshing a non-sticky session failed"),
+            }
+        }
+        let mut wrote = new_cas.is_some();
+        if let Some(backup) = backup.filter(|_| primary_kept && (write_primary || load.backup_missing)) {
+            let mode = if write_primary { WriteMode::Set } else { WriteMode::Add };
+            match write_copy(shared, backup, backup_keys(), &bytes, &validity, mode).await {
+                Ok(outcome) => wrote |= outcome != WriteOutcome::Refused,
+                Err(error) => {
+                    Stats::count(&counters.backups_failed);
+                    tracing::warn!(%error, "re-creating a non-sticky backup copy failed");
+                }
+            }
+        }
+        if wrote {
+            Stats::count(&counters.backups_written);
+        }
+        Ok(new_cas)
     };
+    shared.stats.backup_time.record_duration(started.elapsed());
     for old in obsolete.iter().filter(|old| **old != id) {
         // Best effort: the session moved on to `id`.
         let _ = delete_session_keys(shared, old).await;
     }
     outcome
+}
+
+/// A short fingerprint of a storage key, to tell which key a CAS token
+/// belongs to.
+fn key_tag(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// After a refused write of the primary copy: puts the primary's current
+/// copy back over the backup this request just wrote, so the backup never
+/// keeps a change that was answered "nothing saved" (best effort; the
+/// next write of the session rewrites both anyway).
+async fn restore_backup_from_primary(shared: &Shared, id: &SessionId, primary: NodeIndex, backup: NodeIndex) {
+    let data_key = shared.session_key(id);
+    let Ok(Some(current)) = shared.nodes.get(primary).call(|b| b.get(&data_key)).await else {
+        return;
+    };
+    let Some(plain) = shared.open(&data_key, &current).map(|p| p.into_owned()) else {
+        return;
+    };
+    let backup_key = shared.backup_key(id);
+    let sealed = shared.seal(&backup_key, &plain);
+    let expiry = data_expiry(shared.config.max_inactive);
+    if let Err(error) = shared
+        .nodes
+        .get(backup)
+        .call(|b| b.set(&backup_key, &sealed, expiry))
+        .await
+    {
+        tracing::warn!(%error, "restoring the backup copy after a refused write failed");
+    }
 }
 
 /// A failed write that may still have been carried out is reported as
@@ -750,7 +846,8 @@ async fn write_copy(
     (data_key, validity_key): (String, String),
     bytes: &[u8],
     validity: &[u8],
-) -> Result<(), Error> {
+    mode: WriteMode,
+) -> Result<WriteOutcome, Error> {
     let max_inactive = shared.config.max_inactive;
     let sealed = shared.seal(&data_key, bytes);
     let data = Item {
@@ -763,7 +860,11 @@ async fn write_copy(
         value: validity,
         expiry: validity_expiry(max_inactive),
     };
-    shared.nodes.get(node).call(|b| b.set_pair(data, validity)).await
+    shared
+        .nodes
+        .get(node)
+        .call(|b| b.set_pair_as(data, mode, validity))
+        .await
 }
 
 /// Deletes the session, validity and backup keys of `id` (best effort;
