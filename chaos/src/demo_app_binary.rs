@@ -1,7 +1,6 @@
 //! Finding (and building) the `demo-app` binary.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use crate::error::Error;
@@ -83,37 +82,19 @@ fn profile_dir() -> Result<PathBuf, Error> {
     Ok(dir)
 }
 
-/// Runs `cargo build -p demo-app` for the profile of `profile_dir`.
+/// Runs `cargo build -p demo-app` for the profile of `profile_dir`
+/// (nothing when not run from the source tree, or when there is no cargo
+/// but a binary: that binary will do).
 fn cargo_build(profile_dir: &Path, binary: &Path) -> Result<(), Error> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let (Some(profile), Some(target_dir)) = (
-        profile_dir.file_name().and_then(|name| name.to_str()),
-        profile_dir.parent(),
-    ) else {
-        return Ok(());
-    };
-    if !manifest.is_file() {
-        // Not run from the source tree: use whatever binary is there.
-        return Ok(());
-    }
-    let profile = if profile == "debug" { "dev" } else { profile };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(["build", "--quiet", "-p", "demo-app", "--profile", profile])
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .status();
-    match status {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(Error::DemoAppBuild {
+    match integration_tests::cargo_build_demo_app(profile_dir) {
+        Ok(Some(status)) if status.success() => Ok(()),
+        Ok(Some(status)) => Err(Error::DemoAppBuild {
             status: status.to_string(),
         }),
-        // No cargo here: an existing binary will do.
+        Ok(None) => Ok(()),
         Err(_) if binary.is_file() => Ok(()),
         Err(source) => Err(Error::Spawn {
-            what: format!("{} build -p demo-app", Path::new(&cargo).display()),
+            what: "cargo build -p demo-app".to_owned(),
             source,
         }),
     }

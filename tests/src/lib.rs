@@ -1138,17 +1138,43 @@ pub fn demo_app_binary() -> PathBuf {
 
 /// Runs `cargo build -p demo-app` into `profile_dir` (`<target>/<profile>`).
 fn build_demo_app(profile_dir: &Path) -> Result<(), String> {
+    match cargo_build_demo_app(profile_dir) {
+        Ok(Some(status)) if status.success() => Ok(()),
+        Ok(Some(status)) => Err(format!(
+            "`cargo build -p demo-app` into {} failed ({status}); see its output above, \
+             or set DEMO_APP_BIN to a prebuilt binary",
+            profile_dir.display()
+        )),
+        Ok(None) => Err(format!("cannot tell the cargo profile of {}", profile_dir.display())),
+        Err(err) => Err(format!("cannot run `cargo build -p demo-app`: {err}")),
+    }
+}
+
+/// Runs `cargo build --quiet -p demo-app` for the cargo profile whose
+/// output directory is `profile_dir` (`<target>/<profile>`, as the
+/// running test or tool executable finds it), with this workspace's
+/// manifest. `Ok(None)`: not run — no profile can be told from the
+/// directory, or the workspace sources are not there. Otherwise cargo's
+/// exit status (its output goes to this process's stdout and stderr).
+///
+/// # Errors
+///
+/// When cargo cannot be started (`$CARGO`, else `cargo` on `PATH`).
+pub fn cargo_build_demo_app(profile_dir: &Path) -> io::Result<Option<ExitStatus>> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let (Some(profile), Some(target_dir)) = (
         profile_dir.file_name().and_then(|name| name.to_str()),
         profile_dir.parent(),
     ) else {
-        return Err(format!("cannot tell the cargo profile of {}", profile_dir.display()));
+        return Ok(None);
     };
+    if !manifest.is_file() {
+        return Ok(None);
+    }
     // The `dev` profile builds into `debug/`; every other profile into its name.
     let profile = if profile == "debug" { "dev" } else { profile };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(&cargo)
+    Command::new(&cargo)
         .args(["build", "--quiet", "-p", "demo-app", "--profile", profile])
         .arg("--manifest-path")
         .arg(&manifest)
@@ -1156,15 +1182,7 @@ fn build_demo_app(profile_dir: &Path) -> Result<(), String> {
         .arg(target_dir)
         .stdin(Stdio::null())
         .status()
-        .map_err(|err| format!("cannot run `{} build -p demo-app`: {err}", Path::new(&cargo).display()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`cargo build -p demo-app --profile {profile}` failed ({status}); see its output above, \
-             or set DEMO_APP_BIN to a prebuilt binary"
-        ))
-    }
+        .map(Some)
 }
 
 /// The real `demo-app` binary, running as a child process on

@@ -66,6 +66,11 @@ fn ttl(expiry: Expiry) -> Ttl {
     }
 }
 
+/// A reply that should carry a CAS token (`c` was asked for) but does not.
+fn no_cas_token() -> BackendError {
+    BackendError::Protocol("memcached did not return the CAS token".to_owned())
+}
+
 fn map_error(error: ClientError, timeout: Duration) -> BackendError {
     match error {
         ClientError::Io(e) => BackendError::Unreachable(e.to_string()),
@@ -117,10 +122,7 @@ impl NodeBackend for MemcachedNode {
         if !result.applied() {
             return Ok(None);
         }
-        result
-            .cas
-            .map(Some)
-            .ok_or_else(|| BackendError::Protocol("memcached did not return the CAS token".to_owned()))
+        result.cas.map(Some).ok_or_else(no_cas_token)
     }
 
     async fn delete_if_cas(&self, key: &str, cas: u64) -> Result<bool, BackendError> {
@@ -156,10 +158,7 @@ impl NodeBackend for MemcachedNode {
             // EX (another token) or NF (gone).
             return Ok(None);
         }
-        result
-            .cas
-            .map(Some)
-            .ok_or_else(|| BackendError::Protocol("memcached did not return the CAS token".to_owned()))
+        result.cas.map(Some).ok_or_else(no_cas_token)
     }
 
     async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError> {
@@ -195,10 +194,7 @@ impl NodeBackend for MemcachedNode {
             None => None,
             Some(value) => Some(Versioned {
                 value,
-                cas: got
-                    .item
-                    .cas
-                    .ok_or_else(|| BackendError::Protocol("memcached did not return the CAS token".to_owned()))?,
+                cas: got.item.cas.ok_or_else(no_cas_token)?,
             }),
         };
         let exists = touched.as_get().ok_or_else(unexpected)?.hit();
@@ -227,10 +223,7 @@ impl NodeBackend for MemcachedNode {
             .as_mutation()
             .ok_or_else(|| BackendError::Protocol("batch answered with the wrong result kind".to_owned()))?;
         match stored.status {
-            MutationStatus::Applied => stored
-                .cas
-                .map(WriteOutcome::Stored)
-                .ok_or_else(|| BackendError::Protocol("memcached did not return the CAS token".to_owned())),
+            MutationStatus::Applied => stored.cas.map(WriteOutcome::Stored).ok_or_else(no_cas_token),
             _ => Ok(WriteOutcome::Refused),
         }
     }
