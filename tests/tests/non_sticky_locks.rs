@@ -130,3 +130,40 @@ async fn a_renewal_never_extends_a_lock_that_is_no_longer_ours() {
         "the lost request's change was not saved"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_whose_add_timed_out_is_removed_when_it_lands() {
+    init_tracing();
+    let cluster = Cluster::start(1);
+    let config = fast_config(&cluster.spec())
+        .sticky(false)
+        .locking_mode("all")
+        .lock_expiration(Duration::from_secs(8))
+        .operation_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let app = TestApp::start(config).await;
+    let mut client = SessionClient::new(app.base_url());
+    assert_eq!(client.post("/incr").await.ok().count(), 1);
+    // The node freezes: the lock's add is sent but not answered in time.
+    cluster.nodes[0].freeze();
+    assert_eq!(client.post("/incr").await.status, 503);
+    // It thaws: memcached now carries out the add nobody waits for.
+    cluster.nodes[0].thaw();
+    // Well before lockExpiration (8 s) the lock is gone again, and the
+    // session answers.
+    eventually(Duration::from_secs(4), "the late lock is removed", || {
+        lock_keys(&cluster).is_empty()
+    })
+    .await;
+    let mut count = None;
+    for _ in 0..40 {
+        let reply = client.post("/incr").await;
+        if reply.status == 200 {
+            count = Some(reply.count());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count, Some(2), "the session is not left locked");
+}

@@ -203,6 +203,20 @@ impl NodeBackend for InMemoryNode {
         }
     }
 
+    async fn get_with_cas(&self, key: &str) -> Result<Option<Versioned>, BackendError> {
+        self.check(&self.counts.gets).await?;
+        let now = Instant::now();
+        Ok(self
+            .items
+            .lock()
+            .get(key)
+            .filter(|item| item.live(now))
+            .map(|item| Versioned {
+                value: item.value.clone(),
+                cas: item.cas,
+            }))
+    }
+
     async fn get_and_touch_other(
         &self,
         key: &str,

@@ -94,6 +94,24 @@ impl NodeBackend for MemcachedNode {
         self.client.get::<Vec<u8>>(key).await.map_err(|e| self.error(e))
     }
 
+    async fn get_with_cas(&self, key: &str) -> Result<Option<Versioned>, BackendError> {
+        let got = self
+            .client
+            .meta()
+            .get(key)
+            .meta(Meta::NONE.cas())
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        match got.value.filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(value) => Ok(Some(Versioned {
+                value,
+                cas: got.item.cas.ok_or_else(no_cas_token)?,
+            })),
+        }
+    }
+
     async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError> {
         self.client
             .set(key, value, ttl(expiry))

@@ -22,7 +22,7 @@
 //! changed the token. A lock left by a crashed instance expires after
 //! `lockExpiration`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -110,7 +110,16 @@ async fn acquire_here(shared: Arc<Shared>, node: NodeIndex, key: String) -> Resu
     let deadline = started + config.operation_timeout;
     let mut backoff = FIRST_BACKOFF;
     let expiry = Expiry::After(config.lock_expiration);
-    let value = shared.instance_token.as_bytes();
+    // Unique per acquisition, so a lock whose `add` timed out can later be
+    // recognised as ours and removed.
+    static ACQUISITIONS: AtomicU64 = AtomicU64::new(0);
+    let value = format!(
+        "{}:{}",
+        shared.instance_token,
+        ACQUISITIONS.fetch_add(1, Ordering::Relaxed)
+    )
+    .into_bytes();
+    let value = value.as_slice();
     loop {
         let sent = Instant::now();
         let acquired = shared
@@ -138,6 +147,14 @@ async fn acquire_here(shared: Arc<Shared>, node: NodeIndex, key: String) -> Resu
             Ok(None) => {}
             Err(error) => {
                 Stats::count(&counters.lock_failures);
+                if let Error::Backend { source, .. } = &error {
+                    if source.may_have_been_applied() {
+                        // The add may still land (a frozen node that
+                        // thaws): remove it then, rather than leave the
+                        // session locked until lockExpiration.
+                        tokio::spawn(remove_if_landed(Arc::downgrade(shared), node, key, value.to_vec()));
+                    }
+                }
                 return Err(error);
             }
         }
@@ -149,6 +166,34 @@ async fn acquire_here(shared: Arc<Shared>, node: NodeIndex, key: String) -> Resu
         }
         tokio::time::sleep(backoff.min(deadline - now)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Watches for a lock whose `add` timed out to appear with our value, and
+/// deletes it (CAS-guarded) when it does; gives up once it would have
+/// expired anyway.
+async fn remove_if_landed(shared: Weak<Shared>, node: NodeIndex, key: String, value: Vec<u8>) {
+    const EVERY: Duration = Duration::from_millis(200);
+    let Some(expiration) = shared.upgrade().map(|s| s.config.lock_expiration) else {
+        return;
+    };
+    let give_up = Instant::now() + expiration;
+    while Instant::now() < give_up {
+        tokio::time::sleep(EVERY).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match shared.nodes.get(node).call(|b| b.get_with_cas(&key)).await {
+            Ok(Some(found)) if found.value == value => {
+                let _ = shared.nodes.get(node).call(|b| b.delete_if_cas(&key, found.cas)).await;
+                tracing::info!("removed a session lock whose acquisition had timed out");
+                return;
+            }
+            // Someone else's: ours never landed (an add cannot replace it).
+            Ok(Some(_)) => return,
+            // Not there (yet), or the node still does not answer.
+            Ok(None) | Err(_) => {}
+        }
     }
 }
 
