@@ -312,8 +312,6 @@ impl Scenario {
 const TWO_SECONDS: Duration = Duration::from_secs(2);
 /// The issue that makes non-sticky mode keep its promises under these faults.
 const NON_STICKY_V2: &str = "#10 Non-sticky mode v2";
-/// The issue that makes sticky takeovers release their claims.
-const STICKY_FINAL: &str = "#11 Sticky mode: what was acknowledged or logged out stays so";
 
 /// Every scenario, in the order `chaos-local` runs them; `freeze` is how
 /// long a frozen node stays stopped (and a partition lasts).
@@ -377,15 +375,8 @@ pub fn all(freeze: Duration) -> Vec<Scenario> {
             app_kill_effects.clone(),
         )
         .sync_backup();
-        if sticky {
-            // A session taken over a1 -> a2 -> a1 cannot go back to a2 for
-            // 30 s: the first takeover's claim is never released (503).
-            scenarios.push(rolling.pending(STICKY_FINAL));
-            scenarios.push(kill_during_restart.pending(STICKY_FINAL));
-        } else {
-            scenarios.push(rolling);
-            scenarios.push(kill_during_restart);
-        }
+        scenarios.push(rolling);
+        scenarios.push(kill_during_restart);
         let partition = new(
             "partition",
             Fault::Partition {

@@ -112,6 +112,23 @@ async fn take_over(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<Arc<Se
     }
 }
 
+/// Whether the takeover claim `claim` names this instance's route: a
+/// claim left by an earlier takeover of ours (this process's takeovers of
+/// one id run one at a time), which must not make us wait on ourselves —
+/// e.g. a session taken over a1 → a2 → a1 and then back by a2.
+async fn claimed_by_us(shared: &Shared, index: usize, claim: &str) -> bool {
+    let Some(route) = shared.config.route() else {
+        return false;
+    };
+    let Ok(Some(value)) = shared.nodes.get(index).call(|b| b.get(claim)).await else {
+        return false;
+    };
+    std::str::from_utf8(&value)
+        .ok()
+        .and_then(|id| id.rsplit_once('.'))
+        .is_some_and(|(_, claimed_for)| claimed_for == route)
+}
+
 async fn load_and_claim(
     shared: &Arc<Shared>,
     id: &SessionId,
@@ -131,7 +148,7 @@ async fn load_and_claim(
             .call(|b| b.add(claim, new_id.as_str().as_bytes(), Expiry::After(TAKEOVER_CLAIM_TTL)))
             .await
             .inspect_err(|_| Stats::count(&counters.load_failures))?;
-        if !claimed {
+        if !claimed && !claimed_by_us(shared, index, claim).await {
             Stats::count(&counters.takeover_conflicts);
             tracing::warn!(node = %node.label(), "another instance is taking this session over");
             return Err(Error::TakeoverInProgress);
