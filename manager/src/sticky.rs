@@ -153,6 +153,13 @@ async fn load_and_claim(
             tracing::warn!(node = %node.label(), "another instance is taking this session over");
             return Err(Error::TakeoverInProgress);
         }
+        if !claimed {
+            // Our own older claim: renew it for this takeover, so it does
+            // not expire while this one runs.
+            let _ = node
+                .call(|b| b.set(claim, new_id.as_str().as_bytes(), Expiry::After(TAKEOVER_CLAIM_TTL)))
+                .await;
+        }
     }
     let key = shared.session_key(id);
     let started = Instant::now();

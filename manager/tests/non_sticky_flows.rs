@@ -165,6 +165,39 @@ async fn without_locking_a_write_based_on_older_data_is_refused_not_lost() {
 }
 
 #[tokio::test]
+async fn a_refused_write_never_brings_a_logged_out_session_back() {
+    // a loads the session, b logs it out, a's change is refused: its
+    // copy must not reach the backup, or a failover would revive it.
+    let cluster = Cluster::new(2);
+    let a = cluster.manager(non_sticky().route("a"));
+    let b = cluster.manager(non_sticky().route("b"));
+    let id = session_with_count(&a, 1).await;
+    let slow = tokio::spawn({
+        let (a, id) = (a.clone(), id.clone());
+        async move { call(&a, "POST", "/count?delay_ms=300", Some(&id)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(call(&b, "POST", "/logout", Some(&id)).await.status, StatusCode::OK);
+    assert_eq!(slow.await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        cluster.session_keys().is_empty(),
+        "nothing of it is stored: {:?}",
+        cluster.session_keys()
+    );
+    assert_eq!(
+        call(&b, "GET", "/count", Some(&id)).await.body,
+        "0",
+        "logged out stays logged out"
+    );
+    cluster.node(node_of(&id)).set_down(true);
+    assert_eq!(
+        call(&b, "GET", "/count", Some(&id)).await.body,
+        "0",
+        "also from the backup node"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_requests_on_one_instance_share_one_session() {
     let cluster = Cluster::new(2);
     let manager = cluster.manager(non_sticky());

@@ -97,9 +97,12 @@ struct InFlight {
     users: usize,
     lock: Option<HeldLock>,
     load: LoadInfo,
-    /// Writes of the shared copy made by users that finished before the
-    /// last one.
+    /// Writes of the shared copy made (or perhaps made: unconfirmed) by
+    /// users that finished before the last one.
     writes: u64,
+    /// A write of the shared copy was refused (another request changed the
+    /// session): the copy holds changes that must never be stored.
+    poisoned: bool,
 }
 
 /// The sessions non-sticky requests of this instance are using right now.
@@ -265,6 +268,7 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
                     lock,
                     load,
                     writes: 0,
+                    poisoned: false,
                 },
             );
             Ok(Some(Claim::new(shared, id, session, 0)))
@@ -535,6 +539,8 @@ async fn count_out_gated(shared: &Arc<Shared>, key: &str, writes_at_join: u64, c
     /// What this user has to do once counted out.
     enum Then {
         Nothing,
+        /// The shared copy was refused already: so is this change.
+        Refused,
         /// Write the shared copy others still use (their lock stays).
         Write(Arc<SessionState>, LoadInfo, bool),
         /// The last user: finish the session.
@@ -547,7 +553,9 @@ async fn count_out_gated(shared: &Arc<Shared>, key: &str, writes_at_join: u64, c
             Some(entry) if entry.users > 1 => {
                 entry.users -= 1;
                 let co_user_wrote = entry.writes > writes_at_join;
-                if changed {
+                if changed && entry.poisoned {
+                    (Then::Refused, co_user_wrote)
+                } else if changed {
                     let lost = entry.lock.as_ref().is_some_and(HeldLock::is_lost);
                     (Then::Write(entry.session.clone(), entry.load, lost), co_user_wrote)
                 } else {
@@ -563,28 +571,35 @@ async fn count_out_gated(shared: &Arc<Shared>, key: &str, writes_at_join: u64, c
     };
     let result = match then {
         Then::Nothing => Ok(()),
+        Then::Refused => Err(Error::Conflict),
         Then::Write(_, _, true) => Err(Error::LockLost),
         Then::Write(session, load, false) => {
             let version = session.inner.lock().version;
-            let (key_now, written) = {
-                let id = session.inner.lock().id.clone();
-                (key_tag(&shared.session_key(&id)), store(shared, &session, load).await)
-            };
-            match written {
-                Ok(cas) => {
+            let written = store(shared, &session, load).await;
+            let mut map = shared.inflight.by_id.lock();
+            let entry = map.get_mut(key);
+            match (written, entry) {
+                (Ok(cas), Some(entry)) => {
                     // The copy in memcached is current: later writers need
                     // not re-create or relocate it again, and write on top
                     // of this write.
-                    if let Some(entry) = shared.inflight.by_id.lock().get_mut(key) {
-                        entry.load = entry.load.after_write(version, cas.map(|cas| (key_now, cas)));
-                        entry.writes += 1;
-                    }
+                    entry.load = entry.load.after_write(version, cas);
+                    entry.writes += 1;
                     Ok(())
                 }
-                Err(error) => Err(error),
+                (Err(Error::Conflict), Some(entry)) => {
+                    entry.poisoned = true;
+                    Err(Error::Conflict)
+                }
+                (Err(error @ Error::OutcomeUnknown { .. }), Some(entry)) => {
+                    // It may have landed, with the co-users' changes in it.
+                    entry.writes += 1;
+                    Err(error)
+                }
+                (written, _) => written.map(drop),
             }
         }
-        Then::Finish(entry) => finish_session(shared, entry).await,
+        Then::Finish(entry) => finish_session(shared, entry, changed).await,
     };
     match result {
         Err(error) if changed && co_user_wrote => Err(maybe_saved(error)),
@@ -607,9 +622,13 @@ fn maybe_saved(error: Error) -> Error {
     }
 }
 
-async fn finish_session(shared: &Arc<Shared>, entry: InFlight) -> Result<(), Error> {
+async fn finish_session(shared: &Arc<Shared>, entry: InFlight, changed: bool) -> Result<(), Error> {
     let lost = entry.lock.as_ref().is_some_and(HeldLock::is_lost);
-    let result = if lost {
+    let result = if entry.poisoned {
+        // A write of this copy was refused: it holds changes that must not
+        // be stored; only a change of this request is refused too.
+        if changed { Err(Error::Conflict) } else { Ok(()) }
+    } else if lost {
         Err(Error::LockLost)
     } else {
         store(shared, &entry.session, entry.load).await.map(drop)
@@ -637,7 +656,7 @@ pub(crate) async fn store_new(shared: &Arc<Shared>, session: &Arc<SessionState>)
 /// primary write failed while its node still answers (a `SERVER_ERROR`), or
 /// both copies failed. A primary that is down while the backup was written
 /// is fine: the next request reads the backup.
-async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> Result<Option<u64>, Error> {
+async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> Result<Option<(u64, u64)>, Error> {
     let counters = &shared.stats.counters;
     let max_inactive = shared.config.max_inactive;
     let (id, invalidated, changed, obsolete) = {
@@ -708,49 +727,41 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
     let primary_keys = || (shared.session_key(&id), shared.validity_key(&id));
     let backup_keys = || (shared.backup_key(&id), shared.backup_validity_key(&id));
     let outcome = if changed || load.new || relocated {
-        // Both copies at once; a refused primary write means another
-        // request changed the session since it was read: nothing of this
-        // one is kept (the backup gets the primary's copy back).
-        let primary_write = write_copy(shared, primary, primary_keys(), &bytes, &validity, primary_mode);
-        let backup_write = async {
-            let Some(backup) = backup else {
-                return Ok(WriteOutcome::Stored(0));
-            };
-            write_copy(shared, backup, backup_keys(), &bytes, &validity, WriteMode::Set).await
-        };
-        let (primary_result, backup_result) = tokio::join!(primary_write, backup_write);
-        match (primary_result, backup_result) {
-            (Ok(WriteOutcome::Refused), _) => {
-                Stats::count(&counters.write_conflicts);
-                if let Some(backup) = backup {
-                    restore_backup_from_primary(shared, &id, primary, backup).await;
-                }
-                Err(Error::Conflict)
-            }
-            (Ok(WriteOutcome::Stored(cas)), Ok(_)) => {
-                Stats::count(&counters.backups_written);
-                Ok(Some(cas))
-            }
-            (Ok(WriteOutcome::Stored(cas)), Err(error)) => {
-                Stats::count(&counters.backups_failed);
-                tracing::warn!(%error, "writing a non-sticky backup copy failed; the primary copy is written");
-                Ok(Some(cas))
-            }
-            (Err(error), Ok(_)) if error.is_unavailable() && backup.is_some() => {
-                Stats::count(&counters.backups_failed);
-                tracing::warn!(%error, "primary node failed; the backup copy is written and will be read next");
+        // The primary first, conditionally; the backup only once the
+        // primary kept this write, so a refused or unconfirmed write never
+        // reaches the backup (where a later failover would find it).
+        match write_copy(shared, primary, primary_keys(), &bytes, &validity, primary_mode).await {
+            Ok(WriteOutcome::Refused) if !changed && !load.new => {
+                // Relocating (or re-keying) an unchanged session that
+                // another request already moved or changed: nothing of
+                // this request is lost.
                 Ok(None)
             }
-            (Err(error), backup_result) => {
+            Ok(WriteOutcome::Refused) => {
+                // Another request changed the session since it was read:
+                // nothing of this one is kept.
+                Stats::count(&counters.write_conflicts);
+                Err(Error::Conflict)
+            }
+            Ok(WriteOutcome::Stored(cas)) => {
+                let backup_written = match backup {
+                    None => Ok(WriteOutcome::Stored(0)),
+                    Some(backup) => write_copy(shared, backup, backup_keys(), &bytes, &validity, WriteMode::Set).await,
+                };
+                match backup_written {
+                    Ok(_) => Stats::count(&counters.backups_written),
+                    Err(error) => {
+                        Stats::count(&counters.backups_failed);
+                        tracing::warn!(%error, "writing a non-sticky backup copy failed; the primary copy is written");
+                    }
+                }
+                Ok(Some((key_tag(&data_key), cas)))
+            }
+            Err(error) => {
                 Stats::count(&counters.backups_failed);
                 tracing::error!(%error, "a non-sticky session could not be saved");
-                // Either copy may have landed: then the change may be read later.
-                let backup_maybe =
-                    matches!(&backup_result, Err(Error::Backend { source, .. }) if source.may_have_been_applied());
-                match (outcome_unknown(error), backup_maybe) {
-                    (Error::Backend { node, source }, true) => Err(Error::OutcomeUnknown { node, source }),
-                    (error, _) => Err(error),
-                }
+                // A write that may have landed is a 504, never a 503.
+                Err(outcome_unknown(error))
             }
         }
     } else {
@@ -785,7 +796,7 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
         if wrote {
             Stats::count(&counters.backups_written);
         }
-        Ok(new_cas)
+        Ok(new_cas.map(|cas| (key_tag(&data_key), cas)))
     };
     shared.stats.backup_time.record_duration(started.elapsed());
     for old in obsolete.iter().filter(|old| **old != id) {
@@ -802,31 +813,6 @@ fn key_tag(key: &str) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut hasher);
     hasher.finish()
-}
-
-/// After a refused write of the primary copy: puts the primary's current
-/// copy back over the backup this request just wrote, so the backup never
-/// keeps a change that was answered "nothing saved" (best effort; the
-/// next write of the session rewrites both anyway).
-async fn restore_backup_from_primary(shared: &Shared, id: &SessionId, primary: NodeIndex, backup: NodeIndex) {
-    let data_key = shared.session_key(id);
-    let Ok(Some(current)) = shared.nodes.get(primary).call(|b| b.get(&data_key)).await else {
-        return;
-    };
-    let Some(plain) = shared.open(&data_key, &current).map(|p| p.into_owned()) else {
-        return;
-    };
-    let backup_key = shared.backup_key(id);
-    let sealed = shared.seal(&backup_key, &plain);
-    let expiry = data_expiry(shared.config.max_inactive);
-    if let Err(error) = shared
-        .nodes
-        .get(backup)
-        .call(|b| b.set(&backup_key, &sealed, expiry))
-        .await
-    {
-        tracing::warn!(%error, "restoring the backup copy after a refused write failed");
-    }
 }
 
 /// A failed write that may still have been carried out is reported as
