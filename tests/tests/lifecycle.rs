@@ -99,6 +99,12 @@ async fn read_only_activity_keeps_session_and_backup_alive() {
     // The first write's TTL is 2 s + 1 s margin; read for 4 s. A touch is
     // due once the last access is more than margin / 2 = 0.5 s after the
     // last write or touch: every read, 0.8 s apart (at least), is one.
+    // The one probe writes this instance's sentinel: wait for it, so the
+    // counts below see only the reads.
+    eventually(Duration::from_secs(5), "the first probe wrote the sentinel", || {
+        cluster.nodes[0].keys().iter().any(|key| key.starts_with("msm-probe:"))
+    })
+    .await;
     let before = cluster.nodes[0].stats();
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(800)).await;
