@@ -41,6 +41,28 @@ impl MemcachedNode {
         map_error(error, self.timeout)
     }
 
+    /// One `ms` as `mode` says, returning the new CAS token; `None` when
+    /// it was not stored (add: the key exists; CAS: changed or gone).
+    async fn set_returning_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        expiry: Expiry,
+        mode: WriteMode,
+    ) -> Result<Option<u64>, BackendError> {
+        let request = self.client.meta().set(key, value).ttl(ttl(expiry)).return_cas();
+        let request = match mode {
+            WriteMode::Set => request,
+            WriteMode::Add => request.add(),
+            WriteMode::IfCas(cas) => request.compare_cas(cas),
+        };
+        let result = request.send().await.map_err(|e| self.error(e))?;
+        if !result.applied() {
+            return Ok(None);
+        }
+        result.cas.map(Some).ok_or_else(no_cas_token)
+    }
+
     /// Runs a pipelined batch (one exchange) and returns its results in order.
     async fn batch(&self, operations: [Op; 2]) -> Result<[OpResult; 2], BackendError> {
         let results = self
@@ -127,20 +149,7 @@ impl NodeBackend for MemcachedNode {
     }
 
     async fn add_with_cas(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<Option<u64>, BackendError> {
-        let result = self
-            .client
-            .meta()
-            .set(key, value)
-            .ttl(ttl(expiry))
-            .add()
-            .return_cas()
-            .send()
-            .await
-            .map_err(|e| self.error(e))?;
-        if !result.applied() {
-            return Ok(None);
-        }
-        result.cas.map(Some).ok_or_else(no_cas_token)
+        self.set_returning_cas(key, value, expiry, WriteMode::Add).await
     }
 
     async fn delete_if_cas(&self, key: &str, cas: u64) -> Result<bool, BackendError> {
@@ -162,21 +171,7 @@ impl NodeBackend for MemcachedNode {
         cas: u64,
         expiry: Expiry,
     ) -> Result<Option<u64>, BackendError> {
-        let result = self
-            .client
-            .meta()
-            .set(key, value)
-            .ttl(ttl(expiry))
-            .compare_cas(cas)
-            .return_cas()
-            .send()
-            .await
-            .map_err(|e| self.error(e))?;
-        if !result.applied() {
-            // EX (another token) or NF (gone).
-            return Ok(None);
-        }
-        result.cas.map(Some).ok_or_else(no_cas_token)
+        self.set_returning_cas(key, value, expiry, WriteMode::IfCas(cas)).await
     }
 
     async fn touch(&self, key: &str, expiry: Expiry) -> Result<bool, BackendError> {

@@ -102,12 +102,6 @@ pub trait NodeBackend: Send + Sync + 'static {
         }
         outcomes
     }
-
-    /// Stores two items — one round trip where the backend pipelines
-    /// [`set_many`](Self::set_many).
-    async fn set_pair(&self, first: Item<'_>, second: Item<'_>) -> Result<(), BackendError> {
-        self.set_many(&[first, second]).await.into_iter().collect()
-    }
 }
 
 /// A value with the CAS token it had when it was read.
