@@ -298,7 +298,10 @@ fn plan(shared: &Shared, session: &SessionState) -> Plan {
         },
         BackupNeed::Write => {
             let started = Instant::now();
-            let bytes = shared.seal_owned(&shared.session_key(&inner.id), envelope::encode(inner.record()));
+            let bytes = shared.seal_owned(
+                &shared.session_key(&inner.id),
+                envelope::encode(inner.record(), envelope::Format::Sticky),
+            );
             shared.stats.serialization_time.record_duration(started.elapsed());
             shared.stats.session_size.record(bytes.len() as u64);
             Plan::Write {

@@ -7,6 +7,13 @@
 //! newer blob as "not mine" instead of misreading it. Any bytes that fail
 //! to decode — truncated, foreign, from a newer version, trailing garbage —
 //! yield [`DecodeError`], which the manager treats as "no session".
+//!
+//! Variants: `V1` is a sticky-mode backup; `V2` a non-sticky session whose
+//! memcached TTL is its inactivity clock (format 2: no separate validity
+//! record); `Moved` a non-sticky forward record left where a relocated
+//! session's copy was; `Gone` a non-sticky tombstone left by a logout. Each mode accepts only its own variants, so records
+//! of the other mode, or of the earlier non-sticky format (`V1` with
+//! validity records), are never misread: they are "no session".
 
 use serde::{Deserialize, Serialize};
 
@@ -41,12 +48,38 @@ pub(crate) struct RecordRef<'a> {
 #[derive(Serialize)]
 enum EnvelopeRef<'a> {
     V1(RecordRef<'a>),
+    V2(RecordRef<'a>),
+    Moved(&'a str),
+    Gone,
 }
 
 /// Stored format versions; add variants, never change or remove one.
 #[derive(Deserialize)]
 enum Envelope {
     V1(SessionRecord),
+    V2(SessionRecord),
+    Moved(String),
+    Gone,
+}
+
+/// Which mode's records a blob must hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Sticky backups (`V1`).
+    Sticky,
+    /// Non-sticky sessions and forward records (`V2`, `Moved`).
+    NonSticky,
+}
+
+/// What a blob holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// A session.
+    Session(SessionRecord),
+    /// A non-sticky session relocated to the id given: read it there.
+    Moved(String),
+    /// A non-sticky session logged out: its backup must not revive it.
+    Gone,
 }
 
 /// Why stored bytes were not accepted as a session.
@@ -58,25 +91,49 @@ pub(crate) enum DecodeError {
     Malformed(#[from] postcard::Error),
     #[error("{0} trailing bytes after the session blob")]
     Trailing(usize),
+    #[error("a session blob of the other mode or of an earlier non-sticky format")]
+    OtherFormat,
 }
 
-/// Encodes a record into the stored form.
-pub(crate) fn encode(record: RecordRef<'_>) -> Vec<u8> {
+/// Encodes a record into the stored form of `format`.
+pub(crate) fn encode(record: RecordRef<'_>, format: Format) -> Vec<u8> {
+    match format {
+        Format::Sticky => encode_envelope(&EnvelopeRef::V1(record)),
+        Format::NonSticky => encode_envelope(&EnvelopeRef::V2(record)),
+    }
+}
+
+/// Encodes a non-sticky forward record: the session now lives under `to`.
+pub(crate) fn encode_moved(to: &str) -> Vec<u8> {
+    encode_envelope(&EnvelopeRef::Moved(to))
+}
+
+/// Encodes a non-sticky tombstone: the session was logged out.
+pub(crate) fn encode_gone() -> Vec<u8> {
+    encode_envelope(&EnvelopeRef::Gone)
+}
+
+fn encode_envelope(envelope: &EnvelopeRef<'_>) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     // Serializing maps, strings and byte vectors into a Vec cannot fail.
-    postcard::to_io(&EnvelopeRef::V1(record), &mut out).expect("postcard encodes session records into a Vec");
+    postcard::to_io(envelope, &mut out).expect("postcard encodes session records into a Vec");
     out
 }
 
-/// Decodes stored bytes; never panics, whatever the input.
-pub(crate) fn decode(bytes: &[u8]) -> Result<SessionRecord, DecodeError> {
+/// Decodes stored bytes of `format`; never panics, whatever the input.
+pub(crate) fn decode(bytes: &[u8], format: Format) -> Result<Stored, DecodeError> {
     let body = bytes.strip_prefix(&MAGIC[..]).ok_or(DecodeError::Foreign)?;
     let (envelope, rest) = postcard::take_from_bytes::<Envelope>(body)?;
     if !rest.is_empty() {
         return Err(DecodeError::Trailing(rest.len()));
     }
-    match envelope {
-        Envelope::V1(record) => Ok(record),
+    match (envelope, format) {
+        (Envelope::V1(record), Format::Sticky) | (Envelope::V2(record), Format::NonSticky) => {
+            Ok(Stored::Session(record))
+        }
+        (Envelope::Moved(to), Format::NonSticky) => Ok(Stored::Moved(to)),
+        (Envelope::Gone, Format::NonSticky) => Ok(Stored::Gone),
+        _ => Err(DecodeError::OtherFormat),
     }
 }
 
@@ -107,18 +164,48 @@ mod tests {
 
     #[test]
     fn roundtrips() {
-        let bytes = encode(borrowed(&record()));
-        assert_eq!(decode(&bytes).unwrap(), record());
+        for format in [Format::Sticky, Format::NonSticky] {
+            let bytes = encode(borrowed(&record()), format);
+            assert_eq!(decode(&bytes, format).unwrap(), Stored::Session(record()));
+        }
+        let moved = encode_moved("abc-n2");
+        assert_eq!(
+            decode(&moved, Format::NonSticky).unwrap(),
+            Stored::Moved("abc-n2".to_owned())
+        );
+        assert_eq!(decode(&encode_gone(), Format::NonSticky).unwrap(), Stored::Gone);
+    }
+
+    #[test]
+    fn a_mode_never_reads_the_other_modes_records() {
+        let sticky = encode(borrowed(&record()), Format::Sticky);
+        let non_sticky = encode(borrowed(&record()), Format::NonSticky);
+        assert!(matches!(
+            decode(&sticky, Format::NonSticky),
+            Err(DecodeError::OtherFormat)
+        ));
+        assert!(matches!(
+            decode(&non_sticky, Format::Sticky),
+            Err(DecodeError::OtherFormat)
+        ));
+        assert!(matches!(
+            decode(&encode_moved("x"), Format::Sticky),
+            Err(DecodeError::OtherFormat)
+        ));
     }
 
     #[test]
     fn encoding_is_deterministic() {
-        assert_eq!(encode(borrowed(&record())), encode(borrowed(&record())));
+        assert_eq!(
+            encode(borrowed(&record()), Format::Sticky),
+            encode(borrowed(&record()), Format::Sticky)
+        );
     }
 
     #[test]
     fn rejects_every_kind_of_bad_bytes() {
-        let good = encode(borrowed(&record()));
+        let good = encode(borrowed(&record()), Format::Sticky);
+        let decode = |bytes: &[u8]| decode(bytes, Format::Sticky);
         assert!(matches!(decode(b""), Err(DecodeError::Foreign)));
         assert!(matches!(decode(b"{\"json\":1}"), Err(DecodeError::Foreign)));
         for cut in 2..good.len() {
@@ -135,10 +222,12 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            let _ = decode(&bytes);
             let mut with_magic = MAGIC.to_vec();
             with_magic.extend_from_slice(&bytes);
-            let _ = decode(&with_magic);
+            for format in [Format::Sticky, Format::NonSticky] {
+                let _ = decode(&bytes, format);
+                let _ = decode(&with_magic, format);
+            }
         }
 
         #[test]
@@ -154,7 +243,8 @@ mod tests {
                 max_inactive_secs: max,
                 attributes: attributes.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect(),
             };
-            proptest::prop_assert_eq!(decode(&encode(borrowed(&record))).unwrap(), record);
+            let bytes = encode(borrowed(&record), Format::NonSticky);
+            proptest::prop_assert_eq!(decode(&bytes, Format::NonSticky).unwrap(), Stored::Session(record));
         }
     }
 }

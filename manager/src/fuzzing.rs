@@ -19,7 +19,8 @@ pub fn session_id(text: &str) {
 
 /// The stored-session decoder.
 pub fn envelope(bytes: &[u8]) {
-    let _ = crate::envelope::decode(bytes);
+    let _ = crate::envelope::decode(bytes, crate::envelope::Format::Sticky);
+    let _ = crate::envelope::decode(bytes, crate::envelope::Format::NonSticky);
 }
 
 /// A sealed blob under a fixed key: arbitrary bytes never open.

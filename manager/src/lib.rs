@@ -109,12 +109,15 @@
 //! copy; each request that changed it writes it before it answers, and the
 //! last to finish releases it. The session's copy is written back only if
 //! its CAS token is the one it was read with: a change based on older data
-//! is refused with `503` and nothing saved (never a silent overwrite). A validity record whose TTL is the
-//! inactivity clock is slid with `touch` by every request carrying the id,
-//! and a backup copy of session and validity lives on the next available
-//! node of the ring; a node that lost either copy gets it back at the next
-//! request, and a dead primary is replaced by its backup (relocation). The
-//! exact memcached operations per request kind are listed in the README.
+//! is refused with `503` and nothing saved (never a silent overwrite). The
+//! primary copy's memcached TTL is the inactivity clock, slid by the one
+//! `mg` that reads it (a read-only request costs one operation); a backup
+//! copy lives on the next available node of the ring and is written only
+//! after the primary kept a write. A primary that lost its copy is
+//! re-created from the backup, a dead primary is replaced by its backup
+//! (relocation, leaving a forward record so the old id keeps working), and
+//! a logout leaves a tombstone so no backup can revive it. The exact
+//! memcached operations per request kind are listed in the README.
 //!
 //! **Locking** (`lockingMode`): `none` (concurrent changes: the first
 //! write wins, the others are refused with 503), `all` (every
@@ -190,7 +193,6 @@ mod session_state;
 mod stats;
 mod sticky;
 mod uri_pattern;
-mod validity;
 
 pub use crate::config::{Config, ConfigBuilder, CookieConfig};
 pub use crate::error::{BackendError, ConfigError, Error};

@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) inflight: InFlightSessions,
     /// Non-sticky: which requests lock.
     pub(crate) lock_policy: LockPolicy,
+    /// Non-sticky: writes that could not be done when due, retried by the prober.
+    pub(crate) repairs: crate::non_sticky::repairs::Repairs,
     /// Serializes, per session id, the loads and takeovers of this process.
     id_gates: IdGates,
     /// Random name of this manager instance (lock values, sentinel key).
@@ -126,6 +128,7 @@ impl SessionManager {
                 backups,
                 slots: RequestSlots::default(),
                 inflight: InFlightSessions::default(),
+                repairs: crate::non_sticky::repairs::Repairs::default(),
                 lock_policy: LockPolicy::default(),
                 id_gates: Mutex::new(HashMap::new()),
                 instance_token,
@@ -158,6 +161,7 @@ impl SessionManager {
         let mut statistics = shared.stats.snapshot();
         statistics.local_sessions = (shared.sessions.len() + shared.inflight.len()) as u64;
         statistics.backup_queue_len = shared.backups.len() as u64;
+        statistics.repair_queue_len = shared.repairs.len() as u64;
         statistics.available_nodes = shared.nodes.available_labels();
         statistics.counters.node_state_changes = shared.nodes.state_changes();
         statistics
@@ -232,19 +236,9 @@ impl Shared {
         self.key("", &self.storage_id(id))
     }
 
-    /// The key of a non-sticky session's validity record.
-    pub(crate) fn validity_key(&self, id: &SessionId) -> String {
-        self.key("validity:", &self.storage_id(id))
-    }
-
     /// The key of a non-sticky session's backup copy.
     pub(crate) fn backup_key(&self, id: &SessionId) -> String {
         self.key("bak:", &self.storage_id(id))
-    }
-
-    /// The key of a non-sticky session's backup validity record.
-    pub(crate) fn backup_validity_key(&self, id: &SessionId) -> String {
-        self.key("bak:validity:", &self.storage_id(id))
     }
 
     /// The key of a non-sticky session's lock: by the random part only, so
@@ -262,12 +256,28 @@ impl Shared {
     /// foreign, tampered, from a newer version — is "no session", counted
     /// and logged, never a panic.
     pub(crate) fn read_record(&self, key: &str, bytes: &[u8], node: NodeIndex) -> Option<SessionRecord> {
+        match self.read_stored(key, bytes, node, envelope::Format::Sticky)? {
+            envelope::Stored::Session(record) => Some(record),
+            // Sticky decoding never yields non-sticky markers.
+            envelope::Stored::Moved(_) | envelope::Stored::Gone => None,
+        }
+    }
+
+    /// [`read_record`](Self::read_record) for a blob of `format`, which may
+    /// also be a non-sticky forward record.
+    pub(crate) fn read_stored(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        node: NodeIndex,
+        format: envelope::Format,
+    ) -> Option<envelope::Stored> {
         let outcome = match self.open(key, bytes) {
             None => Err("it failed authentication (tampered, foreign, or sealed with an unknown key)".to_owned()),
-            Some(plain) => envelope::decode(&plain).map_err(|e| e.to_string()),
+            Some(plain) => envelope::decode(&plain, format).map_err(|e| e.to_string()),
         };
         match outcome {
-            Ok(record) => Some(record),
+            Ok(stored) => Some(stored),
             Err(error) => {
                 Stats::count(&self.stats.counters.decode_failures);
                 tracing::warn!(node = %self.nodes.get(node).label(), %error, "a stored session was rejected; treating it as no session");
@@ -428,10 +438,18 @@ async fn probe_nodes(shared: Weak<Shared>, interval: Duration) {
             });
         }
         drop(strong);
+        let mut lost_data = Vec::new();
         while let Some(result) = probes.join_next().await {
-            let Ok((index, ProbeOutcome::LostData)) = result else {
-                continue;
-            };
+            if let Ok((index, ProbeOutcome::LostData)) = result {
+                lost_data.push(index);
+            }
+        }
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        crate::non_sticky::repairs::retry(&strong).await;
+        drop(strong);
+        for index in lost_data {
             let Some(shared) = shared.upgrade() else {
                 return;
             };

@@ -40,6 +40,8 @@ pub(crate) struct Node {
     sentinel_placed: AtomicBool,
     /// How often the availability flipped.
     state_changes: AtomicU64,
+    /// When (unix ms) it last went down, came back, or was found empty.
+    changed_at_ms: AtomicU64,
 }
 
 /// What a probe learned about a node.
@@ -66,6 +68,14 @@ impl Node {
         self.epoch.load(Ordering::Acquire)
     }
 
+    /// Remembers that the node's state or data changed now.
+    fn note_change(&self) {
+        self.changed_at_ms.fetch_max(
+            crate::session_state::unix_ms(std::time::SystemTime::now()),
+            Ordering::AcqRel,
+        );
+    }
+
     /// Records an observation made by an operation that started at `started`.
     /// Returns `true` when the availability changed.
     pub(crate) fn observe(&self, available: bool, started: Instant) -> bool {
@@ -77,6 +87,7 @@ impl Node {
         let before = self.available.swap(available, Ordering::AcqRel);
         if before != available {
             self.state_changes.fetch_add(1, Ordering::Relaxed);
+            self.note_change();
             if available {
                 tracing::info!(node = %self.label(), "memcached node is available again");
             } else {
@@ -123,6 +134,7 @@ impl Node {
                 }
                 if self.sentinel_placed.swap(true, Ordering::AcqRel) {
                     self.epoch.fetch_add(1, Ordering::AcqRel);
+                    self.note_change();
                     tracing::warn!(node = %self.label(), "memcached node lost its data (restarted empty?); re-writing its sessions");
                     ProbeOutcome::LostData
                 } else {
@@ -156,9 +168,20 @@ impl Nodes {
                 epoch: AtomicU64::new(0),
                 sentinel_placed: AtomicBool::new(false),
                 state_changes: AtomicU64::new(0),
+                changed_at_ms: AtomicU64::new(0),
             })
             .collect();
         Self { nodes, anonymous }
+    }
+
+    /// When (unix ms) any node last went down, came back, or was found
+    /// empty: copies written before may be missing or in the wrong place.
+    pub(crate) fn last_change_ms(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| n.changed_at_ms.load(Ordering::Acquire))
+            .max()
+            .unwrap_or(0)
     }
 
     /// No nodes at all (`enabled = false`).

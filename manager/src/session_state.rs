@@ -405,7 +405,7 @@ mod tests {
     }
 
     fn envelope_len(s: &SessionInner) -> usize {
-        crate::envelope::encode(s.record()).len()
+        crate::envelope::encode(s.record(), crate::envelope::Format::Sticky).len()
     }
 
     #[tokio::test(start_paused = true)]

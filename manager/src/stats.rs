@@ -139,6 +139,17 @@ counters! {
     backup_node_loads,
     /// Non-sticky: primary or backup copies re-created after a node lost them.
     backups_recreated,
+    /// Non-sticky: writes that could not be done when due (a logged-out
+    /// session's backup delete, a forward record on a relocated session's
+    /// old node), queued for retry.
+    repairs_queued,
+    /// Non-sticky: queued repairs carried out.
+    repairs_done,
+    /// Non-sticky: queued repairs dropped because the queue was full.
+    repairs_dropped,
+    /// Non-sticky: requests with the old id of a relocated session that
+    /// found it through its forward record.
+    forwards_followed,
     /// Non-sticky: session locks acquired.
     locks_acquired,
     /// Non-sticky: session locks not acquired within `operationTimeout` (or failed).
@@ -163,6 +174,8 @@ pub struct Statistics {
     pub local_sessions: u64,
     /// Sessions waiting in the async backup queue.
     pub backup_queue_len: u64,
+    /// Non-sticky: repairs waiting for their node (see `repairs_queued`).
+    pub repair_queue_len: u64,
     /// Nodes currently considered available, by id.
     pub available_nodes: Vec<String>,
     /// Time spent in a backup (serialize + write), µs.
@@ -210,6 +223,7 @@ impl Stats {
             counters: self.counters.snapshot(),
             local_sessions: 0,
             backup_queue_len: 0,
+            repair_queue_len: 0,
             available_nodes: Vec::new(),
             backup_time_us: self.backup_time.snapshot(),
             effective_backup_time_us: self.effective_backup_time.snapshot(),

@@ -325,9 +325,14 @@ fn varint(out: &mut Vec<u8>, mut n: u64) {
     out.push(n as u8);
 }
 
-/// A well-formed stored record (magic, envelope V1) with a `count` of 7.
-fn record(max_inactive_secs: u64) -> Vec<u8> {
-    let mut out = vec![0xA5, 0x53, 0];
+/// Envelope variant of a sticky record.
+const STICKY_V1: u8 = 0;
+/// Envelope variant of a non-sticky record (format 2).
+const NON_STICKY_V2: u8 = 1;
+
+/// A well-formed stored record (magic, envelope `variant`) with a `count` of 7.
+fn record(variant: u8, max_inactive_secs: u64) -> Vec<u8> {
+    let mut out = vec![0xA5, 0x53, variant];
     for field in [1_700_000_000_000, 1_700_000_000_000, max_inactive_secs] {
         varint(&mut out, field);
     }
@@ -348,7 +353,7 @@ async fn a_stored_record_with_an_absurd_inactivity_interval_is_served_without_a_
         let node = &cluster.nodes[0];
         let sticky = cluster.manager(Config::builder().route("a"));
         let foreign = format!("{}-n1.b", "A".repeat(32));
-        node.put_raw(&foreign, &record(max_inactive_secs));
+        node.put_raw(&foreign, &record(STICKY_V1, max_inactive_secs));
         let reply = call(&sticky, "POST", "/count", Some(&foreign)).await;
         assert_eq!(
             (reply.status, reply.body.as_str()),
@@ -362,8 +367,7 @@ async fn a_stored_record_with_an_absurd_inactivity_interval_is_served_without_a_
 
         let non_sticky = cluster.manager(Config::builder().sticky(false));
         let id = format!("{}-n1", "B".repeat(32));
-        node.put_raw(&id, &record(max_inactive_secs));
-        node.put_raw(&format!("validity:{id}"), b"1");
+        node.put_raw(&id, &record(NON_STICKY_V2, max_inactive_secs));
         let reply = call(&non_sticky, "POST", "/count", Some(&id)).await;
         assert_eq!(
             (reply.status, reply.body.as_str()),
@@ -371,6 +375,12 @@ async fn a_stored_record_with_an_absurd_inactivity_interval_is_served_without_a_
             "non-sticky, max_inactive_secs = {max_inactive_secs}"
         );
         assert_eq!(call(&non_sticky, "GET", "/count", Some(&id)).await.body, "8");
+        // A record of the other mode (or of the earlier non-sticky format,
+        // which was `V1` too) is no session: never misread.
+        let other_mode = format!("{}-n1", "C".repeat(32));
+        node.put_raw(&other_mode, &record(STICKY_V1, max_inactive_secs));
+        let reply = call(&non_sticky, "GET", "/count", Some(&other_mode)).await;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "0"));
     }
 }
 

@@ -331,7 +331,8 @@ fn assert_ttl_about(ttl: Option<i64>, expected: i64, what: &str) {
 /// relative 40 days sent as is would be a date in 1970, and the item would
 /// expire at once. A session with maxInactiveInterval = 40 days must live
 /// about 40 days in memcached (sticky: + the 5 min margin; non-sticky: the
-/// data 2 × 40 days, the validity record 40 days), and 0 means never (-1).
+/// primary copy 40 days, slid by every read, its backup 1¼ × 40 = 50 days),
+/// and 0 means never (-1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inactivity_intervals_over_30_days_are_kept_that_long_in_memcached() {
     init_tracing();
@@ -347,8 +348,10 @@ async fn inactivity_intervals_over_30_days_are_kept_that_long_in_memcached() {
     assert_eq!(client.get("/session").await.ok().count(), 1);
     assert_ttl_about(remaining_ttl(node, &id), 40 * DAY + 300, "sticky session after a read");
 
+    // Two nodes: the primary copy and its backup on the other one.
+    let pair = Cluster::start(2);
     let non_sticky = TestApp::start(
-        fast_config(&cluster.spec())
+        fast_config(&pair.spec())
             .sticky(false)
             .max_inactive_interval_secs(40 * DAY)
             .build()
@@ -358,12 +361,31 @@ async fn inactivity_intervals_over_30_days_are_kept_that_long_in_memcached() {
     let mut client = SessionClient::new(non_sticky.base_url());
     client.post("/incr").await.ok();
     let id = client.cookie().unwrap().to_owned();
-    assert_ttl_about(remaining_ttl(node, &id), 80 * DAY, "non-sticky data");
-    let validity = format!("validity:{id}");
-    assert_ttl_about(remaining_ttl(node, &validity), 40 * DAY, "validity record");
-    // The touch that slides the validity record sends the long TTL too.
+    let primary = pair.node(id_node(&id).unwrap());
+    let backup = pair.nodes.iter().find(|n| n.port() != primary.port()).unwrap();
+    let backup_key = format!("bak:{id}");
+    assert_ttl_about(remaining_ttl(primary, &id), 40 * DAY, "non-sticky primary copy");
+    assert_ttl_about(remaining_ttl(backup, &backup_key), 50 * DAY, "non-sticky backup copy");
+    // The read that slides the primary's TTL (`mg … T`) sends the long TTL
+    // too; a request carrying the id without using the session touches
+    // both copies with them.
     assert_eq!(client.get("/session").await.ok().count(), 1);
-    assert_ttl_about(remaining_ttl(node, &validity), 40 * DAY, "validity record after a read");
+    assert_ttl_about(remaining_ttl(primary, &id), 40 * DAY, "primary copy after a read");
+    client.get("/plain").await.ok();
+    assert_ttl_about(remaining_ttl(primary, &id), 40 * DAY, "primary copy after a touch");
+    assert_ttl_about(
+        remaining_ttl(backup, &backup_key),
+        50 * DAY,
+        "backup copy after a touch",
+    );
+    // A change rewrites both copies with the long TTLs.
+    assert_eq!(client.post("/incr").await.ok().count(), 2);
+    assert_ttl_about(remaining_ttl(primary, &id), 40 * DAY, "primary copy after a write");
+    assert_ttl_about(
+        remaining_ttl(backup, &backup_key),
+        50 * DAY,
+        "backup copy after a write",
+    );
 
     let forever = app(&cluster, "c", 0).await;
     let mut client = SessionClient::new(forever.base_url());

@@ -1,7 +1,8 @@
 //! Non-sticky mode against real memcached, with two managers (two
 //! instances) sharing the nodes: no lost update with locking, no stale
-//! copy, backups on the next node, re-created copies, expiring locks, and
-//! the exact memcached operations of each request kind.
+//! copy, backups on the next node, re-created copies, forward records of
+//! relocated sessions, logout tombstones, expiring locks, and the exact
+//! memcached operations of each request kind (storage format 2).
 
 use std::time::Duration;
 
@@ -184,19 +185,29 @@ async fn a_node_restarted_empty_gets_its_copies_back_from_the_next_request() {
     let primary = id_node(&id).unwrap().to_owned();
     let backup = if primary == "n1" { "n2" } else { "n1" };
     cluster.node_mut(backup).restart_empty();
-    // The restart may have been seen as an outage; wait until it is seen up.
+    // A read touches only the primary: it re-creates the backup once this
+    // instance saw the node change (an outage, or its prober finding the
+    // node empty and placing its sentinel again). Wait until it is seen up
+    // with the sentinel back.
     wait_available(&app.manager, &["n1", "n2"], Duration::from_secs(5)).await;
+    eventually(Duration::from_secs(5), "the prober saw the restarted node", || {
+        cluster.node(backup).keys().iter().any(|k| k.starts_with("msm-probe:"))
+    })
+    .await;
+    // The prober notes the change as soon as its sentinel's set returns;
+    // give its answer time to arrive.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(client.get("/session").await.ok().count(), 2);
     assert!(
         cluster.node(backup).get_raw(&format!("bak:{id}")).is_some(),
         "backup re-created"
     );
-    assert!(cluster.node(backup).get_raw(&format!("bak:validity:{id}")).is_some());
     cluster.node_mut(&primary).restart_empty();
     assert_eq!(client.get("/session").await.ok().count(), 2, "read from the backup");
     assert!(cluster.node(&primary).get_raw(&id).is_some(), "primary re-created");
-    assert!(cluster.node(&primary).get_raw(&format!("validity:{id}")).is_some());
+    assert!(cluster.node(backup).get_raw(&format!("bak:{id}")).is_some());
     assert_eq!(client.post("/incr").await.ok().count(), 3);
+    assert_eq!(app.stats().counters.backups_recreated, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +289,9 @@ async fn a_lock_that_cannot_be_had_is_a_503_and_saves_nothing() {
     );
 }
 
-/// memcached `stats` deltas of one node: (cmd_get, cmd_set, cmd_touch, delete_hits).
+/// memcached `stats` deltas of one node: (cmd_get, cmd_set, cmd_touch,
+/// delete_hits). memcached counts the read of a session (`mg … v c T`, which
+/// slides its TTL) as a touch, not as a get.
 fn traffic(before: &Stats, after: &Stats) -> [i64; 4] {
     ["cmd_get", "cmd_set", "cmd_touch", "delete_hits"].map(|c| after.delta(before, c))
 }
@@ -314,16 +327,16 @@ async fn exact_memcached_operations_per_request_kind() {
     client.get("/session").await.ok();
     assert_eq!(
         measure(&p0, &b0),
-        ([1, 0, 1, 0], [0, 0, 1, 0]),
-        "read-only: get + touch, backup touch"
+        ([0, 0, 1, 0], [0, 0, 0, 0]),
+        "read-only: one get-and-touch of the primary, nothing else"
     );
 
     let (p0, b0) = (primary.stats(), backup.stats());
     client.post("/incr").await.ok();
     assert_eq!(
         measure(&p0, &b0),
-        ([1, 2, 1, 0], [0, 2, 1, 0]),
-        "modifying: + 2 sets per node"
+        ([0, 1, 1, 0], [0, 1, 0, 0]),
+        "modifying: the read, then one set per node"
     );
 
     let (p0, b0) = (primary.stats(), backup.stats());
@@ -339,12 +352,17 @@ async fn exact_memcached_operations_per_request_kind() {
     client.get("/session").await.ok();
     assert_eq!(
         measure(&p0, &b0),
-        ([1, 1, 1, 1], [0, 0, 1, 0]),
-        "locked read: + add and delete"
+        ([0, 1, 1, 1], [0, 0, 0, 0]),
+        "locked read: + the lock's add and delete"
     );
     let (p0, b0) = (primary.stats(), backup.stats());
     client.post("/incr").await.ok();
-    assert_eq!(measure(&p0, &b0), ([1, 3, 1, 1], [0, 2, 1, 0]), "locked write");
+    assert_eq!(
+        measure(&p0, &b0),
+        ([0, 2, 1, 1], [0, 1, 0, 0]),
+        "locked write: lock add + read, primary set, lock delete; backup set"
+    );
+    assert_eq!(client.get("/session").await.ok().count(), 3);
 
     let single = Cluster::start(1);
     let one = TestApp::start(
@@ -361,36 +379,119 @@ async fn exact_memcached_operations_per_request_kind() {
     let s0 = node.stats();
     client.get("/session").await.ok();
     let s1 = node.stats();
-    assert_eq!(traffic(&s0, &s1), [1, 0, 1, 0], "one node, read: get + touch");
+    assert_eq!(traffic(&s0, &s1), [0, 0, 1, 0], "one node, read: one get-and-touch");
     client.post("/incr").await.ok();
     assert_eq!(
         traffic(&s1, &node.stats()),
-        [1, 2, 1, 0],
-        "one node, write: exactly 2 writes"
+        [0, 1, 1, 0],
+        "one node, write: the read and exactly 1 write"
     );
 }
 
+/// A non-sticky tombstone as stored: the envelope's magic and its variant
+/// `Gone` (index 3).
+const TOMBSTONE: [u8; 3] = [0xA5, 0x53, 3];
+
+/// A non-sticky forward record to `to` as stored: the magic, the variant
+/// `Moved` (index 2) and the id as a postcard string.
+fn forward_to(to: &str) -> Vec<u8> {
+    assert!(to.len() < 128, "a one-byte length");
+    let mut out = vec![0xA5, 0x53, 2, to.len() as u8];
+    out.extend_from_slice(to.as_bytes());
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalidation_deletes_every_key() {
+async fn invalidation_leaves_a_tombstone_and_deletes_the_other_keys() {
     init_tracing();
     let cluster = Cluster::start(2);
     let app = TestApp::start(non_sticky(&cluster).locking_mode("all").build().unwrap()).await;
     let mut client = SessionClient::new(app.base_url());
     client.post("/incr").await.ok();
+    client.post("/incr").await.ok();
     let id = client.cookie().unwrap().to_owned();
     let session_keys = || {
-        cluster
+        let mut keys = cluster
             .nodes
             .iter()
             .flat_map(|n| n.keys())
             .filter(|k| k.contains(id_random(&id)))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        keys.sort();
+        keys
     };
-    assert_eq!(session_keys().len(), 4);
+    let mut both = vec![id.clone(), format!("bak:{id}")];
+    both.sort();
+    assert_eq!(
+        session_keys(),
+        both,
+        "the session and its backup (the lock is released)"
+    );
     client.post("/invalidate").await.ok();
     assert_eq!(
         session_keys(),
-        Vec::<String>::new(),
-        "data, validity, backups and lock deleted"
+        vec![id.clone()],
+        "backup and lock deleted; the primary key holds the tombstone"
     );
+    let primary = cluster.node(id_node(&id).unwrap());
+    assert_eq!(primary.get_raw(&id), Some(TOMBSTONE.to_vec()), "not a session");
+    let mut replay = SessionClient::new(app.base_url());
+    replay.set_cookie(Some(id.clone()));
+    let reply = replay.get("/session").await.ok();
+    assert_eq!((reply.id(), reply.count()), (None, 0), "no session under the old id");
+    assert!(reply.set_cookie().is_none());
+}
+
+/// A request still carrying the id a session had before its node was
+/// killed and it was relocated (in flight, or its response was lost)
+/// finds the session through the forward record left in place of its old
+/// backup, on any instance, and is answered with the new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_the_old_id_finds_the_relocated_session_through_its_forward_record() {
+    init_tracing();
+    let mut cluster = Cluster::start(3);
+    let (a, b) = two_instances(&cluster, "none").await;
+    let mut client = SessionClient::new(a.base_url());
+    for _ in 0..3 {
+        client.post("/incr").await.ok();
+    }
+    let old_id = client.cookie().unwrap().to_owned();
+    let old_node = id_node(&old_id).unwrap().to_owned();
+    cluster.node_mut(&old_node).kill();
+
+    let reply = client.post("/incr").await.ok();
+    assert_eq!(reply.count(), 4, "read from the backup");
+    let new_id = reply.set_cookie().expect("relocated: a new id").value.clone();
+    assert_eq!(id_random(&new_id), id_random(&old_id));
+    let new_node = id_node(&new_id).unwrap().to_owned();
+    assert_ne!(new_node, old_node);
+    assert_eq!(
+        cluster.node(&new_node).get_raw(&format!("bak:{old_id}")),
+        Some(forward_to(&new_id)),
+        "the old backup copy became a forward record"
+    );
+    assert_eq!(a.stats().counters.relocations, 1);
+
+    // The old id, on the other instance (which has not seen the kill).
+    let mut stale = SessionClient::new(b.base_url());
+    stale.set_cookie(Some(old_id.clone()));
+    let reply = stale.get("/session").await.ok();
+    assert_eq!(reply.count(), 4, "the session, not an empty one");
+    assert_eq!(reply.id().as_deref(), Some(new_id.as_str()));
+    assert_eq!(
+        reply.set_cookie().map(|c| c.value.as_str()),
+        Some(new_id.as_str()),
+        "answered with the new id"
+    );
+    // A change made through the old id is kept.
+    stale.set_cookie(Some(old_id.clone()));
+    let reply = stale.post("/incr").await.ok();
+    assert_eq!(reply.count(), 5);
+    assert_eq!(reply.id().as_deref(), Some(new_id.as_str()));
+    assert_eq!(b.stats().counters.forwards_followed, 2);
+    assert_eq!(b.stats().counters.relocations, 0, "not relocated a second time");
+
+    let reply = client.get("/session").await.ok();
+    assert_eq!(reply.count(), 5, "the change made through the old id");
+    assert_eq!(reply.id().as_deref(), Some(new_id.as_str()));
 }

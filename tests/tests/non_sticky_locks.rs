@@ -21,9 +21,11 @@ fn lock_keys(cluster: &Cluster) -> Vec<String> {
 
 /// Takes a lock for a request through a network where every round trip
 /// takes >= 500 ms, hangs the client up after `hang_up_after`, and checks
-/// that no lock is left: the lock is taken after ~500 ms, the load runs
-/// until ~1000 ms.
-async fn cancelled_request_leaves_no_lock(hang_up_after: Duration) {
+/// that no lock is left: the lock and the load share one round trip
+/// (until ~500 ms), the primary write runs until ~1000 ms. The count
+/// after is `expected_count` (a range: a write cut off on the wire may or
+/// may not have landed — its client never got an answer).
+async fn cancelled_request_leaves_no_lock(hang_up_after: Duration, expected_count: std::ops::RangeInclusive<u64>) {
     init_tracing();
     let cluster = Cluster::start(2);
     let mesh = ProxyMesh::start(&cluster, &["a"]);
@@ -63,17 +65,23 @@ async fn cancelled_request_leaves_no_lock(hang_up_after: Duration) {
     .await;
     let after = client.post("/incr").await;
     assert_eq!(after.status, 200, "the session is not left locked");
-    assert_eq!(after.count(), 2, "the cancelled request never ran its handler");
+    assert!(
+        expected_count.contains(&after.count()),
+        "count {} not in {expected_count:?}",
+        after.count()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_cancelled_while_its_lock_is_being_added_leaves_no_lock() {
-    cancelled_request_leaves_no_lock(Duration::from_millis(250)).await;
+    // Cancelled before the handler ran: its change never happened.
+    cancelled_request_leaves_no_lock(Duration::from_millis(250), 2..=2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_cancelled_while_loading_releases_its_lock_at_once() {
-    cancelled_request_leaves_no_lock(Duration::from_millis(750)).await;
+async fn a_request_cancelled_while_writing_releases_its_lock_at_once() {
+    // Cancelled with its write on the wire: it may have landed.
+    cancelled_request_leaves_no_lock(Duration::from_millis(750), 2..=3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,9 +8,11 @@
 //! shutdown flushes it. Any panic, or a 5xx, is a bug.
 //!
 //! The input is either raw record bytes or a structured record (its fields
-//! chosen by the fuzzer, then encoded as the envelope's V1 postcard form),
-//! so extreme field values such as `max_inactive_secs >= 2^63` are reached
-//! at once instead of by guessing a 10-byte varint.
+//! chosen by the fuzzer, then encoded in the postcard form of the envelope
+//! variant each mode reads: `V1` sticky, `V2` non-sticky), so extreme field
+//! values such as `max_inactive_secs >= 2^63` are reached at once instead
+//! of by guessing a 10-byte varint. Non-sticky storage format 2 has no
+//! validity record: the session record under the id is all a load needs.
 
 #![no_main]
 
@@ -62,8 +64,14 @@ fn bytes(out: &mut Vec<u8>, value: &[u8]) {
     out.extend_from_slice(value);
 }
 
+/// Envelope variant of a sticky session record.
+const STICKY_V1: u8 = 0;
+/// Envelope variant of a non-sticky session record (storage format 2).
+const NON_STICKY_V2: u8 = 1;
+
 impl Input {
-    fn stored(&self) -> Vec<u8> {
+    /// The stored bytes for a manager in `sticky` mode (or not).
+    fn stored(&self, sticky: bool) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
         match self {
             Input::Raw(raw) => out.extend_from_slice(raw),
@@ -73,7 +81,7 @@ impl Input {
                 max_inactive_secs,
                 attributes,
             } => {
-                out.push(0); // envelope variant V1
+                out.push(if sticky { STICKY_V1 } else { NON_STICKY_V2 });
                 for field in [created_at_ms, last_accessed_ms, max_inactive_secs] {
                     varint(&mut out, *field);
                 }
@@ -89,11 +97,10 @@ impl Input {
 }
 
 libfuzzer_sys::fuzz_target!(|input: Input| {
-    let stored = input.stored();
     RUNTIME.with(|runtime| {
         runtime.block_on(async {
-            use_record(&stored, true).await;
-            use_record(&stored, false).await;
+            use_record(&input.stored(true), true).await;
+            use_record(&input.stored(false), false).await;
         })
     });
 });
@@ -116,7 +123,6 @@ async fn use_record(stored: &[u8], sticky: bool) {
         format!("{RANDOM}-n1.a")
     };
     node.put_raw(&id, stored);
-    node.put_raw(&format!("validity:{id}"), b"1");
     let app = manager.wrap(warp::path!("use").and(manager.session()).map(|session: Session| {
         let count = session.get::<u64>("count").ok().flatten().unwrap_or(0);
         let _ = session.get::<String>("user");

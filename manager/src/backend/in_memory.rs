@@ -217,70 +217,45 @@ impl NodeBackend for InMemoryNode {
             }))
     }
 
-    async fn get_and_touch_other(
-        &self,
-        key: &str,
-        touch_key: &str,
-        expiry: Expiry,
-    ) -> Result<(Option<Versioned>, bool), BackendError> {
-        self.counts.touches.fetch_add(1, Ordering::Relaxed);
-        self.check(&self.counts.gets).await?;
+    async fn get_and_touch(&self, key: &str, expiry: Expiry) -> Result<Option<Versioned>, BackendError> {
+        self.check(&self.counts.touches).await?;
         let now = Instant::now();
         let mut items = self.items.lock();
-        let value = items.get(key).filter(|item| item.live(now)).map(|item| Versioned {
-            value: item.value.clone(),
-            cas: item.cas,
-        });
-        let touched = match items.get_mut(touch_key) {
+        match items.get_mut(key) {
             Some(item) if item.live(now) => {
                 item.expires_at = deadline(expiry, now);
-                true
+                Ok(Some(Versioned {
+                    value: item.value.clone(),
+                    cas: item.cas,
+                }))
             }
-            _ => false,
-        };
-        Ok((value, touched))
+            _ => Ok(None),
+        }
     }
 
-    async fn set_pair_as(
-        &self,
-        first: StoreItem<'_>,
-        mode: WriteMode,
-        second: StoreItem<'_>,
-    ) -> Result<WriteOutcome, BackendError> {
-        self.counts.sets.fetch_add(1, Ordering::Relaxed);
+    async fn store_as(&self, item: StoreItem<'_>, mode: WriteMode) -> Result<WriteOutcome, BackendError> {
         self.check(&self.counts.sets).await?;
         let now = Instant::now();
         let mut items = self.items.lock();
-        let current = items.get(first.key).filter(|item| item.live(now)).map(|item| item.cas);
+        let current = items.get(item.key).filter(|i| i.live(now)).map(|i| i.cas);
         let allowed = match mode {
             WriteMode::Set => true,
             WriteMode::Add => current.is_none(),
             WriteMode::IfCas(cas) => current == Some(cas),
         };
-        let outcome = if allowed {
-            let cas = self.cas();
-            items.insert(
-                first.key.to_owned(),
-                Item {
-                    value: first.value.to_vec(),
-                    expires_at: deadline(first.expiry, now),
-                    cas,
-                },
-            );
-            WriteOutcome::Stored(cas)
-        } else {
-            WriteOutcome::Refused
-        };
+        if !allowed {
+            return Ok(WriteOutcome::Refused);
+        }
         let cas = self.cas();
         items.insert(
-            second.key.to_owned(),
+            item.key.to_owned(),
             Item {
-                value: second.value.to_vec(),
-                expires_at: deadline(second.expiry, now),
+                value: item.value.to_vec(),
+                expires_at: deadline(item.expiry, now),
                 cas,
             },
         );
-        Ok(outcome)
+        Ok(WriteOutcome::Stored(cas))
     }
 
     async fn replace_if_cas(

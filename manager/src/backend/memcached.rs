@@ -88,6 +88,17 @@ fn ttl(expiry: Expiry) -> Ttl {
     }
 }
 
+/// A meta get's answer as a [`Versioned`]; an empty value is a miss.
+fn versioned(value: Option<Vec<u8>>, cas: Option<u64>) -> Result<Option<Versioned>, BackendError> {
+    match value.filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(value) => Ok(Some(Versioned {
+            value,
+            cas: cas.ok_or_else(no_cas_token)?,
+        })),
+    }
+}
+
 /// A reply that should carry a CAS token (`c` was asked for) but does not.
 fn no_cas_token() -> BackendError {
     BackendError::Protocol("memcached did not return the CAS token".to_owned())
@@ -125,13 +136,7 @@ impl NodeBackend for MemcachedNode {
             .send()
             .await
             .map_err(|e| self.error(e))?;
-        match got.value.filter(|v| !v.is_empty()) {
-            None => Ok(None),
-            Some(value) => Ok(Some(Versioned {
-                value,
-                cas: got.item.cas.ok_or_else(no_cas_token)?,
-            })),
-        }
+        versioned(got.value, got.item.cas)
     }
 
     async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError> {
@@ -189,56 +194,48 @@ impl NodeBackend for MemcachedNode {
         Ok(result.hit())
     }
 
-    async fn get_and_touch_other(
+    async fn get_and_touch(&self, key: &str, expiry: Expiry) -> Result<Option<Versioned>, BackendError> {
+        let got = self
+            .client
+            .meta()
+            .get(key)
+            .meta(Meta::NONE.cas())
+            .touch(ttl(expiry))
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        versioned(got.value, got.item.cas)
+    }
+
+    async fn add_then_get_and_touch(
         &self,
+        lock: Item<'_>,
         key: &str,
-        touch_key: &str,
         expiry: Expiry,
-    ) -> Result<(Option<Versioned>, bool), BackendError> {
-        let [got, touched] = self
+    ) -> Result<(Option<u64>, Option<Versioned>), BackendError> {
+        let [added, got] = self
             .batch([
-                Get::new(key).meta(Meta::NONE.cas()).into(),
-                Get::new(touch_key).touch(ttl(expiry)).without_value().into(),
+                Set::new(lock.key, lock.value)
+                    .ttl(ttl(lock.expiry))
+                    .return_cas()
+                    .add()
+                    .into(),
+                Get::new(key).meta(Meta::NONE.cas()).touch(ttl(expiry)).into(),
             ])
             .await?;
         let unexpected = || BackendError::Protocol("batch answered with the wrong result kind".to_owned());
-        let got = got.as_get().ok_or_else(unexpected)?;
-        let value = match got.value.clone().filter(|v| !v.is_empty()) {
-            None => None,
-            Some(value) => Some(Versioned {
-                value,
-                cas: got.item.cas.ok_or_else(no_cas_token)?,
-            }),
+        let added = added.as_mutation().ok_or_else(unexpected)?;
+        let added = match added.status {
+            MutationStatus::Applied => Some(added.cas.ok_or_else(no_cas_token)?),
+            _ => None,
         };
-        let exists = touched.as_get().ok_or_else(unexpected)?.hit();
-        Ok((value, exists))
+        let got = got.as_get().ok_or_else(unexpected)?;
+        Ok((added, versioned(got.value.clone(), got.item.cas)?))
     }
 
-    async fn set_pair_as(
-        &self,
-        first: Item<'_>,
-        mode: WriteMode,
-        second: Item<'_>,
-    ) -> Result<WriteOutcome, BackendError> {
-        let conditional = Set::new(first.key, first.value).ttl(ttl(first.expiry)).return_cas();
-        let conditional = match mode {
-            WriteMode::Set => conditional,
-            WriteMode::Add => conditional.add(),
-            WriteMode::IfCas(cas) => conditional.compare_cas(cas),
-        };
-        let [stored, _] = self
-            .batch([
-                conditional.into(),
-                Set::new(second.key, second.value).ttl(ttl(second.expiry)).into(),
-            ])
-            .await?;
-        let stored = stored
-            .as_mutation()
-            .ok_or_else(|| BackendError::Protocol("batch answered with the wrong result kind".to_owned()))?;
-        match stored.status {
-            MutationStatus::Applied => stored.cas.map(WriteOutcome::Stored).ok_or_else(no_cas_token),
-            _ => Ok(WriteOutcome::Refused),
-        }
+    async fn store_as(&self, item: Item<'_>, mode: WriteMode) -> Result<WriteOutcome, BackendError> {
+        let stored = self.set_returning_cas(item.key, item.value, item.expiry, mode).await?;
+        Ok(stored.map_or(WriteOutcome::Refused, WriteOutcome::Stored))
     }
 
     async fn set_many(&self, items: &[Item<'_>]) -> Vec<Result<(), BackendError>> {

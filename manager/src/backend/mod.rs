@@ -74,24 +74,29 @@ pub trait NodeBackend: Send + Sync + 'static {
     /// Deletes a key; `false` when it was not there.
     async fn delete(&self, key: &str) -> Result<bool, BackendError>;
 
-    /// Reads `key` with its CAS token and slides the expiry of `touch_key`
-    /// (is it there?) — one round trip where the backend can pipeline
-    /// (memcached does).
-    async fn get_and_touch_other(
-        &self,
-        key: &str,
-        touch_key: &str,
-        expiry: Expiry,
-    ) -> Result<(Option<Versioned>, bool), BackendError>;
+    /// Reads `key` with its CAS token and slides its expiry to `expiry` —
+    /// one operation (`mg <key> v c T<ttl>` on memcached). `Ok(None)` on a
+    /// miss.
+    async fn get_and_touch(&self, key: &str, expiry: Expiry) -> Result<Option<Versioned>, BackendError>;
 
-    /// Stores `first` as `mode` says and `second` unconditionally — one
-    /// round trip where the backend pipelines. The outcome is `first`'s.
-    async fn set_pair_as(
+    /// Adds `lock` (only if absent), then reads `key` with its CAS token
+    /// and slides its expiry — one round trip where the backend pipelines
+    /// (memcached does). The read runs after the add on the node, so when
+    /// the add succeeded the value was read under the lock. Returns the
+    /// lock's CAS token (`None`: it existed) and the value.
+    async fn add_then_get_and_touch(
         &self,
-        first: Item<'_>,
-        mode: WriteMode,
-        second: Item<'_>,
-    ) -> Result<WriteOutcome, BackendError>;
+        lock: Item<'_>,
+        key: &str,
+        expiry: Expiry,
+    ) -> Result<(Option<u64>, Option<Versioned>), BackendError> {
+        let added = self.add_with_cas(lock.key, lock.value, lock.expiry).await?;
+        let got = self.get_and_touch(key, expiry).await?;
+        Ok((added, got))
+    }
+
+    /// Stores `item` as `mode` says.
+    async fn store_as(&self, item: Item<'_>, mode: WriteMode) -> Result<WriteOutcome, BackendError>;
 
     /// Stores many items — one round trip where the backend can pipeline —
     /// with one outcome per item, in order.

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::Expiry;
+use crate::backend::{Expiry, Item, Versioned};
 use crate::error::Error;
 use crate::manager::Shared;
 use crate::nodes::NodeIndex;
@@ -52,6 +52,8 @@ struct LockState {
     /// last successful (re)write of it was sent.
     valid_until: parking_lot::Mutex<Instant>,
     acquired_at: Instant,
+    /// The renewal task, stopped (with its timer) once the lock is let go.
+    renewal: parking_lot::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// A lock held by this instance. Release it with [`release`]; dropping it
@@ -83,14 +85,22 @@ impl Drop for HeldLock {
 }
 
 /// Acquires the lock `key` on `node`. `Ok(None)`: not acquired within
-/// `operationTimeout`.
+/// `operationTimeout`. With `read` (a key on the same node and the TTL to
+/// slide it to), every attempt pipelines a read of that key after the
+/// `add`, and the read of the successful attempt — made under the lock —
+/// comes back with it.
 ///
 /// The attempts run in their own task: a request cancelled while an `add`
 /// is on the wire does not leave a lock nobody knows about (it would block
 /// the session until `lockExpiration`); the task finishes the attempt and,
 /// with nobody waiting for it, its lock is dropped and so released.
-pub(crate) async fn acquire(shared: &Arc<Shared>, node: NodeIndex, key: String) -> Result<Option<HeldLock>, Error> {
-    let attempt = tokio::spawn(acquire_here(Arc::clone(shared), node, key));
+pub(crate) async fn acquire(
+    shared: &Arc<Shared>,
+    node: NodeIndex,
+    key: String,
+    read: Option<(String, Expiry)>,
+) -> Result<Option<(HeldLock, Option<Option<Versioned>>)>, Error> {
+    let attempt = tokio::spawn(acquire_here(Arc::clone(shared), node, key, read));
     match attempt.await {
         Ok(outcome) => outcome,
         // Never swallow a panic; a task cancelled by a runtime shutting
@@ -102,7 +112,12 @@ pub(crate) async fn acquire(shared: &Arc<Shared>, node: NodeIndex, key: String) 
     }
 }
 
-async fn acquire_here(shared: Arc<Shared>, node: NodeIndex, key: String) -> Result<Option<HeldLock>, Error> {
+async fn acquire_here(
+    shared: Arc<Shared>,
+    node: NodeIndex,
+    key: String,
+    read: Option<(String, Expiry)>,
+) -> Result<Option<(HeldLock, Option<Option<Versioned>>)>, Error> {
     let shared = &shared;
     let config = &shared.config;
     let counters = &shared.stats.counters;
@@ -122,13 +137,27 @@ async fn acquire_here(shared: Arc<Shared>, node: NodeIndex, key: String) -> Resu
     let value = value.as_slice();
     loop {
         let sent = Instant::now();
-        let acquired = shared
-            .nodes
-            .get(node)
-            .call(|b| b.add_with_cas(&key, value, expiry))
-            .await;
+        let lock = Item {
+            key: &key,
+            value,
+            expiry,
+        };
+        let acquired = match &read {
+            None => shared
+                .nodes
+                .get(node)
+                .call(|b| b.add_with_cas(&key, value, expiry))
+                .await
+                .map(|cas| (cas, None)),
+            Some((read_key, read_expiry)) => shared
+                .nodes
+                .get(node)
+                .call(|b| b.add_then_get_and_touch(lock, read_key, *read_expiry))
+                .await
+                .map(|(cas, got)| (cas, Some(got))),
+        };
         match acquired {
-            Ok(Some(cas)) => {
+            Ok((Some(cas), got)) => {
                 shared.stats.lock_acquire_time.record_duration(started.elapsed());
                 Stats::count(&counters.locks_acquired);
                 let state = Arc::new(LockState {
@@ -140,11 +169,13 @@ async fn acquire_here(shared: Arc<Shared>, node: NodeIndex, key: String) -> Resu
                     lost: AtomicBool::new(false),
                     valid_until: parking_lot::Mutex::new(sent + config.lock_expiration),
                     acquired_at: Instant::now(),
+                    renewal: parking_lot::Mutex::new(None),
                 });
-                tokio::spawn(renew(Arc::downgrade(&state)));
-                return Ok(Some(HeldLock { state, released: false }));
+                let renewal = tokio::spawn(renew(Arc::downgrade(&state)));
+                *state.renewal.lock() = Some(renewal.abort_handle());
+                return Ok(Some((HeldLock { state, released: false }, got)));
             }
-            Ok(None) => {}
+            Ok((None, _)) => {}
             Err(error) => {
                 Stats::count(&counters.lock_failures);
                 if let Error::Backend { source, .. } = &error {
@@ -262,6 +293,10 @@ async fn let_go(state: &LockState) {
     let Some(cas) = state.cas.lock().await.take() else {
         return;
     };
+    // Holding the token: no renewal is in flight, and none is needed.
+    if let Some(renewal) = state.renewal.lock().take() {
+        renewal.abort();
+    }
     let started = Instant::now();
     let released = shared
         .nodes

@@ -2,39 +2,58 @@
 //! memcached and writes it back at its end if it changed; no instance owns
 //! a session, so a load balancer may send any request anywhere.
 //!
-//! Keys of a session with id `I` (prefix `P`):
+//! Keys of a session with id `I` (prefix `P`), storage format 2 (envelope
+//! variant `V2`; the earlier format's records are never read):
 //!
 //! | key | node | TTL | what |
 //! |---|---|---|---|
-//! | `P I` | primary (named in `I`) | 2 × maxInactive | the session |
-//! | `validity:P I` | primary | maxInactive | the validity record: its TTL is the inactivity clock |
-//! | `bak:P I`, `bak:validity:P I` | next available node in the ring | same | the backup copies |
+//! | `P I` | primary (named in `I`) | maxInactive, slid by every read | the session: its TTL *is* the inactivity clock |
+//! | `bak:P I` | next available node in the ring | 1¼ × maxInactive from its last write | the backup copy |
 //! | `lock:P <random part of I>` | primary (or where it moves) | lockExpiration | the lock |
 //!
-//! Operations per request kind (R = round trip; reads of one request go out
-//! in parallel):
+//! Operations per request kind (R = round trip):
 //!
-//! * **read-only** (session used, not changed): `get` session + `touch`
-//!   validity on the primary, `touch` backup validity on the backup node =
-//!   3 operations, 1 R. The touches slide the inactivity clock; the backup
-//!   touch also tells whether the backup copy still exists.
-//! * **modifying**: the read above, then `set` session + `set` validity on
-//!   the primary and the same two on the backup node, in parallel = 7
-//!   operations, 2 R.
-//! * **with a lock**: + `add` lock before and `delete` lock after (CAS
-//!   guarded) = 2 more operations, 2 more R.
-//! * **request carrying the id without using the session**: `touch`
-//!   validity + `touch` backup validity after the response = 2 operations.
-//! * With a **single node** there is no backup: read-only 2, modifying 4.
+//! * **read-only** (session used, not changed): `mg P I v c T<maxInactive>`
+//!   on the primary — **1 operation, 1 R**: it reads the session with its
+//!   CAS token and slides its TTL. Once a quarter of the interval has
+//!   passed since the session was last written, a read also rewrites it
+//!   (primary, CAS-conditional, then backup), which keeps the backup's TTL
+//!   ahead of the primary's: 3 operations, 3 R, once per quarter interval.
+//!   So does the first read after any node went down, came back or
+//!   restarted empty (as this instance saw it) of a session written
+//!   before: its backup may be missing or on a node that is no longer the
+//!   next available one.
+//! * **modifying**: the read, then the primary written *conditionally on
+//!   the CAS token it was read with* (`ms … C<cas>`; an `add` for a new or
+//!   relocated id), then — only once the primary kept it — the backup:
+//!   3 operations, 3 R. The backup is not written in parallel with the
+//!   primary on purpose: a write refused as stale, or whose outcome is
+//!   unknown, must never reach the copy a failover would read.
+//! * **with a lock**: the lock's `add` goes in the same pipelined round
+//!   trip as the read (`ms lock … MA` then `mg`, in order on one
+//!   connection, so the read happens under the lock), and its CAS-guarded
+//!   delete in the same round trip as the backup write: 5 operations,
+//!   still 3 R.
+//! * **request carrying the id without using the session**: `touch` of
+//!   both copies after the response = 2 operations, 1 R.
+//! * With a **single node** there is no backup: read-only 1, modifying 2.
 //!
-//! The session itself is rewritten at least once per half inactivity
-//! interval even when unchanged, so it always outlives its validity record.
+//! **Expiry.** A session expires when its primary copy's TTL runs out.
+//! The backup outlives the primary by at most a quarter interval, so a
+//! session read from its backup (primary down or restarted empty) may be
+//! at most `maxInactive / 4` past its inactivity limit — the documented
+//! margin; never more.
 //!
-//! A primary that lost the session (restarted empty) is re-created from the
-//! backup; a missing backup is re-created from the primary. When the
-//! primary node is down, the backup is read from the next available node
-//! in the ring (walking further if that one is down too), the id is
-//! relocated to that node, and new primary and backup copies are written.
+//! **Failover.** A primary that lost the session (restarted empty) is
+//! re-created from the backup. When the primary node is down, the backup
+//! is read from the next available node in the ring (walking further if
+//! that one is down too), the id is relocated to that node, new primary
+//! and backup copies are written, and the old backup copy is replaced by a
+//! **forward record** (`Moved` → the new id, same TTL as the backup it
+//! replaces), so requests still carrying the old id — in flight, or whose
+//! response was lost — find the session under its new id instead of
+//! starting an empty one. A new id given by `cycle_id` deletes the old
+//! copies instead: the old id must die.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,8 +63,9 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use self::lock::HeldLock;
+use crate::backend::Versioned;
 use crate::backend::{Expiry, Item, WriteMode, WriteOutcome};
-use crate::envelope::{self, SessionRecord};
+use crate::envelope::{self, Format, SessionRecord, Stored};
 use crate::error::Error;
 use crate::locking_mode::LockFailure;
 use crate::manager::Shared;
@@ -53,10 +73,10 @@ use crate::nodes::NodeIndex;
 use crate::session_id::SessionId;
 use crate::session_state::{SessionState, StoredMark, unix_ms};
 use crate::stats::Stats;
-use crate::validity::Validity;
 
 pub(crate) mod lock;
 pub(crate) mod lock_policy;
+pub(crate) mod repairs;
 
 /// What a load found out about a session's copies.
 #[derive(Clone, Copy, Debug, Default)]
@@ -65,8 +85,9 @@ pub(crate) struct LoadInfo {
     new: bool,
     /// The primary copy must be (re-)written: lost by its node, or relocated.
     primary_missing: bool,
-    /// The backup copy must be re-written.
-    backup_missing: bool,
+    /// The session was last written before a node went down, came back or
+    /// restarted empty: its backup may be missing or on the wrong node.
+    backup_stale: bool,
     /// When the session was last written (from the stored record).
     written_ms: u64,
     /// The session's version in the last write by this instance (0: as
@@ -180,12 +201,32 @@ impl Drop for Claim {
     }
 }
 
-fn data_expiry(max_inactive: Option<Duration>) -> Expiry {
-    max_inactive.map_or(Expiry::Never, |max| Expiry::After(max * 2))
+/// TTL of the primary copy: the inactivity interval itself.
+fn primary_expiry(max_inactive: Option<Duration>) -> Expiry {
+    max_inactive.map_or(Expiry::Never, Expiry::After)
 }
 
-fn validity_expiry(max_inactive: Option<Duration>) -> Expiry {
-    max_inactive.map_or(Expiry::Never, Expiry::After)
+/// TTL of the backup copy (and of a forward record): a quarter interval
+/// longer than the primary's, since reads slide only the primary and an
+/// unchanged session is rewritten once a quarter interval has passed.
+fn backup_expiry(max_inactive: Option<Duration>) -> Expiry {
+    max_inactive.map_or(Expiry::Never, |max| Expiry::After(max + max / 4))
+}
+
+/// TTL of a forward record: as long as the backup it replaces would have
+/// lived (a day when sessions never expire).
+fn forward_expiry(max_inactive: Option<Duration>) -> Expiry {
+    Expiry::After(max_inactive.map_or(FORWARD_WITHOUT_EXPIRY, |max| max + max / 4))
+}
+
+/// How long a forward record lives when sessions never expire.
+const FORWARD_WITHOUT_EXPIRY: Duration = Duration::from_secs(86_400);
+
+/// Whether an unchanged session written at `written_ms` is due for its
+/// rewrite (which refreshes the backup's TTL).
+fn rewrite_due(max_inactive: Option<Duration>, written_ms: u64, now_ms: u64) -> bool {
+    max_inactive
+        .is_some_and(|max| now_ms.saturating_sub(written_ms) >= u64::try_from(max.as_millis() / 4).unwrap_or(u64::MAX))
 }
 
 /// Finds the session `id` for a request, sharing it with the requests of
@@ -208,35 +249,29 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
         return Ok(None);
     }
     if let Some((locked, false)) = present {
-        let lock = if wants_lock && !locked {
-            lock_for(shared, id).await?
-        } else {
-            None
-        };
         // Loaded without the lock: read it again under the lock, or give
         // the lock back and say why.
-        let mut lock = lock;
-        let reload = match lock.take() {
-            None => None,
-            Some(held) => match load(shared, id).await {
-                Ok(Some(fresh)) => {
-                    lock = Some(held);
-                    Some(fresh)
-                }
-                Ok(None) => {
-                    lock::release(held).await;
-                    return Ok(None);
-                }
-                Err(error) => {
-                    lock::release(held).await;
-                    return Err(error);
-                }
+        let (mut lock, reload) = match wants_lock && !locked {
+            false => (None, None),
+            true => match lock_for(shared, id).await? {
+                (None, _) => (None, None),
+                (Some(held), first_read) => match load(shared, id, first_read).await {
+                    Ok(Some(fresh)) => (Some(held), Some(fresh)),
+                    Ok(None) => {
+                        lock::release(held).await;
+                        return Ok(None);
+                    }
+                    Err(error) => {
+                        lock::release(held).await;
+                        return Err(error);
+                    }
+                },
             },
         };
         let mut map = shared.inflight.by_id.lock();
         if let Some(entry) = map.get_mut(id.as_str()) {
             if lock.is_some() {
-                entry.lock = lock;
+                entry.lock = lock.take();
                 // Loaded without the lock: refresh it unless it was changed meanwhile.
                 if let Some((fresh, load)) = reload {
                     let mut inner = entry.session.inner.lock();
@@ -256,8 +291,12 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
         }
         // The entry cannot vanish while we hold the gate; fall through defensively.
     }
-    let lock = if wants_lock { lock_for(shared, id).await? } else { None };
-    match load(shared, id).await {
+    let (lock, first_read) = if wants_lock {
+        lock_for(shared, id).await?
+    } else {
+        (None, None)
+    };
+    match load(shared, id, first_read).await {
         Ok(Some((session, load))) => {
             let session = Arc::new(session);
             shared.inflight.by_id.lock().insert(
@@ -283,33 +322,40 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
 }
 
 /// Takes the lock of `id`'s session, applying `lockFailure` when it cannot.
-async fn lock_for(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<HeldLock>, Error> {
+/// When the lock lives on the session's own node, the session is read in
+/// the same round trip, under the lock: that read comes back too.
+async fn lock_for(shared: &Arc<Shared>, id: &SessionId) -> Result<(Option<HeldLock>, Option<PrimaryRead>), Error> {
     let Some(primary) = shared.node_index(id) else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let mut outcome = Ok(None);
     // A node found dead while locking is marked down: lock on the next
     // (where the session is about to be relocated).
     for _ in 0..shared.nodes.iter().count() {
         let Some(home) = shared.nodes.home_of(primary) else {
-            return Ok(None);
+            return Ok((None, None));
         };
-        outcome = lock::acquire(shared, home, shared.lock_key(id)).await;
+        let read = (home == primary).then(|| (shared.session_key(id), primary_expiry(shared.config.max_inactive)));
+        outcome = lock::acquire(shared, home, shared.lock_key(id), read).await;
         if !matches!(&outcome, Err(error) if error.is_unavailable()) {
             break;
         }
     }
     match (outcome, shared.config.lock_failure) {
-        (Ok(Some(lock)), _) => Ok(Some(lock)),
+        (Ok(Some((lock, read))), _) => Ok((Some(lock), read.map(PrimaryRead))),
         (Ok(None), LockFailure::Fail) => Err(Error::LockUnavailable),
         (Err(error), LockFailure::Fail) => Err(error),
         (failed, LockFailure::Proceed) => {
             let reason = failed.err().map_or_else(|| "timed out".to_owned(), |e| e.to_string());
             tracing::warn!(%reason, "session lock not acquired; proceeding without it (lockFailure=proceed)");
-            Ok(None)
+            Ok((None, None))
         }
     }
 }
+
+/// The session's primary copy as read (with its TTL slid) in the lock's
+/// round trip.
+struct PrimaryRead(Option<Versioned>);
 
 /// A session read from memcached under `stored_as`, given the id `id`
 /// (different when relocated: the old keys then become obsolete).
@@ -318,8 +364,6 @@ fn loaded(stored_as: &SessionId, id: SessionId, record: SessionRecord, load: Loa
         written_ms: record.last_accessed_ms,
         ..load
     };
-    // Marked as stored under its old id, so cycle_id or relocation makes
-    // those keys obsolete.
     let stored = StoredMark {
         id: stored_as.clone(),
         version: 0,
@@ -330,18 +374,78 @@ fn loaded(stored_as: &SessionId, id: SessionId, record: SessionRecord, load: Loa
     {
         let mut inner = session.inner.lock();
         inner.announced = true;
+        // Marked as stored under its old id, so relocation makes those
+        // keys obsolete (a no-op when the id did not change).
         inner.mark_obsolete(stored_as.clone());
     }
     (session, load)
 }
 
+/// What a copy read from memcached holds.
+enum Found {
+    Session(SessionRecord, Option<u64>),
+    /// A forward record: the session was relocated to this id.
+    Moved(SessionId),
+    /// A tombstone: logged out.
+    Gone,
+    Nothing,
+}
+
+/// Interprets a copy of `id` read from `key` on `node`: anything not a
+/// session or forward record of this format is "nothing".
+fn interpret(shared: &Shared, key: &str, read: Option<Versioned>, node: NodeIndex) -> Found {
+    let Some(read) = read else {
+        return Found::Nothing;
+    };
+    match shared.read_stored(key, &read.value, node, Format::NonSticky) {
+        Some(Stored::Session(record)) => Found::Session(record, Some(read.cas)),
+        Some(Stored::Gone) => Found::Gone,
+        Some(Stored::Moved(to)) => match SessionId::parse(&to, |node| shared.nodes.is_known(node)) {
+            Some(to) => Found::Moved(to),
+            None => Found::Nothing,
+        },
+        None => Found::Nothing,
+    }
+}
+
 /// Loads a session from its primary node, or from a backup node when the
-/// primary is down or lost it.
-async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionState, LoadInfo)>, Error> {
+/// primary is down or lost it. `first_read`: the primary copy, already
+/// read in the lock's round trip.
+async fn load(
+    shared: &Arc<Shared>,
+    id: &SessionId,
+    first_read: Option<PrimaryRead>,
+) -> Result<Option<(SessionState, LoadInfo)>, Error> {
+    match load_once(shared, id, first_read).await? {
+        Loaded::Session(found) => Ok(Some(*found)),
+        Loaded::Missing => Ok(None),
+        // Relocated by another request: one hop to where it lives now (a
+        // forward found there again is not followed: no loops).
+        Loaded::Moved(to) => {
+            Stats::count(&shared.stats.counters.forwards_followed);
+            match load_once(shared, &to, None).await? {
+                Loaded::Session(found) => Ok(Some(*found)),
+                Loaded::Missing | Loaded::Moved(_) => {
+                    Stats::count(&shared.stats.counters.unknown_session_ids);
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
+/// What one load found.
+enum Loaded {
+    Session(Box<(SessionState, LoadInfo)>),
+    Moved(SessionId),
+    Missing,
+}
+
+async fn load_once(shared: &Arc<Shared>, id: &SessionId, first_read: Option<PrimaryRead>) -> Result<Loaded, Error> {
     let counters = &shared.stats.counters;
     let Some(primary) = shared.node_index(id) else {
         Stats::count(&counters.unknown_session_ids);
-        return Ok(None);
+        return Ok(Loaded::Missing);
     };
     let max_inactive = shared.config.max_inactive;
     let started = Instant::now();
@@ -351,67 +455,67 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
     let unanswered: Error;
     if shared.nodes.get(primary).is_available() {
         let node = shared.nodes.get(primary);
-        let backup = shared.nodes.next_available(primary);
-        let (data_key, validity_key) = (shared.session_key(id), shared.validity_key(id));
-        let backup_validity_key = shared.backup_validity_key(id);
-        let (primary_read, backup_valid) = tokio::join!(
-            node.call(|b| b.get_and_touch_other(&data_key, &validity_key, validity_expiry(max_inactive))),
-            async {
-                match backup {
-                    Some(b) => Some(
-                        shared
-                            .nodes
-                            .get(b)
-                            .call(|n| n.touch(&backup_validity_key, validity_expiry(max_inactive)))
-                            .await,
-                    ),
-                    None => None,
-                }
+        let data_key = shared.session_key(id);
+        let read = match first_read {
+            Some(PrimaryRead(read)) => Ok(read),
+            None => {
+                node.call(|b| b.get_and_touch(&data_key, primary_expiry(max_inactive)))
+                    .await
             }
-        );
-        shared.stats.load_time.record_duration(started.elapsed());
-        let backup_missing = backup_valid.as_ref().is_some_and(|v| !matches!(v, Ok(true)));
-        let (data, valid) = match primary_read {
-            Ok((data, valid)) => (Ok(data), Ok(valid)),
-            Err(error) => (Err(error), Ok(false)),
         };
-        match (data, valid) {
-            (Ok(Some(stored)), Ok(true)) => {
-                Stats::count(&counters.loads);
-                let Some(record) = shared.read_record(&data_key, &stored.value, primary) else {
-                    return Ok(None);
-                };
-                let load = LoadInfo {
-                    backup_missing,
-                    cas: Some((key_tag(&data_key), stored.cas)),
-                    ..LoadInfo::default()
-                };
-                return Ok(Some(loaded(id, id.clone(), record, load)));
-            }
-            (Ok(Some(_)), Ok(false)) => {
-                // Expired: the validity record is gone.
-                Stats::count(&counters.sessions_expired);
-                // Best effort: an expired session is gone either way.
-                let _ = delete_session_keys(shared, id).await;
-                return Ok(None);
-            }
-            (Ok(None), Ok(_)) => {
-                if let Some(Err(error)) = backup_valid {
-                    // Not on its node (restarted empty?) and its backup's
-                    // node did not answer: it may exist there.
-                    Stats::count(&counters.load_failures);
-                    return Err(error);
+        shared.stats.load_time.record_duration(started.elapsed());
+        match read {
+            Ok(read) if read.is_some() => match interpret(shared, &data_key, read, primary) {
+                Found::Session(record, cas) => {
+                    Stats::count(&counters.loads);
+                    let load = LoadInfo {
+                        cas: cas.map(|cas| (key_tag(&data_key), cas)),
+                        backup_stale: record.last_accessed_ms <= shared.nodes.last_change_ms(),
+                        ..LoadInfo::default()
+                    };
+                    return Ok(Loaded::Session(Box::new(loaded(id, id.clone(), record, load))));
                 }
-                if !matches!(backup_valid, Some(Ok(true))) {
+                Found::Moved(to) => return Ok(Loaded::Moved(to)),
+                // Logged out, or garbage (counted and logged by the decoder).
+                Found::Gone | Found::Nothing => {
+                    Stats::count(&counters.unknown_session_ids);
+                    return Ok(Loaded::Missing);
+                }
+            },
+            Ok(_) => {
+                // Not on its node: expired, never existed, or its node
+                // restarted empty — the backup tells (it outlives the
+                // primary by at most a quarter interval: the margin).
+                let Some(backup) = shared.nodes.next_available(primary) else {
                     Stats::count(&counters.load_misses);
                     Stats::count(&counters.unknown_session_ids);
-                    return Ok(None);
-                }
-                // The primary lost it (restarted empty): take the backup.
-                let backup = backup.expect("a backup validity answer implies a backup node");
-                return load_backup(shared, id, backup, id.clone()).await;
+                    return Ok(Loaded::Missing);
+                };
+                return match read_backup(shared, id, backup).await {
+                    Ok(Found::Session(record, _)) => {
+                        Stats::count(&counters.backup_node_loads);
+                        Stats::count(&counters.loads);
+                        let load = LoadInfo {
+                            primary_missing: true,
+                            ..LoadInfo::default()
+                        };
+                        Ok(Loaded::Session(Box::new(loaded(id, id.clone(), record, load))))
+                    }
+                    Ok(Found::Moved(to)) => Ok(Loaded::Moved(to)),
+                    Ok(Found::Gone | Found::Nothing) => {
+                        Stats::count(&counters.load_misses);
+                        Stats::count(&counters.unknown_session_ids);
+                        Ok(Loaded::Missing)
+                    }
+                    Err(error) => {
+                        // Not on its node and its backup's node did not
+                        // answer: it may exist there.
+                        Stats::count(&counters.load_failures);
+                        Err(error)
+                    }
+                };
             }
-            (Err(error), _) | (_, Err(error)) => {
+            Err(error) => {
                 if !error.is_unavailable() {
                     Stats::count(&counters.load_failures);
                     return Err(error);
@@ -431,18 +535,29 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
         if !shared.nodes.get(candidate).is_available() {
             continue;
         }
-        let relocated = id.with_location(shared.nodes.get(candidate).spec.id.as_ref(), shared.config.route());
-        match load_backup(shared, id, candidate, relocated).await {
-            Ok(Some(found)) => {
+        match read_backup(shared, id, candidate).await {
+            Ok(Found::Session(record, _)) => {
+                let relocated = id.with_location(shared.nodes.get(candidate).spec.id.as_ref(), shared.config.route());
+                Stats::count(&counters.backup_node_loads);
+                Stats::count(&counters.loads);
                 Stats::count(&counters.relocations);
                 tracing::info!(
                     from = %shared.nodes.get(primary).label(),
                     to = %shared.nodes.get(candidate).label(),
                     "primary node down; session read from its backup and relocated"
                 );
-                return Ok(Some(found));
+                let load = LoadInfo {
+                    primary_missing: true,
+                    ..LoadInfo::default()
+                };
+                return Ok(Loaded::Session(Box::new(loaded(id, relocated, record, load))));
             }
-            Ok(None) => {
+            Ok(Found::Moved(to)) => return Ok(Loaded::Moved(to)),
+            Ok(Found::Gone) => {
+                Stats::count(&counters.unknown_session_ids);
+                return Ok(Loaded::Missing);
+            }
+            Ok(Found::Nothing) => {
                 answered |= Some(candidate) == designated_backup;
                 continue;
             }
@@ -456,7 +571,7 @@ async fn load(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<(SessionSta
     }
     Stats::count(&counters.load_misses);
     Stats::count(&counters.unknown_session_ids);
-    Ok(None)
+    Ok(Loaded::Missing)
 }
 
 /// "Node `index` is unavailable", as a request error (`503`).
@@ -467,32 +582,28 @@ fn unavailable(shared: &Shared, index: NodeIndex) -> Error {
     }
 }
 
-/// Reads the backup copy of `id` on `node`; the session gets `new_id`.
-async fn load_backup(
-    shared: &Arc<Shared>,
-    id: &SessionId,
-    node: NodeIndex,
-    new_id: SessionId,
-) -> Result<Option<(SessionState, LoadInfo)>, Error> {
-    let handle = shared.nodes.get(node);
-    let (data_key, validity_key) = (shared.backup_key(id), shared.backup_validity_key(id));
-    let expiry = validity_expiry(shared.config.max_inactive);
-    let (data, valid) = handle
-        .call(|b| b.get_and_touch_other(&data_key, &validity_key, expiry))
-        .await?;
-    let (Some(bytes), true) = (data, valid) else {
-        return Ok(None);
+/// Reads the backup copy of `id` on `node` (one `mg`, TTL not slid: the
+/// session is about to be rewritten).
+async fn read_backup(shared: &Shared, id: &SessionId, node: NodeIndex) -> Result<Found, Error> {
+    let key = shared.backup_key(id);
+    let read = shared.nodes.get(node).call(|b| b.get_with_cas(&key)).await?;
+    match interpret(shared, &key, read, node) {
+        // Whole-second TTLs aside, a backup past its own lifetime is gone.
+        Found::Session(record, _) if backup_outlived(shared.config.max_inactive, record.last_accessed_ms) => {
+            Stats::count(&shared.stats.counters.sessions_expired);
+            Ok(Found::Nothing)
+        }
+        found => Ok(found),
+    }
+}
+
+/// Whether a backup written at `written_ms` is past its lifetime.
+fn backup_outlived(max_inactive: Option<Duration>, written_ms: u64) -> bool {
+    let Some(max) = max_inactive else {
+        return false;
     };
-    let Some(record) = shared.read_record(&data_key, &bytes.value, node) else {
-        return Ok(None);
-    };
-    Stats::count(&shared.stats.counters.backup_node_loads);
-    Stats::count(&shared.stats.counters.loads);
-    let load = LoadInfo {
-        primary_missing: true,
-        ..LoadInfo::default()
-    };
-    Ok(Some(loaded(id, new_id, record, load)))
+    let lifetime = u64::try_from((max + max / 4).as_millis()).unwrap_or(u64::MAX);
+    unix_ms(SystemTime::now()).saturating_sub(written_ms) > lifetime
 }
 
 /// Ends one request's use of an in-flight session. A request that
@@ -575,7 +686,7 @@ async fn count_out_gated(shared: &Arc<Shared>, key: &str, writes_at_join: u64, c
         Then::Write(_, _, true) => Err(Error::LockLost),
         Then::Write(session, load, false) => {
             let version = session.inner.lock().version;
-            let written = store(shared, &session, load).await;
+            let written = store(shared, &session, load, None).await;
             let mut map = shared.inflight.by_id.lock();
             let entry = map.get_mut(key);
             match (written, entry) {
@@ -631,7 +742,8 @@ async fn finish_session(shared: &Arc<Shared>, entry: InFlight, changed: bool) ->
     } else if lost {
         Err(Error::LockLost)
     } else {
-        store(shared, &entry.session, entry.load).await.map(drop)
+        // The lock is let go of inside, in the backup's round trip.
+        return store(shared, &entry.session, entry.load, entry.lock).await.map(drop);
     };
     if let Some(lock) = entry.lock {
         lock::release(lock).await;
@@ -645,18 +757,37 @@ pub(crate) async fn store_new(shared: &Arc<Shared>, session: &Arc<SessionState>)
         new: true,
         ..LoadInfo::default()
     };
-    store(shared, session, load).await.map(drop)
+    store(shared, session, load, None).await.map(drop)
 }
 
 /// Brings memcached in line with the session: delete it (invalidated),
 /// write both copies (changed, new, relocated, primary lost, or due for its
-/// periodic rewrite), re-create a lost backup, or nothing (read-only).
+/// periodic rewrite), or nothing (read-only). Releases `lock`, if given,
+/// once the primary was written (in the backup's round trip), or at the
+/// end when it was not.
 ///
-/// `Err` when the change is not durable: no node to write to, or the
-/// primary write failed while its node still answers (a `SERVER_ERROR`), or
-/// both copies failed. A primary that is down while the backup was written
-/// is fine: the next request reads the backup.
-async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> Result<Option<(u64, u64)>, Error> {
+/// `Err` when the change is not durable: no node to write to, the primary
+/// refused it (stale: [`Error::Conflict`]), or the primary write failed.
+async fn store(
+    shared: &Arc<Shared>,
+    session: &SessionState,
+    load: LoadInfo,
+    lock: Option<HeldLock>,
+) -> Result<Option<(u64, u64)>, Error> {
+    let mut lock = lock;
+    let outcome = write_session(shared, session, load, &mut lock).await;
+    if let Some(lock) = lock {
+        lock::release(lock).await;
+    }
+    outcome
+}
+
+async fn write_session(
+    shared: &Arc<Shared>,
+    session: &SessionState,
+    load: LoadInfo,
+    lock: &mut Option<HeldLock>,
+) -> Result<Option<(u64, u64)>, Error> {
     let counters = &shared.stats.counters;
     let max_inactive = shared.config.max_inactive;
     let (id, invalidated, changed, obsolete) = {
@@ -682,16 +813,18 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
         });
     }
     let now_ms = unix_ms(SystemTime::now());
-    let due = max_inactive.is_some_and(|max| {
-        now_ms.saturating_sub(load.written_ms) >= u64::try_from(max.as_millis() / 2).unwrap_or(u64::MAX)
-    });
-    let write_primary = changed || due || load.new || load.primary_missing || !obsolete.is_empty();
-    if !write_primary && !load.backup_missing {
+    let relocated = !obsolete.is_empty();
+    let rewrite = changed
+        || load.new
+        || load.primary_missing
+        || load.backup_stale
+        || relocated
+        || rewrite_due(max_inactive, load.written_ms, now_ms);
+    if !rewrite {
         Stats::count(&counters.backups_skipped);
         return Ok(None);
     }
-    let relocated = !obsolete.is_empty();
-    if (load.primary_missing && !relocated) || (load.backup_missing && !changed && !load.new) {
+    if (load.primary_missing && !relocated) || (load.backup_stale && !changed) {
         Stats::count(&counters.backups_recreated);
     }
     let Some(primary) = shared.node_index(&id) else {
@@ -706,17 +839,11 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
         let mut inner = session.inner.lock();
         inner.last_accessed_ms = now_ms;
         let started = Instant::now();
-        let bytes = envelope::encode(inner.record());
+        let bytes = envelope::encode(inner.record(), Format::NonSticky);
         shared.stats.serialization_time.record_duration(started.elapsed());
         bytes
     };
     shared.stats.session_size.record(bytes.len() as u64);
-    let validity = Validity {
-        max_inactive_secs: max_inactive.map_or(0, |d| d.as_secs()),
-        last_written_ms: now_ms,
-    }
-    .encode();
-    let backup = shared.nodes.next_available(primary);
     let data_key = shared.session_key(&id);
     // Never over a newer copy: conditional on the token it was read with.
     let primary_mode = match load.cas {
@@ -724,86 +851,146 @@ async fn store(shared: &Arc<Shared>, session: &SessionState, load: LoadInfo) -> 
         _ => WriteMode::Add,
     };
     let started = Instant::now();
-    let primary_keys = || (shared.session_key(&id), shared.validity_key(&id));
-    let backup_keys = || (shared.backup_key(&id), shared.backup_validity_key(&id));
-    let outcome = if changed || load.new || relocated {
-        // The primary first, conditionally; the backup only once the
-        // primary kept this write, so a refused or unconfirmed write never
-        // reaches the backup (where a later failover would find it).
-        match write_copy(shared, primary, primary_keys(), &bytes, &validity, primary_mode).await {
-            Ok(WriteOutcome::Refused) if !changed && !load.new => {
-                // Relocating (or re-keying) an unchanged session that
-                // another request already moved or changed: nothing of
-                // this request is lost.
-                Ok(None)
-            }
-            Ok(WriteOutcome::Refused) => {
-                // Another request changed the session since it was read:
-                // nothing of this one is kept.
-                Stats::count(&counters.write_conflicts);
-                Err(Error::Conflict)
-            }
-            Ok(WriteOutcome::Stored(cas)) => {
-                let backup_written = match backup {
+    // The primary first, conditionally; the backup only once the primary
+    // kept this write, so a refused or unconfirmed write never reaches the
+    // backup (where a later failover would find it).
+    let primary_written = write_copy(
+        shared,
+        primary,
+        data_key.clone(),
+        &bytes,
+        primary_expiry(max_inactive),
+        primary_mode,
+    )
+    .await;
+    let outcome = match primary_written {
+        Ok(WriteOutcome::Refused) if !changed && !load.new => {
+            // A rewrite or relocation of an unchanged session that another
+            // request already changed or moved: nothing of this one is lost.
+            Ok(None)
+        }
+        Ok(WriteOutcome::Refused) => {
+            // Another request changed the session since it was read:
+            // nothing of this one is kept.
+            Stats::count(&counters.write_conflicts);
+            Err(Error::Conflict)
+        }
+        Ok(WriteOutcome::Stored(cas)) => {
+            let backup_written = async {
+                match shared.nodes.next_available(primary) {
                     None => Ok(WriteOutcome::Stored(0)),
-                    Some(backup) => write_copy(shared, backup, backup_keys(), &bytes, &validity, WriteMode::Set).await,
-                };
-                match backup_written {
-                    Ok(_) => Stats::count(&counters.backups_written),
-                    Err(error) => {
-                        Stats::count(&counters.backups_failed);
-                        tracing::warn!(%error, "writing a non-sticky backup copy failed; the primary copy is written");
+                    Some(backup) => {
+                        let key = shared.backup_key(&id);
+                        write_copy(shared, backup, key, &bytes, backup_expiry(max_inactive), WriteMode::Set).await
                     }
                 }
-                Ok(Some((key_tag(&data_key), cas)))
-            }
-            Err(error) => {
-                Stats::count(&counters.backups_failed);
-                tracing::error!(%error, "a non-sticky session could not be saved");
-                // A write that may have landed is a 504, never a 503.
-                Err(outcome_unknown(error))
-            }
-        }
-    } else {
-        // Unchanged (read-only request): re-create what is missing, or
-        // rewrite what is due — never over a newer copy, and the backup
-        // only after the primary was kept, so an older copy read here never
-        // replaces a newer write of another request.
-        let mut primary_kept = !write_primary;
-        let mut new_cas = None;
-        if write_primary {
-            match write_copy(shared, primary, primary_keys(), &bytes, &validity, primary_mode).await {
-                Ok(WriteOutcome::Stored(cas)) => {
-                    primary_kept = true;
-                    new_cas = Some(cas);
+            };
+            // The lock goes in the same round trip as the backup.
+            let release = async {
+                if let Some(held) = lock.take() {
+                    lock::release(held).await;
                 }
-                // Changed meanwhile: that write refreshed both copies.
-                Ok(WriteOutcome::Refused) => {}
-                Err(error) => tracing::warn!(%error, "refreshing a non-sticky session failed"),
-            }
-        }
-        let mut wrote = new_cas.is_some();
-        if let Some(backup) = backup.filter(|_| primary_kept && (write_primary || load.backup_missing)) {
-            let mode = if write_primary { WriteMode::Set } else { WriteMode::Add };
-            match write_copy(shared, backup, backup_keys(), &bytes, &validity, mode).await {
-                Ok(outcome) => wrote |= outcome != WriteOutcome::Refused,
+            };
+            let (backup_written, ()) = tokio::join!(backup_written, release);
+            match backup_written {
+                Ok(_) => Stats::count(&counters.backups_written),
                 Err(error) => {
                     Stats::count(&counters.backups_failed);
-                    tracing::warn!(%error, "re-creating a non-sticky backup copy failed");
+                    tracing::warn!(%error, "writing a non-sticky backup copy failed; the primary copy is written");
                 }
             }
+            Ok(Some((key_tag(&data_key), cas)))
         }
-        if wrote {
-            Stats::count(&counters.backups_written);
+        Err(error) if !changed && !load.new && !relocated => {
+            // Only a refresh failed: the session itself is as it was.
+            tracing::warn!(%error, "refreshing a non-sticky session failed");
+            Ok(None)
         }
-        Ok(new_cas.map(|cas| (key_tag(&data_key), cas)))
+        Err(error) => {
+            Stats::count(&counters.backups_failed);
+            tracing::error!(%error, "a non-sticky session could not be saved");
+            // A write that may have landed is a 504, never a 503.
+            Err(outcome_unknown(error))
+        }
     };
     shared.stats.backup_time.record_duration(started.elapsed());
-    for old in obsolete.iter().filter(|old| **old != id) {
-        // Best effort: the session moved on to `id`.
-        let _ = delete_session_keys(shared, old).await;
+    if outcome.as_ref().is_ok_and(Option::is_some) {
+        for old in obsolete.iter().filter(|old| **old != id) {
+            // Best effort: the session moved on to `id`.
+            if old.random_part() == id.random_part() {
+                leave_forward(shared, old, &id).await;
+            } else {
+                let _ = delete_session_keys(shared, old).await;
+            }
+        }
     }
     outcome
+}
+
+/// Replaces the copies of a relocated session's old id `old` that can be
+/// reached with forward records to `to`, so requests still carrying `old`
+/// find it.
+/// The old primary copy, on a node that is down or unreachable from here,
+/// gets its forward record as soon as the node answers (a repair), so it
+/// can never serve a stale copy to a request carrying the old id.
+async fn leave_forward(shared: &Shared, old: &SessionId, to: &SessionId) {
+    let Some(old_primary) = shared.node_index(old) else {
+        return;
+    };
+    let forward = envelope::encode_moved(to.as_str());
+    let expiry = forward_expiry(shared.config.max_inactive);
+    let primary_key = shared.session_key(old);
+    let old_backup = shared.nodes.next_available(old_primary);
+    let (primary_written, backup_written) = tokio::join!(
+        write_or_repair(shared, old_primary, primary_key, &forward, expiry),
+        async {
+            match old_backup {
+                Some(node) => write_or_repair(shared, node, shared.backup_key(old), &forward, expiry).await,
+                None => Ok(()),
+            }
+        }
+    );
+    if let Err(error) = primary_written.and(backup_written) {
+        tracing::info!(%error, "a forward record is left for the repair queue");
+    }
+}
+
+/// Writes `bytes` to `key` on `node` now, or, when the node is down or the
+/// write fails, queues it as a repair for as long as a copy could live.
+async fn write_or_repair(
+    shared: &Shared,
+    node: NodeIndex,
+    key: String,
+    bytes: &[u8],
+    expiry: Expiry,
+) -> Result<(), Error> {
+    let outcome = if shared.nodes.get(node).is_available() {
+        write_copy(shared, node, key.clone(), bytes, expiry, WriteMode::Set)
+            .await
+            .map(drop)
+    } else {
+        Err(unavailable(shared, node))
+    };
+    if outcome.is_err() {
+        let sealed = shared.seal(&key, bytes).into_owned();
+        shared.repairs.remember(
+            shared,
+            node,
+            key,
+            repairs::Action::Set(sealed, expiry),
+            repair_deadline(shared),
+        );
+    }
+    outcome
+}
+
+/// Until when a repair matters: as long as the copy it targets could live.
+fn repair_deadline(shared: &Shared) -> Instant {
+    let lifetime = match forward_expiry(shared.config.max_inactive) {
+        Expiry::After(lifetime) => lifetime,
+        Expiry::Never => FORWARD_WITHOUT_EXPIRY,
+    };
+    Instant::now() + lifetime + Duration::from_secs(1)
 }
 
 /// A short fingerprint of a storage key, to tell which key a CAS token
@@ -824,84 +1011,96 @@ fn outcome_unknown(error: Error) -> Error {
     }
 }
 
-/// Writes one copy of a session (data + validity record) to `node`, in one
-/// pipelined exchange; the data is sealed for its key when configured.
+/// Writes one copy of a session (or a forward record) to `node` as `mode`
+/// says; sealed for its key when configured.
 async fn write_copy(
     shared: &Shared,
     node: NodeIndex,
-    (data_key, validity_key): (String, String),
+    key: String,
     bytes: &[u8],
-    validity: &[u8],
+    expiry: Expiry,
     mode: WriteMode,
 ) -> Result<WriteOutcome, Error> {
-    let max_inactive = shared.config.max_inactive;
-    let sealed = shared.seal(&data_key, bytes);
-    let data = Item {
-        key: &data_key,
+    let sealed = shared.seal(&key, bytes);
+    let item = Item {
+        key: &key,
         value: &sealed,
-        expiry: data_expiry(max_inactive),
+        expiry,
     };
-    let validity = Item {
-        key: &validity_key,
-        value: validity,
-        expiry: validity_expiry(max_inactive),
-    };
-    shared
-        .nodes
-        .get(node)
-        .call(|b| b.set_pair_as(data, mode, validity))
-        .await
+    shared.nodes.get(node).call(|b| b.store_as(item, mode)).await
 }
 
-/// Deletes the session, validity and backup keys of `id` (best effort;
-/// unavailable nodes are skipped). `Err` when the session's own copy may
-/// still be there: its node is down, or a delete of it failed.
+/// Ends the stored life of `id`: its primary copy is replaced by a
+/// tombstone (it lives as long as a backup could) and its backup copy is
+/// deleted. What cannot be done now — a node down, a failed write — is
+/// queued as a repair and done as soon as the node answers, so a backup
+/// left on a node that comes back can never revive the session through a
+/// later failover. `Err` when the tombstone may not be there yet: its node
+/// is down, or the write failed.
 pub(crate) async fn delete_session_keys(shared: &Shared, id: &SessionId) -> Result<(), Error> {
     let Some(primary) = shared.node_index(id) else {
         return Ok(());
     };
-    let mut outcome = if shared.nodes.get(primary).is_available() {
+    let primary_delete = async {
+        let key = shared.session_key(id);
+        let expiry = forward_expiry(shared.config.max_inactive);
+        write_or_repair(shared, primary, key, &envelope::encode_gone(), expiry).await?;
+        Stats::count(&shared.stats.counters.deletes);
         Ok(())
-    } else {
-        Err(unavailable(shared, primary))
     };
-    let primary_keys = [shared.session_key(id), shared.validity_key(id)];
-    let backup_keys = [shared.backup_key(id), shared.backup_validity_key(id)];
-    let mut targets: Vec<(NodeIndex, &[String; 2])> = Vec::new();
-    if shared.nodes.get(primary).is_available() {
-        targets.push((primary, &primary_keys));
-    }
-    if let Some(backup) = shared.nodes.next_available(primary) {
-        targets.push((backup, &backup_keys));
-    }
-    for (index, keys) in targets {
-        let node = shared.nodes.get(index);
-        for key in keys {
-            match node.call(|b| b.delete(key)).await {
+    let backup_delete = async {
+        let key = shared.backup_key(id);
+        // Every node a backup may be on: up to the first available one
+        // after the primary; those down now are repaired when they return.
+        for node in shared.nodes.ring_after(primary) {
+            let deleted = match shared.nodes.get(node).is_available() {
+                true => shared.nodes.get(node).call(|b| b.delete(&key)).await,
+                false => Err(unavailable(shared, node)),
+            };
+            match deleted {
                 Ok(true) => Stats::count(&shared.stats.counters.deletes),
                 Ok(false) => {}
-                Err(error) if index == primary => outcome = outcome.and(Err(error)),
-                Err(_) => {}
+                Err(_) => shared.repairs.remember(
+                    shared,
+                    node,
+                    key.clone(),
+                    repairs::Action::Delete,
+                    repair_deadline(shared),
+                ),
+            }
+            if shared.nodes.get(node).is_available() {
+                break;
             }
         }
-    }
+    };
+    let (outcome, ()) = tokio::join!(primary_delete, backup_delete);
     outcome
 }
 
 /// Slides the inactivity clock of a session a request carried but did not
-/// use (MSM refreshes validity on every request with a session id).
+/// use (MSM refreshes validity on every request with a session id), and
+/// its backup's TTL with it.
 pub(crate) async fn refresh_validity(shared: &Shared, id: &SessionId) {
     let Some(primary) = shared.node_index(id) else {
         return;
     };
-    let expiry = validity_expiry(shared.config.max_inactive);
-    let node = shared.nodes.get(primary);
-    if node.is_available() {
-        let key = shared.validity_key(id);
-        let _ = node.call(|b| b.touch(&key, expiry)).await;
-    }
-    if let Some(backup) = shared.nodes.next_available(primary) {
-        let key = shared.backup_validity_key(id);
-        let _ = shared.nodes.get(backup).call(|b| b.touch(&key, expiry)).await;
-    }
+    let max_inactive = shared.config.max_inactive;
+    let primary_touch = async {
+        let node = shared.nodes.get(primary);
+        if node.is_available() {
+            let key = shared.session_key(id);
+            let _ = node.call(|b| b.touch(&key, primary_expiry(max_inactive))).await;
+        }
+    };
+    let backup_touch = async {
+        if let Some(backup) = shared.nodes.next_available(primary) {
+            let key = shared.backup_key(id);
+            let _ = shared
+                .nodes
+                .get(backup)
+                .call(|b| b.touch(&key, backup_expiry(max_inactive)))
+                .await;
+        }
+    };
+    tokio::join!(primary_touch, backup_touch);
 }

@@ -1,0 +1,205 @@
+//! Writes that could not be done when they were due, retried in the
+//! background until done or pointless.
+//!
+//! Two kinds matter for what non-sticky mode promises:
+//!
+//! * **a logged-out session's backup copy** on a node that was down or
+//!   failed the delete: while it exists, a later failover of the primary
+//!   could read it and bring the session back; it is deleted as soon as
+//!   its node answers;
+//! * **a relocated session's old primary copy** on the node it was
+//!   relocated off (down, frozen, or unreachable from here): if that node
+//!   comes back with its data, a request still carrying the old id would
+//!   read the stale copy; it is overwritten with a forward record to the
+//!   new id as soon as the node answers.
+//!
+//! Each repair expires when the data it targets would have expired by
+//! itself (the backup's lifetime). The queue is bounded
+//! ([`CAPACITY`]); when full, the oldest repair is dropped and counted
+//! (`repairs_dropped`). The prober runs [`retry`] after every round: each
+//! repair whose node is available is tried (at most [`PER_ROUND`] per
+//! round, so a node coming back is not flooded); a failed one waits for
+//! the next round.
+
+use std::collections::VecDeque;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::backend::Expiry;
+use crate::manager::Shared;
+use crate::nodes::NodeIndex;
+use crate::stats::Stats;
+
+/// Most repairs kept at once.
+pub(crate) const CAPACITY: usize = 100_000;
+/// Most repairs tried per prober round.
+pub(crate) const PER_ROUND: usize = 2_000;
+
+/// What to do to a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    Delete,
+    /// Store these (already sealed) bytes.
+    Set(Vec<u8>, Expiry),
+}
+
+#[derive(Debug)]
+struct Repair {
+    node: NodeIndex,
+    key: String,
+    action: Action,
+    until: Instant,
+}
+
+/// The repairs not done yet.
+#[derive(Default)]
+pub(crate) struct Repairs {
+    queue: Mutex<VecDeque<Repair>>,
+}
+
+impl Repairs {
+    /// Remembers that `action` must be done to `key` on `node` while
+    /// before `until`.
+    pub(crate) fn remember(&self, shared: &Shared, node: NodeIndex, key: String, action: Action, until: Instant) {
+        let mut queue = self.queue.lock();
+        if queue.len() >= CAPACITY {
+            queue.pop_front();
+            Stats::count(&shared.stats.counters.repairs_dropped);
+            tracing::warn!("the repair queue is full; the oldest repair was dropped");
+        }
+        queue.push_back(Repair {
+            node,
+            key,
+            action,
+            until,
+        });
+        Stats::count(&shared.stats.counters.repairs_queued);
+    }
+
+    /// How many repairs wait.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.lock().len()
+    }
+
+    fn take_due(&self, shared: &Shared) -> Vec<Repair> {
+        let now = Instant::now();
+        let mut queue = self.queue.lock();
+        queue.retain(|repair| repair.until > now);
+        let mut due = Vec::new();
+        let mut waiting = VecDeque::with_capacity(queue.len());
+        while let Some(repair) = queue.pop_front() {
+            if due.len() < PER_ROUND && shared.nodes.get(repair.node).is_available() {
+                due.push(repair);
+            } else {
+                waiting.push_back(repair);
+            }
+        }
+        *queue = waiting;
+        due
+    }
+
+    fn put_back(&self, repair: Repair) {
+        let mut queue = self.queue.lock();
+        if queue.len() < CAPACITY {
+            queue.push_back(repair);
+        }
+    }
+}
+
+/// Tries every due repair once (see the module docs).
+pub(crate) async fn retry(shared: &Shared) {
+    let due = shared.repairs.take_due(shared);
+    if due.is_empty() {
+        return;
+    }
+    let mut done = 0usize;
+    for repair in due {
+        let node = shared.nodes.get(repair.node);
+        let outcome = match &repair.action {
+            Action::Delete => node.call(|b| b.delete(&repair.key)).await.map(drop),
+            Action::Set(bytes, expiry) => node.call(|b| b.set(&repair.key, bytes, *expiry)).await,
+        };
+        match outcome {
+            Ok(()) => {
+                done += 1;
+                Stats::count(&shared.stats.counters.repairs_done);
+            }
+            Err(_) => shared.repairs.put_back(repair),
+        }
+    }
+    tracing::info!(done, "repairs retried");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::backend::{InMemoryNode, NodeBackend};
+    use crate::config::Config;
+    use crate::manager::SessionManager;
+
+    #[tokio::test(start_paused = true)]
+    async fn repairs_wait_for_their_node_expire_and_stay_bounded() {
+        let nodes: Vec<Arc<InMemoryNode>> = (0..2).map(|_| Arc::new(InMemoryNode::new())).collect();
+        let config = Config::builder()
+            .set("memcachedNodes", "n1:127.0.0.1:1,n2:127.0.0.1:2")
+            .unwrap()
+            .set("sticky", "false")
+            .unwrap()
+            .build()
+            .unwrap();
+        let backends = nodes.iter().map(|n| Arc::clone(n) as Arc<dyn NodeBackend>).collect();
+        let manager = SessionManager::with_backends(config, backends);
+        let shared = &*manager.shared;
+        nodes[1].put_raw("stale", b"x");
+        nodes[1].set_down(true);
+        shared.nodes.get(1).observe(false, Instant::now());
+        let until = Instant::now() + Duration::from_secs(60);
+        shared
+            .repairs
+            .remember(shared, 1, "stale".to_owned(), Action::Delete, until);
+        retry(shared).await;
+        assert!(nodes[1].contains("stale"), "not tried while its node is down");
+        assert_eq!(shared.repairs.len(), 1);
+        nodes[1].set_down(false);
+        shared.nodes.get(1).observe(true, Instant::now());
+        retry(shared).await;
+        assert!(!nodes[1].contains("stale"), "done once its node is back");
+        assert_eq!(shared.repairs.len(), 0);
+
+        nodes[1].set_down(true);
+        shared.nodes.get(1).observe(false, Instant::now());
+        shared.repairs.remember(
+            shared,
+            1,
+            "late".to_owned(),
+            Action::Delete,
+            Instant::now() + Duration::from_secs(1),
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        retry(shared).await;
+        assert_eq!(shared.repairs.len(), 0, "a repair past its data's lifetime is dropped");
+
+        for n in 0..CAPACITY + 5 {
+            shared.repairs.remember(
+                shared,
+                1,
+                format!("k{n}"),
+                Action::Delete,
+                until + Duration::from_secs(60),
+            );
+        }
+        assert_eq!(shared.repairs.len(), CAPACITY);
+        assert_eq!(
+            shared
+                .stats
+                .counters
+                .repairs_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            5
+        );
+    }
+}
