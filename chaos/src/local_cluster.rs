@@ -111,6 +111,15 @@ impl LocalCluster {
     pub fn inject(&mut self, fault: &Fault) -> Result<(), Error> {
         match fault {
             Fault::KillMemcached(nodes) => self.each_node(nodes, |node| node.kill()),
+            Fault::KillMemcachedInTurn(nodes, gap) => {
+                for (turn, node) in nodes.iter().enumerate() {
+                    if turn > 0 {
+                        sleep(*gap);
+                    }
+                    self.each_node(std::slice::from_ref(node), |node| node.kill())?;
+                }
+                Ok(())
+            }
             Fault::FreezeMemcached(nodes, pause) => {
                 self.each_node(nodes, |node| node.freeze())?;
                 sleep(*pause);
