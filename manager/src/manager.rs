@@ -447,7 +447,7 @@ async fn probe_nodes(shared: Weak<Shared>, interval: Duration) {
         let Some(strong) = shared.upgrade() else {
             return;
         };
-        crate::non_sticky::repairs::retry(&strong).await;
+        crate::non_sticky::repairs::spawn_retry(&strong);
         drop(strong);
         for index in lost_data {
             let Some(shared) = shared.upgrade() else {

@@ -285,10 +285,13 @@ async fn a_refused_write_never_brings_a_logged_out_session_back() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(call(&b, "POST", "/logout", Some(&id)).await.status, StatusCode::OK);
     assert_eq!(slow.await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+    let mut tombstones = vec![id.clone(), format!("bak:{id}")];
+    tombstones.sort();
+    assert_eq!(cluster.keys(), tombstones, "only the logout's tombstones");
     assert_eq!(
-        cluster.keys(),
-        vec![id.clone()],
-        "no backup copy; the primary key holds the logout's tombstone"
+        stored(cluster.node(&next_node(node_of(&id), 2)), &format!("bak:{id}")).await,
+        Some(TOMBSTONE.to_vec()),
+        "the refused write did not replace the backup slot's tombstone"
     );
     assert_eq!(
         stored(cluster.node(node_of(&id)), &id).await,
@@ -490,6 +493,52 @@ async fn a_relocated_session_is_found_with_its_old_id_through_the_forward_record
     assert_eq!(call(&b, "GET", "/count", Some(&new_id)).await.body, "5");
 }
 
+/// The node a session was relocated off comes back with its stale copy
+/// before the relocating instance could overwrite it: another instance,
+/// which saw the node go and come back, checks the backup slot of a copy
+/// written before that change, finds the forward record and follows it —
+/// and replaces the stale copy by the forward itself.
+#[tokio::test]
+async fn a_stale_copy_on_a_returning_node_is_recognised_by_its_backup_slot() {
+    let cluster = Cluster::new(3);
+    // Its prober never runs again: its repair stays queued.
+    let a = cluster.quiet_manager(non_sticky().route("a"));
+    let b = cluster.manager(non_sticky().route("b"));
+    let old_id = session_with_count(&a, 3).await;
+    let old_primary = node_of(&old_id).to_owned();
+    cluster.node(&old_primary).set_down(true);
+    let relocated = call(&a, "POST", "/count", Some(&old_id)).await;
+    assert_eq!((relocated.status, relocated.body.as_str()), (StatusCode::OK, "4"));
+    let new_id = relocated.cookie_id().expect("relocated").to_owned();
+    wait_until("b saw the node go", || {
+        !b.statistics().available_nodes.contains(&old_primary)
+    })
+    .await;
+    cluster.node(&old_primary).set_down(false);
+    wait_until("b saw the node come back", || {
+        b.statistics().available_nodes.contains(&old_primary)
+    })
+    .await;
+    assert_eq!(
+        stored(cluster.node(&old_primary), &old_id)
+            .await
+            .map(|bytes| bytes.starts_with(&[0xA5, 0x53, 1])),
+        Some(true),
+        "the stale copy is back (a format-2 session record)"
+    );
+    let read = call(&b, "GET", "/count", Some(&old_id)).await;
+    assert_eq!(
+        (read.status, read.body.as_str(), read.cookie_id()),
+        (StatusCode::OK, "4", Some(new_id.as_str())),
+        "the current session under its new id, not the stale copy"
+    );
+    assert_eq!(
+        stored(cluster.node(&old_primary), &old_id).await,
+        Some(forward_to(&new_id)),
+        "the stale copy was replaced by the forward"
+    );
+}
+
 #[tokio::test]
 async fn copies_lost_by_a_restarted_node_are_recreated_by_the_next_request() {
     let cluster = Cluster::new(2);
@@ -523,8 +572,8 @@ async fn copies_lost_by_a_restarted_node_are_recreated_by_the_next_request() {
     assert_eq!(call(&manager, "POST", "/count", Some(&id)).await.body, "3");
 }
 
-/// A logout replaces the primary copy by a tombstone and deletes the
-/// backup copy and the lock: no session is left under the id.
+/// A logout replaces the primary and backup copies by tombstones and
+/// deletes the lock: no session is left under the id.
 #[tokio::test]
 async fn invalidate_leaves_a_tombstone_and_deletes_the_backup_and_the_lock() {
     let cluster = Cluster::new(2);
@@ -538,10 +587,14 @@ async fn invalidate_leaves_a_tombstone_and_deletes_the_backup_and_the_lock() {
     assert_eq!(reply.cookie_id(), Some(""));
     assert_eq!(
         cluster.keys(),
-        vec![id.clone()],
-        "the backup and the lock are gone; the primary key holds the tombstone"
+        both,
+        "the lock is gone; the primary and backup keys hold tombstones"
     );
     assert_eq!(stored(cluster.node(node_of(&id)), &id).await, Some(TOMBSTONE.to_vec()));
+    assert_eq!(
+        stored(cluster.node(&next_node(node_of(&id), 2)), &format!("bak:{id}")).await,
+        Some(TOMBSTONE.to_vec())
+    );
     let read = call(&manager, "GET", "/count", Some(&id)).await;
     assert_eq!((read.body.as_str(), read.set_cookie), ("0", None), "no session");
     let write = call(&manager, "POST", "/count", Some(&id)).await;
@@ -571,10 +624,15 @@ async fn a_logout_whose_backup_delete_failed_never_comes_back() {
     );
     assert!(manager.statistics().repair_queue_len >= 1, "so it waits as a repair");
     cluster.node(&backup).set_down(false);
-    wait_until("the repair deleted the backup copy once its node answered", || {
-        !cluster.node(&backup).contains(&backup_key)
-    })
+    wait_until(
+        "the repair replaced the backup copy by a tombstone once its node answered",
+        || manager.statistics().counters.repairs_done >= 1,
+    )
     .await;
+    assert_eq!(
+        stored(cluster.node(&backup), &backup_key).await,
+        Some(TOMBSTONE.to_vec())
+    );
     assert!(manager.statistics().counters.repairs_done >= 1);
     let read = call(&manager, "GET", "/count", Some(&id)).await;
     assert_eq!(
@@ -649,12 +707,16 @@ async fn cycle_id_moves_every_key() {
         .unwrap()
         .to_owned();
     assert_ne!(random_part(&new_id), random_part(&id));
-    let mut expected = vec![id.clone(), new_id.clone(), format!("bak:{new_id}")];
+    let mut expected = vec![id.clone(), new_id.clone(), format!("bak:{new_id}"), format!("bak:{id}")];
     expected.sort();
     assert_eq!(
         cluster.keys(),
         expected,
-        "the new id's copies, and the old id's primary key (its tombstone)"
+        "the new id's copies, and the old id's tombstones"
+    );
+    assert_eq!(
+        stored(cluster.node(&next_node(node_of(&id), 2)), &format!("bak:{id}")).await,
+        Some(TOMBSTONE.to_vec())
     );
     assert_eq!(stored(cluster.node(node_of(&id)), &id).await, Some(TOMBSTONE.to_vec()));
     assert!(

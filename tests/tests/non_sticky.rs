@@ -402,7 +402,7 @@ fn forward_to(to: &str) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalidation_leaves_a_tombstone_and_deletes_the_other_keys() {
+async fn invalidation_leaves_tombstones_and_deletes_the_lock() {
     init_tracing();
     let cluster = Cluster::start(2);
     let app = TestApp::start(non_sticky(&cluster).locking_mode("all").build().unwrap()).await;
@@ -430,11 +430,22 @@ async fn invalidation_leaves_a_tombstone_and_deletes_the_other_keys() {
     client.post("/invalidate").await.ok();
     assert_eq!(
         session_keys(),
-        vec![id.clone()],
-        "backup and lock deleted; the primary key holds the tombstone"
+        both,
+        "lock deleted; the primary and backup keys hold tombstones"
     );
     let primary = cluster.node(id_node(&id).unwrap());
     assert_eq!(primary.get_raw(&id), Some(TOMBSTONE.to_vec()), "not a session");
+    let backup_key = format!("bak:{id}");
+    let backup = cluster
+        .nodes
+        .iter()
+        .find(|n| n.get_raw(&backup_key).is_some())
+        .expect("the backup slot");
+    assert_eq!(
+        backup.get_raw(&backup_key),
+        Some(TOMBSTONE.to_vec()),
+        "not a session either"
+    );
     let mut replay = SessionClient::new(app.base_url());
     replay.set_cookie(Some(id.clone()));
     let reply = replay.get("/session").await.ok();

@@ -30,12 +30,17 @@
 //!   primary on purpose: a write refused as stale, or whose outcome is
 //!   unknown, must never reach the copy a failover would read.
 //! * **with a lock**: the lock's `add` goes in the same pipelined round
-//!   trip as the read (`ms lock … MA` then `mg`, in order on one
+//!   trip as the read (`ms lock … ME` then `mg`, in order on one
 //!   connection, so the read happens under the lock), and its CAS-guarded
 //!   delete in the same round trip as the backup write: 5 operations,
 //!   still 3 R.
 //! * **request carrying the id without using the session**: `touch` of
-//!   both copies after the response = 2 operations, 1 R.
+//!   both copies, before the response = 2 operations, 1 R.
+//! * **logout** (`invalidate`) and the old id of a `cycle_id`: tombstones
+//!   written over the primary and every backup slot round the ring, and
+//!   the backup slots' tombstones again a few `operationTimeout`s later (a
+//!   concurrent backup write may still be on its way); what cannot be
+//!   written now is queued as a repair ([`repairs`]).
 //! * With a **single node** there is no backup: read-only 1, modifying 2.
 //!
 //! **Expiry.** A session expires when its primary copy's TTL runs out.
@@ -52,8 +57,13 @@
 //! **forward record** (`Moved` → the new id, same TTL as the backup it
 //! replaces), so requests still carrying the old id — in flight, or whose
 //! response was lost — find the session under its new id instead of
-//! starting an empty one. A new id given by `cycle_id` deletes the old
-//! copies instead: the old id must die.
+//! starting an empty one. A new id given by `cycle_id` leaves tombstones
+//! instead: the old id must die. The old primary copy, on a node that may
+//! come back with it (frozen, partitioned), gets its forward record as a
+//! repair when the node answers; and any instance that saw a node change
+//! state checks the backup slot of a copy written before that change
+//! (one more operation, once per session per change), so a stale copy is
+//! recognised by the forward or tombstone there even before that repair.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -210,13 +220,18 @@ fn primary_expiry(max_inactive: Option<Duration>) -> Expiry {
 /// longer than the primary's, since reads slide only the primary and an
 /// unchanged session is rewritten once a quarter interval has passed.
 fn backup_expiry(max_inactive: Option<Duration>) -> Expiry {
-    max_inactive.map_or(Expiry::Never, |max| Expiry::After(max + max / 4))
+    max_inactive.map_or(Expiry::Never, |max| Expiry::After(backup_lifetime(max)))
+}
+
+/// 1¼ × `max` (saturating: any configured interval is accepted).
+fn backup_lifetime(max: Duration) -> Duration {
+    max.saturating_add(max / 4)
 }
 
 /// TTL of a forward record: as long as the backup it replaces would have
 /// lived (a day when sessions never expire).
 fn forward_expiry(max_inactive: Option<Duration>) -> Expiry {
-    Expiry::After(max_inactive.map_or(FORWARD_WITHOUT_EXPIRY, |max| max + max / 4))
+    Expiry::After(max_inactive.map_or(FORWARD_WITHOUT_EXPIRY, backup_lifetime))
 }
 
 /// How long a forward record lives when sessions never expire.
@@ -249,42 +264,18 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
         return Ok(None);
     }
     if let Some((locked, false)) = present {
-        // Loaded without the lock: read it again under the lock, or give
-        // the lock back and say why.
-        let (mut lock, reload) = match wants_lock && !locked {
-            false => (None, None),
-            true => match lock_for(shared, id).await? {
-                (None, _) => (None, None),
-                (Some(held), first_read) => match load(shared, id, first_read).await {
-                    Ok(Some(fresh)) => (Some(held), Some(fresh)),
-                    Ok(None) => {
-                        lock::release(held).await;
-                        return Ok(None);
-                    }
-                    Err(error) => {
-                        lock::release(held).await;
-                        return Err(error);
-                    }
-                },
-            },
+        // Loaded without the lock: take it now, but keep the shared copy as
+        // it was loaded. Co-users may have read it already; if another
+        // request changed the session since, every write of this copy is
+        // refused by its CAS token (never refreshed from a newer read).
+        let lock = match wants_lock && !locked {
+            false => None,
+            true => lock_for(shared, id).await?.0,
         };
         let mut map = shared.inflight.by_id.lock();
         if let Some(entry) = map.get_mut(id.as_str()) {
             if lock.is_some() {
-                entry.lock = lock.take();
-                // Loaded without the lock: refresh it unless it was changed meanwhile.
-                if let Some((fresh, load)) = reload {
-                    let mut inner = entry.session.inner.lock();
-                    if inner.version == 0 && !inner.invalidated {
-                        let fresh_attributes = std::mem::take(&mut fresh.inner.lock().attributes);
-                        inner.clear_attributes();
-                        for (key, value) in fresh_attributes {
-                            inner.set_attribute(&key, value);
-                        }
-                        inner.version = 0;
-                        entry.load = load;
-                    }
-                }
+                entry.lock = lock;
             }
             entry.users += 1;
             return Ok(Some(Claim::new(shared, id, entry.session.clone(), entry.writes)));
@@ -467,10 +458,20 @@ async fn load_once(shared: &Arc<Shared>, id: &SessionId, first_read: Option<Prim
         match read {
             Ok(read) if read.is_some() => match interpret(shared, &data_key, read, primary) {
                 Found::Session(record, cas) => {
+                    let backup_stale = record.last_accessed_ms <= shared.nodes.last_change_ms();
+                    if backup_stale {
+                        // Written before a node went down or came back: this
+                        // copy may be one its node kept while the session
+                        // was relocated or logged out elsewhere. The backup
+                        // slot tells (a forward record or nothing there).
+                        if let Some(verdict) = superseded(shared, id, primary, &data_key, cas).await {
+                            return Ok(verdict);
+                        }
+                    }
                     Stats::count(&counters.loads);
                     let load = LoadInfo {
                         cas: cas.map(|cas| (key_tag(&data_key), cas)),
-                        backup_stale: record.last_accessed_ms <= shared.nodes.last_change_ms(),
+                        backup_stale,
                         ..LoadInfo::default()
                     };
                     return Ok(Loaded::Session(Box::new(loaded(id, id.clone(), record, load))));
@@ -574,6 +575,44 @@ async fn load_once(shared: &Arc<Shared>, id: &SessionId, first_read: Option<Prim
     Ok(Loaded::Missing)
 }
 
+/// Whether the primary copy of `id` (read with token `cas`) was
+/// superseded while its node was away: the backup slot holds a forward
+/// record (relocated: follow it) or a tombstone (logged out). The stale
+/// copy is then replaced (CAS-guarded) by what the backup slot says, so
+/// it converges without waiting for the relocating instance's repair.
+/// `None`: the copy stands (also when the backup's node does not answer).
+async fn superseded(
+    shared: &Shared,
+    id: &SessionId,
+    primary: NodeIndex,
+    data_key: &str,
+    cas: Option<u64>,
+) -> Option<Loaded> {
+    let backup = shared.nodes.next_available(primary)?;
+    let (verdict, marker) = match read_backup(shared, id, backup).await {
+        Ok(Found::Moved(to)) => {
+            let marker = envelope::encode_moved(to.as_str());
+            (Loaded::Moved(to), marker)
+        }
+        Ok(Found::Gone) => (Loaded::Missing, envelope::encode_gone()),
+        _ => return None,
+    };
+    if let Some(cas) = cas {
+        let expiry = forward_expiry(shared.config.max_inactive);
+        let _ = write_copy(
+            shared,
+            primary,
+            data_key.to_owned(),
+            &marker,
+            expiry,
+            WriteMode::IfCas(cas),
+        )
+        .await;
+    }
+    tracing::info!("a stale primary copy was superseded by its backup slot's record");
+    Some(verdict)
+}
+
 /// "Node `index` is unavailable", as a request error (`503`).
 fn unavailable(shared: &Shared, index: NodeIndex) -> Error {
     Error::Backend {
@@ -587,23 +626,7 @@ fn unavailable(shared: &Shared, index: NodeIndex) -> Error {
 async fn read_backup(shared: &Shared, id: &SessionId, node: NodeIndex) -> Result<Found, Error> {
     let key = shared.backup_key(id);
     let read = shared.nodes.get(node).call(|b| b.get_with_cas(&key)).await?;
-    match interpret(shared, &key, read, node) {
-        // Whole-second TTLs aside, a backup past its own lifetime is gone.
-        Found::Session(record, _) if backup_outlived(shared.config.max_inactive, record.last_accessed_ms) => {
-            Stats::count(&shared.stats.counters.sessions_expired);
-            Ok(Found::Nothing)
-        }
-        found => Ok(found),
-    }
-}
-
-/// Whether a backup written at `written_ms` is past its lifetime.
-fn backup_outlived(max_inactive: Option<Duration>, written_ms: u64) -> bool {
-    let Some(max) = max_inactive else {
-        return false;
-    };
-    let lifetime = u64::try_from((max + max / 4).as_millis()).unwrap_or(u64::MAX);
-    unix_ms(SystemTime::now()).saturating_sub(written_ms) > lifetime
+    Ok(interpret(shared, &key, read, node))
 }
 
 /// Ends one request's use of an in-flight session. A request that
@@ -626,11 +649,34 @@ pub(crate) async fn release(
     if matches!(shared.config.locking_mode, crate::LockingMode::Auto) {
         shared.lock_policy.learn(method, path, changed);
     }
-    // Cancelled while waiting for the gate: the claim's drop counts it out.
-    let _one_at_a_time = shared.enter_id_gate(&claim.key).await;
-    // From here on it is counted out before the next await.
+    // The write runs in a task of its own: a client hanging up mid-way
+    // cannot leave the primary written and the backup not (or a relocation
+    // without its forward records, or a logout half done).
     claim.released = true;
-    count_out_gated(shared, &claim.key, claim.writes_at_join, changed).await
+    let key = std::mem::take(&mut claim.key);
+    let writes_at_join = claim.writes_at_join;
+    let shared = Arc::clone(shared);
+    run_to_completion(async move { count_out(&shared, &key, writes_at_join, changed).await }).await
+}
+
+/// Runs `work` in its own task and waits for it: cancelling the caller
+/// does not cancel the work.
+async fn run_to_completion<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::spawn(work).await {
+        Ok(outcome) => outcome,
+        Err(join) => match join.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only a runtime shutting down cancels it.
+            Err(_) => Err(Error::Backend {
+                node: "-".to_owned(),
+                source: crate::error::BackendError::Ambiguous(
+                    "the runtime shut down during a session write".to_owned(),
+                ),
+            }),
+        },
+    }
 }
 
 /// [`count_out_gated`] after taking the id's gate.
@@ -683,7 +729,14 @@ async fn count_out_gated(shared: &Arc<Shared>, key: &str, writes_at_join: u64, c
     let result = match then {
         Then::Nothing => Ok(()),
         Then::Refused => Err(Error::Conflict),
-        Then::Write(_, _, true) => Err(Error::LockLost),
+        Then::Write(_, _, true) => {
+            // Answered "nothing saved": the change must never be stored by
+            // a later write of the shared copy either.
+            if let Some(entry) = shared.inflight.by_id.lock().get_mut(key) {
+                entry.poisoned = true;
+            }
+            Err(Error::LockLost)
+        }
         Then::Write(session, load, false) => {
             let version = session.inner.lock().version;
             let written = store(shared, &session, load, None).await;
@@ -707,7 +760,13 @@ async fn count_out_gated(shared: &Arc<Shared>, key: &str, writes_at_join: u64, c
                     entry.writes += 1;
                     Err(error)
                 }
-                (written, _) => written.map(drop),
+                (Err(error), Some(entry)) => {
+                    // Answered "nothing saved" (503): a later write of the
+                    // shared copy must not store the change after all.
+                    entry.poisoned = true;
+                    Err(error)
+                }
+                (written, None) => written.map(drop),
             }
         }
         Then::Finish(entry) => finish_session(shared, entry, changed).await,
@@ -751,13 +810,15 @@ async fn finish_session(shared: &Arc<Shared>, entry: InFlight, changed: bool) ->
     result
 }
 
-/// Writes a session created by this request.
+/// Writes a session created by this request (in a task of its own, so a
+/// hang-up cannot leave it half written).
 pub(crate) async fn store_new(shared: &Arc<Shared>, session: &Arc<SessionState>) -> Result<(), Error> {
     let load = LoadInfo {
         new: true,
         ..LoadInfo::default()
     };
-    store(shared, session, load, None).await.map(drop)
+    let (shared, session) = (Arc::clone(shared), Arc::clone(session));
+    run_to_completion(async move { store(&shared, &session, load, None).await.map(drop) }).await
 }
 
 /// Brings memcached in line with the session: delete it (invalidated),
@@ -990,7 +1051,10 @@ fn repair_deadline(shared: &Shared) -> Instant {
         Expiry::After(lifetime) => lifetime,
         Expiry::Never => FORWARD_WITHOUT_EXPIRY,
     };
-    Instant::now() + lifetime + Duration::from_secs(1)
+    let now = Instant::now();
+    // Beyond the clock's range: as long as a forward without expiry.
+    now.checked_add(lifetime.saturating_add(Duration::from_secs(1)))
+        .unwrap_or(now + FORWARD_WITHOUT_EXPIRY)
 }
 
 /// A short fingerprint of a storage key, to tell which key a CAS token
@@ -1030,13 +1094,16 @@ async fn write_copy(
     shared.nodes.get(node).call(|b| b.store_as(item, mode)).await
 }
 
-/// Ends the stored life of `id`: its primary copy is replaced by a
-/// tombstone (it lives as long as a backup could) and its backup copy is
-/// deleted. What cannot be done now — a node down, a failed write — is
-/// queued as a repair and done as soon as the node answers, so a backup
-/// left on a node that comes back can never revive the session through a
-/// later failover. `Err` when the tombstone may not be there yet: its node
-/// is down, or the write failed.
+/// Ends the stored life of `id`: its primary copy and every backup slot
+/// round the ring are replaced by tombstones (living as long as a backup
+/// could), and the backup slots again a few `operationTimeout`s later (a
+/// concurrent request's backup write may still be on its way). What
+/// cannot be done now — a node down, a failed write — is queued as a
+/// repair and done as soon as the node answers, so no copy left on a node
+/// that comes back can revive the session, and a stale primary coming
+/// back is recognised by the tombstone in its backup slot. `Err` when the
+/// primary's tombstone may not be there yet: its node is down, or the
+/// write failed.
 pub(crate) async fn delete_session_keys(shared: &Shared, id: &SessionId) -> Result<(), Error> {
     let Some(primary) = shared.node_index(id) else {
         return Ok(());
@@ -1050,27 +1117,29 @@ pub(crate) async fn delete_session_keys(shared: &Shared, id: &SessionId) -> Resu
     };
     let backup_delete = async {
         let key = shared.backup_key(id);
-        // Every node a backup may be on: up to the first available one
-        // after the primary; those down now are repaired when they return.
+        let gone = envelope::encode_gone();
+        let expiry = forward_expiry(shared.config.max_inactive);
+        // A backup write of a concurrent request may still be on its way:
+        // write the tombstone again once that has surely landed or failed.
+        let deadline = repair_deadline(shared);
+        let again = Instant::now()
+            .checked_add(shared.config.operation_timeout.saturating_mul(3))
+            .unwrap_or(deadline);
+        let sealed = shared.seal(&key, &gone).into_owned();
+        // Every node a backup may be on (an earlier outage may have put one
+        // further round the ring); those down now are repaired when back.
         for node in shared.nodes.ring_after(primary) {
-            let deleted = match shared.nodes.get(node).is_available() {
-                true => shared.nodes.get(node).call(|b| b.delete(&key)).await,
-                false => Err(unavailable(shared, node)),
-            };
-            match deleted {
-                Ok(true) => Stats::count(&shared.stats.counters.deletes),
-                Ok(false) => {}
-                Err(_) => shared.repairs.remember(
-                    shared,
-                    node,
-                    key.clone(),
-                    repairs::Action::Delete,
-                    repair_deadline(shared),
-                ),
+            if write_or_repair(shared, node, key.clone(), &gone, expiry).await.is_ok() {
+                Stats::count(&shared.stats.counters.deletes);
             }
-            if shared.nodes.get(node).is_available() {
-                break;
-            }
+            shared.repairs.remember_from(
+                shared,
+                node,
+                key.clone(),
+                repairs::Action::Set(sealed.clone(), expiry),
+                again,
+                deadline,
+            );
         }
     };
     let (outcome, ()) = tokio::join!(primary_delete, backup_delete);

@@ -3,25 +3,33 @@
 //!
 //! Two kinds matter for what non-sticky mode promises:
 //!
-//! * **a logged-out session's backup copy** on a node that was down or
-//!   failed the delete: while it exists, a later failover of the primary
-//!   could read it and bring the session back; it is deleted as soon as
-//!   its node answers;
+//! * **a logged-out session's backup slot** on a node that was down or
+//!   failed the write: while a live copy is there, a later failover of the
+//!   primary could read it and bring the session back; it gets its
+//!   tombstone as soon as its node answers;
 //! * **a relocated session's old primary copy** on the node it was
 //!   relocated off (down, frozen, or unreachable from here): if that node
 //!   comes back with its data, a request still carrying the old id would
 //!   read the stale copy; it is overwritten with a forward record to the
 //!   new id as soon as the node answers.
 //!
+//! A logout also queues a second tombstone for each backup slot, not before a
+//! few `operationTimeout`s from now: a concurrent request's backup write
+//! that was already on its way when the logout deleted the copy would
+//! otherwise leave a live backup behind the tombstone.
+//!
 //! Each repair expires when the data it targets would have expired by
 //! itself (the backup's lifetime). The queue is bounded
 //! ([`CAPACITY`]); when full, the oldest repair is dropped and counted
-//! (`repairs_dropped`). The prober runs [`retry`] after every round: each
-//! repair whose node is available is tried (at most [`PER_ROUND`] per
-//! round, so a node coming back is not flooded); a failed one waits for
-//! the next round.
+//! (`repairs_dropped`). After every prober round, [`spawn_retry`] tries,
+//! in a task of its own (never delaying the prober; one run at a time),
+//! each due repair whose node is available — at most [`PER_ROUND`] per
+//! run, so a node coming back is not flooded; the first failure on a node
+//! stops that node's repairs until the next run.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -39,7 +47,6 @@ pub(crate) const PER_ROUND: usize = 2_000;
 /// What to do to a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
-    Delete,
     /// Store these (already sealed) bytes.
     Set(Vec<u8>, Expiry),
 }
@@ -49,6 +56,8 @@ struct Repair {
     node: NodeIndex,
     key: String,
     action: Action,
+    /// Not tried before this.
+    not_before: Instant,
     until: Instant,
 }
 
@@ -56,12 +65,27 @@ struct Repair {
 #[derive(Default)]
 pub(crate) struct Repairs {
     queue: Mutex<VecDeque<Repair>>,
+    /// A retry run is under way.
+    running: AtomicBool,
 }
 
 impl Repairs {
     /// Remembers that `action` must be done to `key` on `node` while
     /// before `until`.
     pub(crate) fn remember(&self, shared: &Shared, node: NodeIndex, key: String, action: Action, until: Instant) {
+        self.remember_from(shared, node, key, action, Instant::now(), until);
+    }
+
+    /// [`remember`](Self::remember), not to be tried before `not_before`.
+    pub(crate) fn remember_from(
+        &self,
+        shared: &Shared,
+        node: NodeIndex,
+        key: String,
+        action: Action,
+        not_before: Instant,
+        until: Instant,
+    ) {
         let mut queue = self.queue.lock();
         if queue.len() >= CAPACITY {
             queue.pop_front();
@@ -72,6 +96,7 @@ impl Repairs {
             node,
             key,
             action,
+            not_before,
             until,
         });
         Stats::count(&shared.stats.counters.repairs_queued);
@@ -89,7 +114,7 @@ impl Repairs {
         let mut due = Vec::new();
         let mut waiting = VecDeque::with_capacity(queue.len());
         while let Some(repair) = queue.pop_front() {
-            if due.len() < PER_ROUND && shared.nodes.get(repair.node).is_available() {
+            if due.len() < PER_ROUND && repair.not_before <= now && shared.nodes.get(repair.node).is_available() {
                 due.push(repair);
             } else {
                 waiting.push_back(repair);
@@ -99,12 +124,26 @@ impl Repairs {
         due
     }
 
-    fn put_back(&self, repair: Repair) {
+    fn put_back(&self, shared: &Shared, repair: Repair) {
         let mut queue = self.queue.lock();
         if queue.len() < CAPACITY {
             queue.push_back(repair);
+        } else {
+            Stats::count(&shared.stats.counters.repairs_dropped);
         }
     }
+}
+
+/// Starts a [`retry`] run in its own task unless one is under way.
+pub(crate) fn spawn_retry(shared: &Arc<Shared>) {
+    if shared.repairs.len() == 0 || shared.repairs.running.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        retry(&shared).await;
+        shared.repairs.running.store(false, Ordering::Release);
+    });
 }
 
 /// Tries every due repair once (see the module docs).
@@ -114,10 +153,14 @@ pub(crate) async fn retry(shared: &Shared) {
         return;
     }
     let mut done = 0usize;
+    let mut failing = HashSet::new();
     for repair in due {
         let node = shared.nodes.get(repair.node);
+        if failing.contains(&repair.node) || !node.is_available() {
+            shared.repairs.put_back(shared, repair);
+            continue;
+        }
         let outcome = match &repair.action {
-            Action::Delete => node.call(|b| b.delete(&repair.key)).await.map(drop),
             Action::Set(bytes, expiry) => node.call(|b| b.set(&repair.key, bytes, *expiry)).await,
         };
         match outcome {
@@ -125,7 +168,10 @@ pub(crate) async fn retry(shared: &Shared) {
                 done += 1;
                 Stats::count(&shared.stats.counters.repairs_done);
             }
-            Err(_) => shared.repairs.put_back(repair),
+            Err(_) => {
+                failing.insert(repair.node);
+                shared.repairs.put_back(shared, repair);
+            }
         }
     }
     tracing::info!(done, "repairs retried");
@@ -158,16 +204,25 @@ mod tests {
         nodes[1].set_down(true);
         shared.nodes.get(1).observe(false, Instant::now());
         let until = Instant::now() + Duration::from_secs(60);
-        shared
-            .repairs
-            .remember(shared, 1, "stale".to_owned(), Action::Delete, until);
+        shared.repairs.remember(
+            shared,
+            1,
+            "stale".to_owned(),
+            Action::Set(b"gone".to_vec(), Expiry::Never),
+            until,
+        );
         retry(shared).await;
-        assert!(nodes[1].contains("stale"), "not tried while its node is down");
+        // Not tried while its node is down (a try would have failed and
+        // marked nothing; the repair simply waits).
         assert_eq!(shared.repairs.len(), 1);
         nodes[1].set_down(false);
         shared.nodes.get(1).observe(true, Instant::now());
         retry(shared).await;
-        assert!(!nodes[1].contains("stale"), "done once its node is back");
+        assert_eq!(
+            nodes[1].get("stale").await.unwrap().unwrap(),
+            b"gone",
+            "done once its node is back"
+        );
         assert_eq!(shared.repairs.len(), 0);
 
         nodes[1].set_down(true);
@@ -176,7 +231,7 @@ mod tests {
             shared,
             1,
             "late".to_owned(),
-            Action::Delete,
+            Action::Set(b"gone".to_vec(), Expiry::Never),
             Instant::now() + Duration::from_secs(1),
         );
         tokio::time::advance(Duration::from_secs(2)).await;
@@ -188,7 +243,7 @@ mod tests {
                 shared,
                 1,
                 format!("k{n}"),
-                Action::Delete,
+                Action::Set(b"gone".to_vec(), Expiry::Never),
                 until + Duration::from_secs(60),
             );
         }
