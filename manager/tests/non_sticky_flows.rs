@@ -539,6 +539,37 @@ async fn a_stale_copy_on_a_returning_node_is_recognised_by_its_backup_slot() {
     );
 }
 
+/// The session's node dies while a request that changed it runs: its
+/// write fails with the node, so the session is written where it moves
+/// (the next node) and the request answers 200 with the new id, instead
+/// of 504 — and the old id still finds it.
+#[tokio::test]
+async fn a_change_whose_node_dies_under_the_write_is_relocated_not_failed() {
+    let cluster = Cluster::new(3);
+    let manager = cluster.manager(non_sticky());
+    let id = session_with_count(&manager, 3).await;
+    let primary = node_of(&id).to_owned();
+    let slow = tokio::spawn({
+        let (manager, id) = (manager.clone(), id.clone());
+        async move { call(&manager, "POST", "/count?delay_ms=300", Some(&id)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cluster.node(&primary).set_down(true);
+    let reply = slow.await.unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "4"));
+    let new_id = reply.cookie_id().expect("answered with the new id").to_owned();
+    assert_eq!(random_part(&new_id), random_part(&id));
+    assert_eq!(node_of(&new_id), next_node(&primary, 3));
+    assert_eq!(call(&manager, "GET", "/count", Some(&new_id)).await.body, "4");
+    let other = cluster.manager(non_sticky().route("b"));
+    let via_old = call(&other, "GET", "/count", Some(&id)).await;
+    assert_eq!(
+        (via_old.body.as_str(), via_old.cookie_id()),
+        ("4", Some(new_id.as_str())),
+        "the old id finds it through the forward record"
+    );
+}
+
 #[tokio::test]
 async fn copies_lost_by_a_restarted_node_are_recreated_by_the_next_request() {
     let cluster = Cluster::new(2);

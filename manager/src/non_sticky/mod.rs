@@ -836,11 +836,66 @@ async fn store(
     lock: Option<HeldLock>,
 ) -> Result<Option<(u64, u64)>, Error> {
     let mut lock = lock;
-    let outcome = write_session(shared, session, load, &mut lock).await;
+    let mut outcome = write_session(shared, session, load, &mut lock).await;
+    if outcome
+        .as_ref()
+        .is_err_and(|error| primary_lost_under_write(shared, session, error))
+        && relocate_now(shared, session)
+    {
+        // The write died with its node (killed, or frozen past
+        // operationTimeout): whatever may have landed there is either gone
+        // with the node or superseded by the forward records the
+        // relocation leaves. Written where the session moves instead —
+        // with an `add`, so a concurrent relocation from the older backup
+        // wins or loses as a whole (a loser answers 503, nothing saved).
+        let relocated = LoadInfo {
+            cas: None,
+            primary_missing: true,
+            ..load
+        };
+        outcome = write_session(shared, session, relocated, &mut lock).await;
+    }
     if let Some(lock) = lock {
         lock::release(lock).await;
     }
     outcome
+}
+
+/// Whether `error` is a primary write of a changed session that failed
+/// because its node went away (it is marked unavailable now).
+fn primary_lost_under_write(shared: &Shared, session: &SessionState, error: &Error) -> bool {
+    let node_failed = match error {
+        Error::Backend { source, .. } | Error::OutcomeUnknown { source, .. } => source.is_unavailable(),
+        _ => false,
+    };
+    let inner = session.inner.lock();
+    node_failed
+        && !inner.invalidated
+        && shared
+            .node_index(&inner.id)
+            .is_some_and(|primary| !shared.nodes.get(primary).is_available())
+}
+
+/// Gives the session an id located on the next available node (its old
+/// id becomes obsolete: forward records are left for it). `false` when no
+/// node is available.
+fn relocate_now(shared: &Shared, session: &SessionState) -> bool {
+    let mut inner = session.inner.lock();
+    let old = inner.id.clone();
+    let Some(candidate) = shared
+        .node_index(&old)
+        .and_then(|primary| shared.nodes.next_available(primary))
+    else {
+        return false;
+    };
+    inner.id = old.with_location(shared.nodes.get(candidate).spec.id.as_ref(), shared.config.route());
+    inner.mark_obsolete(old);
+    Stats::count(&shared.stats.counters.relocations);
+    tracing::info!(
+        to = %shared.nodes.get(candidate).label(),
+        "primary node failed under a write; the session is written where it moves"
+    );
+    true
 }
 
 async fn write_session(
