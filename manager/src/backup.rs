@@ -418,19 +418,59 @@ pub(crate) async fn sync_session(shared: &Shared, session: &SessionState) {
     }
 }
 
+/// Writes a tombstone over the sticky copy `key` of `id` now, or queues it
+/// as a repair when its node is down or the write fails.
+async fn tombstone(shared: &Shared, id: &SessionId, key: String) {
+    let Some(index) = shared.nodes.node_of(id) else {
+        return;
+    };
+    let node = shared.nodes.get(index);
+    let sealed = shared.seal_owned(&key, envelope::encode_gone());
+    let lifetime = shared
+        .config
+        .max_inactive
+        .unwrap_or(std::time::Duration::from_secs(86_400));
+    let expiry = Expiry::After(lifetime);
+    let written = if node.is_available() {
+        node.call(|b| b.set(&key, &sealed, expiry)).await
+    } else {
+        Err(crate::error::Error::Backend {
+            node: node.label(),
+            source: crate::error::BackendError::Unreachable("the node is marked unavailable".to_owned()),
+        })
+    };
+    match written {
+        Ok(()) => Stats::count(&shared.stats.counters.deletes),
+        Err(error) => {
+            tracing::debug!(%error, "a session tombstone is left for the repair queue");
+            let until = Instant::now()
+                .checked_add(lifetime)
+                .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(86_400));
+            shared.repairs.remember(
+                shared,
+                index,
+                key,
+                crate::non_sticky::repairs::Action::Set(sealed, expiry),
+                until,
+            );
+        }
+    }
+}
+
 /// Deletes the keys of `obsolete_ids`; ids whose delete failed because the
 /// node is down stay for the next attempt (capped), the rest are dropped.
 async fn delete_keys(shared: &Shared, session: &SessionState, invalidated: bool) {
-    let ids: Vec<SessionId> = {
+    let (ids, current_random): (Vec<SessionId>, String) = {
         let inner = session.inner.lock();
         // A live session never deletes its own current key.
         let current = (!invalidated).then(|| inner.id.clone());
-        inner
+        let ids = inner
             .obsolete_ids
             .iter()
             .filter(|id| Some(*id) != current.as_ref())
             .cloned()
-            .collect()
+            .collect();
+        (ids, inner.id.random_part().to_owned())
     };
     let mut failed = Vec::new();
     for id in ids {
@@ -444,11 +484,18 @@ async fn delete_keys(shared: &Shared, session: &SessionState, invalidated: bool)
             continue;
         }
         let key = shared.session_key(&id);
+        if invalidated || id.random_part() != current_random {
+            // Ended (logout, expiry) or left by cycle_id: a tombstone, not
+            // a delete, and retried as a repair until it is written — so
+            // no instance can ever take the session over again.
+            tombstone(shared, &id, key).await;
+            continue;
+        }
         match node.call(|b| b.delete(&key)).await {
             Ok(_) => Stats::count(&shared.stats.counters.deletes),
             Err(error) => {
                 tracing::debug!(%error, "deleting an old session key failed");
-                if error.is_unavailable() && !invalidated {
+                if error.is_unavailable() {
                     failed.push(id);
                 }
             }

@@ -11,7 +11,8 @@
 //! Variants: `V1` is a sticky-mode backup; `V2` a non-sticky session whose
 //! memcached TTL is its inactivity clock (format 2: no separate validity
 //! record); `Moved` a non-sticky forward record left where a relocated
-//! session's copy was; `Gone` a non-sticky tombstone left by a logout. Each mode accepts only its own variants, so records
+//! session's copy was; `Gone` a tombstone left by a logout, an expiry or a
+//! cycled id (both modes). Each mode accepts only its own variants, so records
 //! of the other mode, or of the earlier non-sticky format (`V1` with
 //! validity records), are never misread: they are "no session".
 
@@ -132,7 +133,8 @@ pub(crate) fn decode(bytes: &[u8], format: Format) -> Result<Stored, DecodeError
             Ok(Stored::Session(record))
         }
         (Envelope::Moved(to), Format::NonSticky) => Ok(Stored::Moved(to)),
-        (Envelope::Gone, Format::NonSticky) => Ok(Stored::Gone),
+        // Both modes leave tombstones (logout, expiry, a cycled id).
+        (Envelope::Gone, _) => Ok(Stored::Gone),
         _ => Err(DecodeError::OtherFormat),
     }
 }
@@ -192,6 +194,7 @@ mod tests {
             decode(&encode_moved("x"), Format::Sticky),
             Err(DecodeError::OtherFormat)
         ));
+        assert_eq!(decode(&encode_gone(), Format::Sticky).unwrap(), Stored::Gone);
     }
 
     #[test]

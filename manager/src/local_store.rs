@@ -14,6 +14,15 @@ use crate::session_state::SessionState;
 /// How long a moved id keeps forwarding to the new one.
 const FORWARD_FOR: Duration = Duration::from_secs(60);
 
+/// How long this process remembers that a session ended (logout, expiry,
+/// cycled id): far longer than its memcached tombstone takes to land, even
+/// through a full backup queue or a node outage of a few minutes.
+const ENDED_FOR: Duration = Duration::from_secs(600);
+
+/// Most ended sessions remembered; beyond, the oldest are forgotten (their
+/// memcached tombstones still stand).
+pub(crate) const MAX_ENDED: usize = 100_000;
+
 /// Where a moved id points, and until when.
 struct Forward {
     to: Box<str>,
@@ -24,6 +33,15 @@ struct Forward {
 pub(crate) struct LocalSessions {
     by_id: RwLock<HashMap<Box<str>, Arc<SessionState>>>,
     forwards: Mutex<HashMap<Box<str>, Forward>>,
+    /// Local tombstones: random parts of ids of sessions that ended here,
+    /// with when they were ended (in order, oldest first).
+    ended: Mutex<EndedSessions>,
+}
+
+#[derive(Default)]
+struct EndedSessions {
+    by_random: HashMap<Box<str>, Instant>,
+    order: std::collections::VecDeque<(Box<str>, Instant)>,
 }
 
 impl LocalSessions {
@@ -68,6 +86,38 @@ impl LocalSessions {
         }
     }
 
+    /// Remembers that the session whose ids have this random part ended:
+    /// no request of this process loads it from memcached again, even
+    /// before its tombstone there is written.
+    pub(crate) fn end(&self, random_part: &str) {
+        let now = Instant::now();
+        let mut ended = self.ended.lock();
+        if ended.order.len() >= MAX_ENDED {
+            if let Some((oldest, at)) = ended.order.pop_front() {
+                if ended.by_random.get(&oldest) == Some(&at) {
+                    ended.by_random.remove(&oldest);
+                }
+            }
+        }
+        ended.by_random.insert(random_part.into(), now);
+        ended.order.push_back((random_part.into(), now));
+    }
+
+    /// Whether a session with this random part ended here recently.
+    pub(crate) fn has_ended(&self, random_part: &str) -> bool {
+        self.ended
+            .lock()
+            .by_random
+            .get(random_part)
+            .is_some_and(|at| at.elapsed() < ENDED_FOR)
+    }
+
+    /// How many ended sessions are remembered.
+    #[cfg(test)]
+    pub(crate) fn ended_len(&self) -> usize {
+        self.ended.lock().order.len()
+    }
+
     /// Removes a session (and forwards pointing at it).
     pub(crate) fn remove(&self, id: &str) -> Option<Arc<SessionState>> {
         let removed = self.by_id.write().remove(id);
@@ -84,6 +134,20 @@ impl LocalSessions {
         self.by_id.read().values().cloned().collect()
     }
 
+    /// Drops local tombstones older than [`ENDED_FOR`].
+    pub(crate) fn prune_ended(&self) {
+        let mut ended = self.ended.lock();
+        while let Some((random, at)) = ended.order.front().cloned() {
+            if at.elapsed() < ENDED_FOR {
+                break;
+            }
+            ended.order.pop_front();
+            if ended.by_random.get(&random) == Some(&at) {
+                ended.by_random.remove(&random);
+            }
+        }
+    }
+
     /// Drops expired forwards.
     pub(crate) fn prune_forwards(&self, now: Instant) {
         self.forwards.lock().retain(|_, forward| forward.until > now);
@@ -94,6 +158,24 @@ impl LocalSessions {
 mod tests {
     use super::*;
     use crate::session_id::SessionId;
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_sessions_are_remembered_for_a_while_and_bounded() {
+        let local = LocalSessions::default();
+        local.end("abc");
+        assert!(local.has_ended("abc"));
+        assert!(!local.has_ended("abd"));
+        tokio::time::advance(ENDED_FOR).await;
+        assert!(!local.has_ended("abc"), "forgotten after ENDED_FOR");
+        local.prune_ended();
+        assert_eq!(local.ended_len(), 0);
+        for n in 0..MAX_ENDED + 10 {
+            local.end(&format!("r{n}"));
+        }
+        assert_eq!(local.ended_len(), MAX_ENDED);
+        assert!(!local.has_ended("r0"), "the oldest are forgotten first");
+        assert!(local.has_ended(&format!("r{}", MAX_ENDED + 9)));
+    }
 
     fn state() -> Arc<SessionState> {
         Arc::new(SessionState::new(SessionId::generate(None, None), None))

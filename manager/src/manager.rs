@@ -394,6 +394,7 @@ impl Shared {
             inner.id.clone()
         };
         self.sessions.remove(id.as_str());
+        self.sessions.end(id.random_part());
         Stats::count(&self.stats.counters.sessions_expired);
         self.schedule_backup(session);
     }
@@ -416,6 +417,7 @@ async fn sweep_expired(shared: Weak<Shared>, interval: Duration) {
             }
         }
         shared.sessions.prune_forwards(now);
+        shared.sessions.prune_ended();
     }
 }
 

@@ -225,6 +225,9 @@ impl Session {
         self.note_change(true);
         let shared = &self.context.shared;
         shared.sessions.remove(id.as_str());
+        if shared.config.sticky {
+            shared.sessions.end(id.random_part());
+        }
         Stats::count(&shared.stats.counters.sessions_invalidated);
         state.invalidated.push(session);
     }
@@ -249,6 +252,9 @@ impl Session {
             (old, new)
         };
         shared.sessions.rekey(old.as_str(), new.as_str(), false);
+        if shared.config.sticky {
+            shared.sessions.end(old.random_part());
+        }
         self.note_change(true);
         Stats::count(&shared.stats.counters.ids_cycled);
         Some(new.to_string())

@@ -50,6 +50,7 @@ fn find_local(shared: &Arc<Shared>, id: &SessionId) -> Option<Arc<SessionState>>
         let current = inner.id.clone();
         drop(inner);
         shared.sessions.remove(current.as_str());
+        shared.sessions.end(current.random_part());
         Stats::count(&shared.stats.counters.sessions_expired);
         shared.schedule_backup(&session);
         return None;
@@ -108,6 +109,12 @@ async fn take_over(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<Arc<Se
     let _one_at_a_time = shared.enter_id_gate(id.as_str()).await;
     match find_local(shared, id) {
         Some(found) => Ok(Some(found)),
+        // Ended here (logout, expiry, cycled id) while its memcached copy
+        // may not be gone yet: it never comes back.
+        None if shared.sessions.has_ended(id.random_part()) => {
+            Stats::count(&shared.stats.counters.unknown_session_ids);
+            Ok(None)
+        }
         None => load_and_claim(shared, id, index).await,
     }
 }

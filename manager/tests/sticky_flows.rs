@@ -190,15 +190,26 @@ async fn a_concurrent_takeover_by_another_instance_is_refused_with_503() {
     assert!(cluster.nodes[0].contains(&id), "nothing was taken");
 }
 
+/// A tombstone as stored: the envelope's magic and its variant `Gone`.
+const TOMBSTONE: [u8; 3] = [0xA5, 0x53, 3];
+
+async fn stored(cluster: &Cluster, id: &str) -> Option<Vec<u8>> {
+    use memcached_sessions::backend::NodeBackend;
+    cluster.node(node_of(id)).get(id).await.unwrap()
+}
+
 #[tokio::test]
-async fn invalidate_and_cycle_id_remove_the_old_keys() {
+async fn invalidate_and_cycle_id_leave_tombstones_over_the_old_keys() {
     let cluster = Cluster::new(2);
     let manager = cluster.manager(Config::builder());
     let id = session_with_count(&manager, 2).await;
     let login = call(&manager, "POST", "/login", Some(&id)).await;
     let new_id = login.cookie_id().unwrap().to_owned();
     assert_ne!(new_id[..32], id[..32], "cycle_id draws a new random part");
-    assert_eq!(cluster.session_keys(), vec![new_id.clone()]);
+    let mut both = vec![id.clone(), new_id.clone()];
+    both.sort();
+    wait_until("the old id's tombstone is written", || cluster.session_keys() == both).await;
+    assert_eq!(stored(&cluster, &id).await, Some(TOMBSTONE.to_vec()));
     let old = call(&manager, "GET", "/count", Some(&id)).await;
     assert_eq!(old.body, "0", "the old id is dead at once");
     assert_eq!(call(&manager, "GET", "/count", Some(&new_id)).await.body, "2");
@@ -206,8 +217,56 @@ async fn invalidate_and_cycle_id_remove_the_old_keys() {
     let logout = call(&manager, "POST", "/logout", Some(&new_id)).await;
     assert_eq!(logout.cookie_id(), Some(""), "cookie removed");
     assert!(logout.set_cookie.unwrap().contains("Max-Age=0"));
-    assert!(cluster.session_keys().is_empty());
+    assert_eq!(stored(&cluster, &new_id).await, Some(TOMBSTONE.to_vec()));
     assert_eq!(call(&manager, "GET", "/count", Some(&new_id)).await.body, "0");
+    let other = cluster.manager(Config::builder().route("b"));
+    assert_eq!(
+        call(&other, "GET", "/count", Some(&new_id)).await.body,
+        "0",
+        "no other instance takes a logged-out session over"
+    );
+}
+
+/// The memcached copy of a logged-out session is still there (its delete
+/// queued, dropped, or its node was down): the instance that ended it
+/// never loads it again (a local tombstone).
+#[tokio::test]
+async fn a_session_ended_here_never_comes_back_here_even_if_its_copy_does() {
+    let cluster = Cluster::new(1);
+    let manager = cluster.manager(Config::builder().route("a"));
+    let id = session_with_count(&manager, 3).await;
+    let copy = stored(&cluster, &id).await.expect("backed up");
+    let logout = call(&manager, "POST", "/logout", Some(&id)).await;
+    assert_eq!(logout.status, StatusCode::OK);
+    cluster.node(node_of(&id)).put_raw(&id, &copy);
+    let replay = call(&manager, "GET", "/count", Some(&id)).await;
+    assert_eq!(
+        (replay.body.as_str(), replay.set_cookie),
+        ("0", None),
+        "still logged out"
+    );
+}
+
+/// Logged out while the session's node was down: the tombstone waits as a
+/// repair and is written when the node is back, so no other instance takes
+/// the old copy over.
+#[tokio::test]
+async fn a_logout_while_the_node_is_down_is_final_once_it_is_back() {
+    let cluster = Cluster::new(1);
+    let a = cluster.manager(Config::builder().route("a"));
+    let id = session_with_count(&a, 3).await;
+    cluster.node(node_of(&id)).set_down(true);
+    wait_until("a sees the node down", || a.statistics().available_nodes.is_empty()).await;
+    let logout = call(&a, "POST", "/logout", Some(&id)).await;
+    assert_eq!(logout.status, StatusCode::OK);
+    cluster.node(node_of(&id)).set_down(false);
+    wait_until("the tombstone was written by the repair", || {
+        a.statistics().counters.repairs_done >= 1
+    })
+    .await;
+    assert_eq!(stored(&cluster, &id).await, Some(TOMBSTONE.to_vec()));
+    let b = cluster.manager(Config::builder().route("b"));
+    assert_eq!(call(&b, "GET", "/count", Some(&id)).await.body, "0", "not taken over");
 }
 
 #[tokio::test]
@@ -349,8 +408,18 @@ async fn idle_sessions_expire_here_and_in_memcached() {
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(manager.statistics().counters.sessions_expired, 1);
-    assert!(!cluster.nodes[0].contains(&id), "expiry deletes the memcached copy");
+    assert_eq!(
+        stored(&cluster, &id).await,
+        Some(TOMBSTONE.to_vec()),
+        "expiry replaces the memcached copy by a tombstone"
+    );
     assert_eq!(call(&manager, "GET", "/count", Some(&id)).await.body, "0");
+    let other = cluster.manager(Config::builder().route("b"));
+    assert_eq!(
+        call(&other, "GET", "/count", Some(&id)).await.body,
+        "0",
+        "no other instance revives it"
+    );
 }
 
 #[tokio::test]

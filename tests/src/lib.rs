@@ -110,6 +110,10 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A tombstone as stored (unsealed): the envelope's magic and its variant
+/// `Gone`.
+pub const TOMBSTONE: [u8; 3] = [0xA5, 0x53, 3];
+
 /// Installs a `tracing_subscriber` fmt subscriber for test output.
 ///
 /// The filter comes from `RUST_LOG` (default `info`) and output goes through
@@ -1065,6 +1069,14 @@ impl Cluster {
     pub fn node_mut(&mut self, id: &str) -> &mut Memcached {
         let index = self.index_of(id);
         &mut self.nodes[index]
+    }
+
+    /// Whether `key` holds an (unsealed) tombstone: the envelope's magic and
+    /// its variant `Gone`, as a logout, an expiry or a cycled id leaves.
+    pub fn holds_tombstone(&self, key: &str) -> bool {
+        self.nodes
+            .iter()
+            .any(|node| node.get_raw(key).is_some_and(|bytes| bytes == TOMBSTONE))
     }
 
     /// The ids of the nodes that currently hold `key`, using

@@ -390,7 +390,7 @@ async fn exact_memcached_operations_per_request_kind() {
 
 /// A non-sticky tombstone as stored: the envelope's magic and its variant
 /// `Gone` (index 3).
-const TOMBSTONE: [u8; 3] = [0xA5, 0x53, 3];
+use integration_tests::TOMBSTONE;
 
 /// A non-sticky forward record to `to` as stored: the magic, the variant
 /// `Moved` (index 2) and the id as a postcard string.

@@ -179,7 +179,9 @@ async fn acquire_here(
             Err(error) => {
                 Stats::count(&counters.lock_failures);
                 if let Error::Backend { source, .. } = &error {
-                    if source.may_have_been_applied() {
+                    // Pipelined with a read, the add may have succeeded
+                    // even when the exchange as a whole failed.
+                    if source.may_have_been_applied() || read.is_some() {
                         // The add may still land (a frozen node that
                         // thaws): remove it then, rather than leave the
                         // session locked until lockExpiration.

@@ -798,8 +798,12 @@ async fn finish_session(shared: &Arc<Shared>, entry: InFlight, changed: bool) ->
         // A write of this copy was refused: it holds changes that must not
         // be stored; only a change of this request is refused too.
         if changed { Err(Error::Conflict) } else { Ok(()) }
-    } else if lost {
+    } else if lost && changed {
         Err(Error::LockLost)
+    } else if lost {
+        // This request changed nothing, and the co-users that did wrote
+        // before they answered: nothing to save, nothing to refuse.
+        Ok(())
     } else {
         // The lock is let go of inside, in the backup's round trip.
         return store(shared, &entry.session, entry.load, entry.lock).await.map(drop);
