@@ -136,6 +136,28 @@ async fn claimed_by_us(shared: &Shared, index: usize, claim: &str) -> bool {
         .is_some_and(|(_, claimed_for)| claimed_for == route)
 }
 
+/// A takeover claim to release unless the takeover succeeded.
+struct ClaimGuard {
+    shared: Arc<Shared>,
+    index: usize,
+    key: Option<String>,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else {
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let index = self.index;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = shared.nodes.get(index).call(|b| b.delete(&key)).await;
+            });
+        }
+    }
+}
+
 async fn load_and_claim(
     shared: &Arc<Shared>,
     id: &SessionId,
@@ -150,17 +172,29 @@ async fn load_and_claim(
         id.clone()
     };
     let claim = foreign.then(|| shared.takeover_key(id));
+    // Released if this takeover fails or is cancelled from here on (a
+    // dropped request, an error): a claim left behind would block every
+    // other instance's takeover of the session for 30 s.
+    let mut claim_guard = ClaimGuard {
+        shared: Arc::clone(shared),
+        index,
+        key: None,
+    };
     if let Some(claim) = &claim {
         let claimed = node
             .call(|b| b.add(claim, new_id.as_str().as_bytes(), Expiry::After(TAKEOVER_CLAIM_TTL)))
             .await
             .inspect_err(|_| Stats::count(&counters.load_failures))?;
+        if claimed {
+            claim_guard.key = Some(claim.clone());
+        }
         if !claimed && !claimed_by_us(shared, index, claim).await {
             Stats::count(&counters.takeover_conflicts);
             tracing::warn!(node = %node.label(), "another instance is taking this session over");
             return Err(Error::TakeoverInProgress);
         }
         if !claimed {
+            claim_guard.key = Some(claim.clone());
             // Our own older claim: renew it for this takeover, so it does
             // not expire while this one runs.
             let _ = node
@@ -209,6 +243,9 @@ async fn load_and_claim(
             inner.mark_obsolete(id.clone());
         }
     }
+    // Taken over: the claim stays until it expires, so no other instance
+    // takes the old id over meanwhile.
+    claim_guard.key = None;
     if foreign {
         // Filed under the new id, with the old one forwarding to it.
         shared.sessions.insert(id.as_str(), session.clone());

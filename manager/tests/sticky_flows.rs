@@ -530,3 +530,32 @@ async fn backups_queued_together_are_written_together_and_each_is_accounted() {
     assert_eq!(call(&manager, "POST", "/count", Some(&ids[0])).await.body, "2");
     wait_until("rewritten", || manager.statistics().counters.backups_written == 41).await;
 }
+
+/// A takeover whose request is dropped after the claim was added (a client
+/// hang-up while the session loads) releases its claim at once: another
+/// instance is not kept from the session for the claim's 30 s.
+#[tokio::test]
+async fn a_cancelled_takeover_releases_its_claim() {
+    let cluster = Cluster::new(1);
+    let a = cluster.manager(Config::builder().route("a"));
+    let b = cluster.manager(Config::builder().route("b"));
+    let id = session_with_count(&a, 2).await;
+    let node = cluster.node(node_of(&id));
+    node.set_delay(Duration::from_millis(300));
+    // The claim's add takes ~300 ms, the load another ~300 ms: hang up
+    // in between.
+    let cancelled = tokio::time::timeout(Duration::from_millis(450), call(&b, "GET", "/count", Some(&id))).await;
+    assert!(cancelled.is_err(), "still loading when the client hung up");
+    node.set_delay(Duration::ZERO);
+    wait_until("the claim is released", || {
+        !node.keys().iter().any(|k| k.starts_with("takeover:"))
+    })
+    .await;
+    let c = cluster.manager(Config::builder().route("c"));
+    let reply = call(&c, "GET", "/count", Some(&id)).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "2"),
+        "taken over at once"
+    );
+}
