@@ -136,6 +136,19 @@ async fn claimed_by_us(shared: &Shared, index: usize, claim: &str) -> bool {
         .is_some_and(|(_, claimed_for)| claimed_for == route)
 }
 
+/// Whether a sticky copy with `remaining` TTL is of a session idle for
+/// longer than its interval: its TTL was set to the session's remaining
+/// inactivity time plus [`ttl_margin`](crate::session_state::ttl_margin),
+/// so less than the margin left (a second of rounding aside) means idle
+/// past the interval.
+fn idle_past_its_interval(record: &crate::envelope::SessionRecord, remaining: Option<Duration>) -> bool {
+    let (Some(remaining), true) = (remaining, record.max_inactive_secs > 0) else {
+        return false;
+    };
+    let margin = crate::session_state::ttl_margin(Duration::from_secs(record.max_inactive_secs));
+    remaining.saturating_add(Duration::from_secs(1)) < margin
+}
+
 /// A takeover claim to release unless the takeover succeeded.
 struct ClaimGuard {
     shared: Arc<Shared>,
@@ -205,7 +218,7 @@ async fn load_and_claim(
     let key = shared.session_key(id);
     let started = Instant::now();
     let loaded = node
-        .call(|b| b.get(&key))
+        .call(|b| b.get_with_ttl(&key))
         .await
         .inspect_err(|_| Stats::count(&counters.load_failures))?;
     shared.stats.load_time.record_duration(started.elapsed());
@@ -216,7 +229,7 @@ async fn load_and_claim(
             let _ = node.call(|b| b.delete(claim)).await;
         }
     };
-    let Some(bytes) = loaded else {
+    let Some((bytes, remaining)) = loaded else {
         Stats::count(&counters.load_misses);
         Stats::count(&counters.unknown_session_ids);
         release_claim().await;
@@ -226,6 +239,14 @@ async fn load_and_claim(
         release_claim().await;
         return Ok(None);
     };
+    if idle_past_its_interval(&record, remaining) {
+        // Its holder died (or lost it) after the session went idle for
+        // longer than its interval: expired, whoever loads it.
+        Stats::count(&counters.sessions_expired);
+        Stats::count(&counters.unknown_session_ids);
+        release_claim().await;
+        return Ok(None);
+    }
     Stats::count(&counters.loads);
     // A copy under our own route is already in memcached: only its TTL is
     // unknown, so mark it as expiring now and the request's end touches it.

@@ -559,3 +559,34 @@ async fn a_cancelled_takeover_releases_its_claim() {
         "taken over at once"
     );
 }
+
+/// Its instance died after the session went idle for longer than its
+/// interval, but before memcached dropped the copy (the TTL carries a
+/// margin): another instance loading it finds it expired, not revived —
+/// while a session idle for less than its interval is taken over.
+#[tokio::test(start_paused = true)]
+async fn a_takeover_never_revives_a_session_idle_past_its_interval() {
+    let cluster = Cluster::new(1);
+    // a never sweeps: it plays an instance that died.
+    let config = || {
+        Config::builder()
+            .max_inactive_interval_secs(60)
+            .expiry_sweep_interval(Duration::from_secs(3600))
+    };
+    let a = cluster.manager(config().route("a"));
+    let idle = session_with_count(&a, 1).await;
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let recent = session_with_count(&a, 2).await;
+    // 63 s after `idle`'s last request (margin: 15 s), 23 s after `recent`'s.
+    tokio::time::sleep(Duration::from_secs(23)).await;
+    assert!(cluster.node(node_of(&idle)).contains(&idle), "its copy is still there");
+    let b = cluster.manager(config().route("b"));
+    let reply = call(&b, "GET", "/count", Some(&idle)).await;
+    assert_eq!(
+        (reply.body.as_str(), reply.set_cookie),
+        ("0", None),
+        "expired, not revived"
+    );
+    assert_eq!(b.statistics().counters.sessions_expired, 1);
+    assert_eq!(call(&b, "GET", "/count", Some(&recent)).await.body, "2", "taken over");
+}

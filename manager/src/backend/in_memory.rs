@@ -153,6 +153,17 @@ impl NodeBackend for InMemoryNode {
         }
     }
 
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Option<Duration>)>, BackendError> {
+        self.check(&self.counts.gets).await?;
+        let now = Instant::now();
+        Ok(self
+            .items
+            .lock()
+            .get(key)
+            .filter(|item| item.live(now))
+            .map(|item| (item.value.clone(), item.expires_at.map(|at| at - now))))
+    }
+
     async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError> {
         self.check(&self.counts.sets).await?;
         let now = Instant::now();

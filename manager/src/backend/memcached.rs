@@ -139,6 +139,28 @@ impl NodeBackend for MemcachedNode {
         versioned(got.value, got.item.cas)
     }
 
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Option<Duration>)>, BackendError> {
+        let got = self
+            .client
+            .meta()
+            .get(key)
+            .meta(Meta::NONE.ttl())
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        let Some(value) = got.value.filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        // `-1`: no expiry; a missing or other negative answer is read as
+        // "no expiry known", which never expires a session by mistake.
+        let ttl = got
+            .item
+            .ttl
+            .and_then(|secs| u64::try_from(secs).ok())
+            .map(Duration::from_secs);
+        Ok(Some((value, ttl)))
+    }
+
     async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError> {
         self.client
             .set(key, value, ttl(expiry))

@@ -47,6 +47,9 @@ pub trait NodeBackend: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, BackendError>;
     /// Reads a value with its CAS token; `Ok(None)` on a miss.
     async fn get_with_cas(&self, key: &str) -> Result<Option<Versioned>, BackendError>;
+    /// Reads a value with its remaining TTL (`None`: it never expires);
+    /// `Ok(None)` on a miss.
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Option<Duration>)>, BackendError>;
     /// Stores a value unconditionally.
     async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError>;
     /// Stores a value only if the key is absent; `true` when this call stored it.
