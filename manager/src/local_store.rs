@@ -14,6 +14,9 @@ use crate::session_state::SessionState;
 /// How long a moved id keeps forwarding to the new one.
 const FORWARD_FOR: Duration = Duration::from_secs(60);
 
+/// Most forwards kept at once.
+pub(crate) const MAX_FORWARDS: usize = 100_000;
+
 /// How long this process remembers that a session ended (logout, expiry,
 /// cycled id): far longer than its memcached tombstone takes to land, even
 /// through a full backup queue or a node outage of a few minutes.
@@ -76,9 +79,18 @@ impl LocalSessions {
         }
         let mut forwards = self.forwards.lock();
         if forward {
+            let now = Instant::now();
+            if forwards.len() >= MAX_FORWARDS {
+                forwards.retain(|_, forward| forward.until > now);
+            }
+            // Still full of live forwards (a mass relocation): the old id
+            // of this one stops working at once, like after a minute.
+            if forwards.len() >= MAX_FORWARDS {
+                return;
+            }
             let forward = Forward {
                 to: new.into(),
-                until: Instant::now() + FORWARD_FOR,
+                until: now + FORWARD_FOR,
             };
             forwards.insert(old.into(), forward);
         } else {
@@ -118,11 +130,11 @@ impl LocalSessions {
         self.ended.lock().order.len()
     }
 
-    /// Removes a session (and forwards pointing at it).
+    /// Removes a session. Forwards pointing at it are left to expire: they
+    /// lead nowhere now (a lookup through one finds nothing), and scanning
+    /// for them made a mass removal quadratic.
     pub(crate) fn remove(&self, id: &str) -> Option<Arc<SessionState>> {
-        let removed = self.by_id.write().remove(id);
-        self.forwards.lock().retain(|_, forward| &*forward.to != id);
-        removed
+        self.by_id.write().remove(id)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -158,6 +170,33 @@ impl LocalSessions {
 mod tests {
     use super::*;
     use crate::session_id::SessionId;
+
+    #[tokio::test(start_paused = true)]
+    async fn forwards_are_bounded_and_removal_is_not_quadratic() {
+        let local = LocalSessions::default();
+        let started = std::time::Instant::now();
+        for n in 0..MAX_FORWARDS + 50 {
+            let (old, new) = (format!("old{n}"), format!("new{n}"));
+            local.insert(&old, state());
+            local.rekey(&old, &new, true);
+        }
+        assert_eq!(local.forwards.lock().len(), MAX_FORWARDS);
+        for n in 0..MAX_FORWARDS + 50 {
+            local.remove(&format!("new{n}"));
+        }
+        assert!(
+            local.get("old1").is_none(),
+            "a forward to a removed session leads nowhere"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "linear, not quadratic: {:?}",
+            started.elapsed()
+        );
+        tokio::time::advance(FORWARD_FOR).await;
+        local.prune_forwards(Instant::now());
+        assert_eq!(local.forwards.lock().len(), 0);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn ended_sessions_are_remembered_for_a_while_and_bounded() {

@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) lock_policy: LockPolicy,
     /// Non-sticky: writes that could not be done when due, retried by the prober.
     pub(crate) repairs: crate::non_sticky::repairs::Repairs,
+    /// Bounds the synchronous backup writes in flight.
+    pub(crate) sync_writes: Arc<tokio::sync::Semaphore>,
     /// Serializes, per session id, the loads and takeovers of this process.
     id_gates: IdGates,
     /// Random name of this manager instance (lock values, sentinel key).
@@ -129,6 +131,7 @@ impl SessionManager {
                 slots: RequestSlots::default(),
                 inflight: InFlightSessions::default(),
                 repairs: crate::non_sticky::repairs::Repairs::default(),
+                sync_writes: Arc::new(tokio::sync::Semaphore::new(MAX_SYNC_WRITES)),
                 lock_policy: LockPolicy::default(),
                 id_gates: Mutex::new(HashMap::new()),
                 instance_token,
@@ -348,15 +351,24 @@ impl Shared {
     /// writes go on in the background after that (bounded by `operationTimeout`).
     pub(crate) async fn backup_now(self: &Arc<Self>, sessions: Vec<Arc<SessionState>>) {
         let started = Instant::now();
+        let deadline = started + self.config.backup_timeout;
         let mut writes = JoinSet::new();
         for session in sessions {
+            // At most MAX_SYNC_WRITES in flight (they outlive a request
+            // that stopped waiting for them); past the wait, the session
+            // goes to the bounded async queue instead.
+            let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.sync_writes).acquire_owned()).await;
+            let Ok(Ok(permit)) = permit else {
+                self.schedule_backup(&session);
+                continue;
+            };
             let shared = self.clone();
-            writes.spawn(async move { backup::sync_session(&shared, &session).await });
+            writes.spawn(async move {
+                backup::sync_session(&shared, &session).await;
+                drop(permit);
+            });
         }
-        let _ = tokio::time::timeout(self.config.backup_timeout, async {
-            while writes.join_next().await.is_some() {}
-        })
-        .await;
+        let _ = tokio::time::timeout_at(deadline, async { while writes.join_next().await.is_some() {} }).await;
         writes.detach_all();
         self.stats.effective_backup_time.record_duration(started.elapsed());
     }
@@ -420,6 +432,10 @@ async fn sweep_expired(shared: Weak<Shared>, interval: Duration) {
         shared.sessions.prune_ended();
     }
 }
+
+/// Most synchronous backup writes in flight at once (see
+/// [`Shared::backup_now`]).
+pub(crate) const MAX_SYNC_WRITES: usize = 4096;
 
 /// Probes every node every `interval`; re-writes the sessions of a node
 /// that lost its data.
@@ -495,5 +511,49 @@ impl Drop for IdGateGuard<'_> {
                 gates.remove(&self.id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::InMemoryNode;
+
+    /// With every synchronous write slot taken (writes stuck on a frozen
+    /// node, say), a request's sync backup does not spawn another task: it
+    /// waits up to `sessionBackupTimeout` for a slot, then hands the session
+    /// to the bounded async queue.
+    #[tokio::test]
+    async fn sync_backup_writes_in_flight_are_bounded() {
+        let node = Arc::new(InMemoryNode::new());
+        let config = Config::builder()
+            .set("sticky", "true")
+            .unwrap()
+            .session_backup_async(false)
+            .session_backup_timeout(Duration::from_millis(50))
+            .build()
+            .unwrap();
+        let manager = SessionManager::with_backends(config, vec![node.clone() as Arc<dyn NodeBackend>]);
+        let shared = &manager.shared;
+        let all = Arc::clone(&shared.sync_writes)
+            .acquire_many_owned(u32::try_from(MAX_SYNC_WRITES).unwrap())
+            .await
+            .unwrap();
+        let session = shared.create_session();
+        session.inner.lock().set_attribute("k", vec![1].into());
+        shared.sessions.insert(session.id().as_str(), session.clone());
+        let started = Instant::now();
+        shared.backup_now(vec![session.clone()]).await;
+        assert!(started.elapsed() >= Duration::from_millis(50), "it waited for a slot");
+        assert_eq!(shared.sync_writes.available_permits(), 0, "no write beyond the bound");
+        drop(all);
+        let id = session.id();
+        for _ in 0..100 {
+            if node.contains(&shared.session_key(&id)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the async queue wrote it");
     }
 }
