@@ -226,6 +226,7 @@ async fn write_group(shared: &Shared, node: usize, group: &[(usize, BatchedWrite
                     shared.nodes.get(node).observe(false, started);
                 }
                 tracing::warn!(%error, node = %shared.nodes.get(node).label(), "session backup failed");
+                shared.unsynced.note(shared, write.id.as_str());
             }
         }
     }
@@ -348,6 +349,7 @@ pub(crate) async fn sync_session(shared: &Shared, session: &SessionState) {
             Plan::Nothing => return,
             Plan::Deferred => {
                 Stats::count(&counters.backups_deferred);
+                shared.unsynced.note(shared, session.id().as_str());
                 return;
             }
             Plan::Touch { id, expiry } => {
@@ -373,6 +375,7 @@ pub(crate) async fn sync_session(shared: &Shared, session: &SessionState) {
                     Err(error) => {
                         Stats::count(&counters.backups_failed);
                         tracing::warn!(%error, "extending a session's TTL failed");
+                        shared.unsynced.note(shared, id.as_str());
                         return;
                     }
                 }
@@ -400,6 +403,7 @@ pub(crate) async fn sync_session(shared: &Shared, session: &SessionState) {
                     Err(error) => {
                         Stats::count(&counters.backups_failed);
                         tracing::warn!(%error, "session backup failed");
+                        shared.unsynced.note(shared, id.as_str());
                     }
                 }
                 return;

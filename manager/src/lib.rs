@@ -192,6 +192,7 @@ mod session_id;
 mod session_state;
 mod stats;
 mod sticky;
+mod unsynced;
 mod uri_pattern;
 
 pub use crate::config::{Config, ConfigBuilder, CookieConfig};

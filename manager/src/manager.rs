@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) lock_policy: LockPolicy,
     /// Non-sticky: writes that could not be done when due, retried by the prober.
     pub(crate) repairs: crate::non_sticky::repairs::Repairs,
+    /// Sticky: sessions whose last backup failed or was deferred.
+    pub(crate) unsynced: crate::unsynced::Unsynced,
     /// Bounds the synchronous backup writes in flight.
     pub(crate) sync_writes: Arc<tokio::sync::Semaphore>,
     /// Serializes, per session id, the loads and takeovers of this process.
@@ -132,6 +134,7 @@ impl SessionManager {
                 inflight: InFlightSessions::default(),
                 repairs: crate::non_sticky::repairs::Repairs::default(),
                 sync_writes: Arc::new(tokio::sync::Semaphore::new(MAX_SYNC_WRITES)),
+                unsynced: crate::unsynced::Unsynced::default(),
                 lock_policy: LockPolicy::default(),
                 id_gates: Mutex::new(HashMap::new()),
                 instance_token,
@@ -165,6 +168,7 @@ impl SessionManager {
         statistics.local_sessions = (shared.sessions.len() + shared.inflight.len()) as u64;
         statistics.backup_queue_len = shared.backups.len() as u64;
         statistics.repair_queue_len = shared.repairs.len() as u64;
+        statistics.unsynced_sessions = shared.unsynced.len() as u64;
         statistics.available_nodes = shared.nodes.available_labels();
         statistics.counters.node_state_changes = shared.nodes.state_changes();
         statistics
@@ -466,6 +470,7 @@ async fn probe_nodes(shared: Weak<Shared>, interval: Duration) {
             return;
         };
         crate::non_sticky::repairs::spawn_retry(&strong);
+        crate::unsynced::retry(&strong);
         drop(strong);
         for index in lost_data {
             let Some(shared) = shared.upgrade() else {

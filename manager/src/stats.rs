@@ -176,6 +176,9 @@ pub struct Statistics {
     pub backup_queue_len: u64,
     /// Non-sticky: repairs waiting for their node (see `repairs_queued`).
     pub repair_queue_len: u64,
+    /// Sticky: sessions whose last backup failed or was deferred, waiting
+    /// for a background retry.
+    pub unsynced_sessions: u64,
     /// Nodes currently considered available, by id.
     pub available_nodes: Vec<String>,
     /// Time spent in a backup (serialize + write), µs.
@@ -224,6 +227,7 @@ impl Stats {
             local_sessions: 0,
             backup_queue_len: 0,
             repair_queue_len: 0,
+            unsynced_sessions: 0,
             available_nodes: Vec::new(),
             backup_time_us: self.backup_time.snapshot(),
             effective_backup_time_us: self.effective_backup_time.snapshot(),

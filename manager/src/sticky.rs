@@ -65,7 +65,7 @@ fn find_local(shared: &Arc<Shared>, id: &SessionId) -> Option<Arc<SessionState>>
 /// a failover node while a regular one is back, or when it has no node and
 /// one is available. With nothing available the id stays as it is (no
 /// cookie churn); the session lives on in memory.
-fn relocate_if_needed(shared: &Arc<Shared>, session: &Arc<SessionState>) {
+pub(crate) fn relocate_if_needed(shared: &Arc<Shared>, session: &Arc<SessionState>) {
     let mut inner = session.inner.lock();
     if !shared.nodes.should_relocate(&inner.id) {
         return;

@@ -590,3 +590,24 @@ async fn a_takeover_never_revives_a_session_idle_past_its_interval() {
     assert_eq!(b.statistics().counters.sessions_expired, 1);
     assert_eq!(call(&b, "GET", "/count", Some(&recent)).await.body, "2", "taken over");
 }
+
+/// A change made while the session's node was down (its backup failed or
+/// was deferred) reaches memcached once the node is back, without another
+/// request of the session: the instance can then die and lose nothing.
+#[tokio::test]
+async fn a_backup_that_failed_is_written_in_the_background_once_the_node_is_back() {
+    let cluster = Cluster::new(1);
+    let a = cluster.manager(Config::builder().route("a"));
+    let id = session_with_count(&a, 1).await;
+    let node = cluster.node(node_of(&id));
+    node.set_down(true);
+    let changed = call(&a, "POST", "/count", Some(&id)).await;
+    assert_eq!((changed.status, changed.body.as_str()), (StatusCode::OK, "2"));
+    assert!(a.statistics().unsynced_sessions >= 1, "its backup waits for a retry");
+    node.set_down(false);
+    wait_until("the backup was retried", || a.statistics().unsynced_sessions == 0).await;
+    // a dies (it serves nothing more); b takes the session over.
+    let b = cluster.manager(Config::builder().route("b"));
+    let reply = call(&b, "GET", "/count", Some(&id)).await;
+    assert_eq!(reply.body, "2", "the change made while the node was down is not lost");
+}

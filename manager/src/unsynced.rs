@@ -1,0 +1,80 @@
+//! Sticky sessions whose last backup failed or was deferred (their node
+//! was down or frozen), so memcached may lack their latest change: retried
+//! in the background, not only when the session's next request comes.
+//!
+//! After every prober round, [`retry`] takes up to [`PER_ROUND`] of them,
+//! relocates each whose node is still down (as its next request would),
+//! and queues its backup; a backup that fails again puts it back. The set
+//! holds ids only (the sessions stay in the local store) and is bounded by
+//! [`CAPACITY`]; an id beyond it is dropped and counted
+//! (`backups_dropped`): that session is then retried by its next request,
+//! as before.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::manager::Shared;
+use crate::stats::Stats;
+
+/// Most ids kept.
+pub(crate) const CAPACITY: usize = 1_000_000;
+/// Most sessions retried per prober round.
+pub(crate) const PER_ROUND: usize = 10_000;
+
+/// The ids of the sessions to back up again.
+#[derive(Default)]
+pub(crate) struct Unsynced {
+    ids: Mutex<HashSet<Box<str>>>,
+}
+
+impl Unsynced {
+    /// Remembers that the session `id`'s backup did not happen.
+    pub(crate) fn note(&self, shared: &Shared, id: &str) {
+        let mut ids = self.ids.lock();
+        if ids.len() >= CAPACITY && !ids.contains(id) {
+            Stats::count(&shared.stats.counters.backups_dropped);
+            return;
+        }
+        ids.insert(id.into());
+    }
+
+    /// How many sessions wait for a retry.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.lock().len()
+    }
+
+    fn take(&self, most: usize) -> Vec<Box<str>> {
+        let mut ids = self.ids.lock();
+        let taken: Vec<Box<str>> = ids.iter().take(most).cloned().collect();
+        for id in &taken {
+            ids.remove(id);
+        }
+        taken
+    }
+}
+
+/// Queues the backups of up to [`PER_ROUND`] unsynced sessions whose node
+/// (or relocation target) is available; the others wait for a later round.
+pub(crate) fn retry(shared: &Arc<Shared>) {
+    if !shared.config.sticky {
+        return;
+    }
+    for id in shared.unsynced.take(PER_ROUND) {
+        let Some(session) = shared.sessions.get(&id) else {
+            // Ended, or no longer held here: nothing to back up.
+            continue;
+        };
+        crate::sticky::relocate_if_needed(shared, &session);
+        let current = session.id();
+        let available = shared
+            .node_index(&current)
+            .is_some_and(|index| shared.nodes.get(index).is_available());
+        if available {
+            shared.schedule_backup(&session);
+        } else {
+            shared.unsynced.note(shared, current.as_str());
+        }
+    }
+}
