@@ -342,13 +342,21 @@ impl Shared {
     }
 
     /// Queues (async mode) a backup of `session`.
-    pub(crate) fn schedule_backup(self: &Arc<Self>, session: &Arc<SessionState>) {
-        if !self.backups.push(session, &self.stats) && self.backups.len() == 0 {
+    /// `false` when the queue was full: the session then waits among the
+    /// unsynced ones and is queued again after the next prober round.
+    pub(crate) fn schedule_backup(self: &Arc<Self>, session: &Arc<SessionState>) -> bool {
+        if self.backups.push(session, &self.stats) {
+            return true;
+        }
+        if self.backups.len() == 0 {
             // Closed queue (after shutdown): write inline, off the request.
             let shared = self.clone();
             let session = session.clone();
             tokio::spawn(async move { backup::sync_session(&shared, &session).await });
+            return true;
         }
+        self.unsynced.note(self, session.id().as_str());
+        false
     }
 
     /// Backs `sessions` up now and waits up to `sessionBackupTimeout`; the
@@ -479,8 +487,9 @@ async fn probe_nodes(shared: Weak<Shared>, interval: Duration) {
             let mut restored = 0u64;
             for session in shared.sessions.all() {
                 let on_node = shared.node_index(&session.id()) == Some(index);
-                if on_node {
-                    shared.schedule_backup(&session);
+                // Queued now, or (queue full) paced through the unsynced
+                // set: every session is restored, however many.
+                if on_node && shared.schedule_backup(&session) {
                     restored += 1;
                 }
             }

@@ -611,3 +611,24 @@ async fn a_backup_that_failed_is_written_in_the_background_once_the_node_is_back
     let reply = call(&b, "GET", "/count", Some(&id)).await;
     assert_eq!(reply.body, "2", "the change made while the node was down is not lost");
 }
+
+/// A node restarted empty holding more sessions than the backup queue
+/// takes: every one of them is written back (paced through the retries),
+/// none is dropped for good.
+#[tokio::test]
+async fn a_restore_after_an_empty_restart_covers_more_sessions_than_the_queue_holds() {
+    let cluster = Cluster::new(1);
+    let manager = cluster.manager_async(Config::builder().route("a").backup_queue_capacity(4));
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(session_with_count(&manager, 1).await);
+    }
+    let node = cluster.node(node_of(&ids[0]));
+    wait_until("all backed up", || ids.iter().all(|id| node.contains(id))).await;
+    node.clear();
+    wait_until("every session restored", || ids.iter().all(|id| node.contains(id))).await;
+    let other = cluster.manager(Config::builder().route("b"));
+    for id in &ids {
+        assert_eq!(call(&other, "GET", "/count", Some(id)).await.body, "1");
+    }
+}
