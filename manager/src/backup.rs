@@ -12,6 +12,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -21,7 +22,7 @@ use crate::backend::{Expiry, Item};
 use crate::envelope;
 use crate::manager::Shared;
 use crate::session_id::SessionId;
-use crate::session_state::{BackupNeed, SessionState, StoredMark};
+use crate::session_state::{BackupNeed, SessionState, StoredMark, ttl_margin};
 use crate::stats::Stats;
 
 /// The sender side of the async backup queue.
@@ -422,6 +423,58 @@ pub(crate) async fn sync_session(shared: &Shared, session: &SessionState) {
     }
 }
 
+/// How long any memcached copy of a sticky session with this interval can
+/// outlive its last write: the interval plus the TTL margin (a day when it
+/// never expires — its tombstones and local tombstone last that long).
+fn copy_lifetime(max_inactive: Option<Duration>) -> Duration {
+    max_inactive.map_or(Duration::from_secs(86_400), |max| max.saturating_add(ttl_margin(max)))
+}
+
+/// A sticky session ended here (logout, expiry): every id it had is
+/// remembered locally (no request of this instance loads it again) and
+/// gets a tombstone in memcached through the repair queue — which retries
+/// until written, whatever happens to the backup queue or the request —
+/// besides the one the backup path writes at once.
+pub(crate) fn end_sticky(shared: &Shared, session: &SessionState) {
+    let (ids, lifetime) = {
+        let inner = session.inner.lock();
+        let mut ids: Vec<SessionId> = inner.obsolete_ids.clone();
+        ids.extend(inner.stored.as_ref().map(|s| s.id.clone()));
+        ids.push(inner.id.clone());
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        ids.dedup();
+        (ids, copy_lifetime(inner.max_inactive))
+    };
+    end_sticky_ids(shared, &ids, lifetime);
+}
+
+/// [`end_sticky`] for ids a live session left (`cycle_id`).
+pub(crate) fn end_sticky_ids(shared: &Shared, ids: &[SessionId], lifetime: Duration) {
+    let now = Instant::now();
+    let until = now.checked_add(lifetime).unwrap_or(now + Duration::from_secs(86_400));
+    let expiry = Expiry::After(lifetime);
+    for id in ids {
+        shared.sessions.end(id.as_str(), until);
+        let Some(index) = shared.nodes.node_of(id) else {
+            continue;
+        };
+        let key = shared.session_key(id);
+        let sealed = shared.seal_owned(&key, envelope::encode_gone());
+        shared.repairs.remember(
+            shared,
+            index,
+            key,
+            crate::non_sticky::repairs::Action::Set(sealed, expiry),
+            until,
+        );
+    }
+}
+
+/// The copy lifetime of sessions under this configuration.
+pub(crate) fn configured_copy_lifetime(shared: &Shared) -> Duration {
+    copy_lifetime(shared.config.max_inactive)
+}
+
 /// Writes a tombstone over the sticky copy `key` of `id` now, or queues it
 /// as a repair when its node is down or the write fails.
 async fn tombstone(shared: &Shared, id: &SessionId, key: String) {
@@ -430,10 +483,7 @@ async fn tombstone(shared: &Shared, id: &SessionId, key: String) {
     };
     let node = shared.nodes.get(index);
     let sealed = shared.seal_owned(&key, envelope::encode_gone());
-    let lifetime = shared
-        .config
-        .max_inactive
-        .unwrap_or(std::time::Duration::from_secs(86_400));
+    let lifetime = shared.config.max_inactive.unwrap_or(Duration::from_secs(86_400));
     let expiry = Expiry::After(lifetime);
     let written = if node.is_available() {
         node.call(|b| b.set(&key, &sealed, expiry)).await
@@ -449,7 +499,7 @@ async fn tombstone(shared: &Shared, id: &SessionId, key: String) {
             tracing::debug!(%error, "a session tombstone is left for the repair queue");
             let until = Instant::now()
                 .checked_add(lifetime)
-                .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(86_400));
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
             shared.repairs.remember(
                 shared,
                 index,
@@ -481,18 +531,18 @@ async fn delete_keys(shared: &Shared, session: &SessionState, invalidated: bool)
         let Some(node) = shared.nodes.node_of(&id).map(|i| shared.nodes.get(i)) else {
             continue;
         };
-        if !invalidated && !node.is_available() {
-            // Known down (e.g. frozen): do not wait operationTimeout on it
-            // for every request; retry once it is back.
-            failed.push(id);
-            continue;
-        }
         let key = shared.session_key(&id);
         if invalidated || id.random_part() != current_random {
             // Ended (logout, expiry) or left by cycle_id: a tombstone, not
             // a delete, and retried as a repair until it is written — so
             // no instance can ever take the session over again.
             tombstone(shared, &id, key).await;
+            continue;
+        }
+        if !node.is_available() {
+            // Known down (e.g. frozen): do not wait operationTimeout on it
+            // for every request; retry once it is back.
+            failed.push(id);
             continue;
         }
         match node.call(|b| b.delete(&key)).await {

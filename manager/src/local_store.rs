@@ -17,11 +17,6 @@ const FORWARD_FOR: Duration = Duration::from_secs(60);
 /// Most forwards kept at once.
 pub(crate) const MAX_FORWARDS: usize = 100_000;
 
-/// How long this process remembers that a session ended (logout, expiry,
-/// cycled id): far longer than its memcached tombstone takes to land, even
-/// through a full backup queue or a node outage of a few minutes.
-const ENDED_FOR: Duration = Duration::from_secs(600);
-
 /// Most ended sessions remembered; beyond, the oldest are forgotten (their
 /// memcached tombstones still stand).
 pub(crate) const MAX_ENDED: usize = 100_000;
@@ -36,14 +31,15 @@ struct Forward {
 pub(crate) struct LocalSessions {
     by_id: RwLock<HashMap<Box<str>, Arc<SessionState>>>,
     forwards: Mutex<HashMap<Box<str>, Forward>>,
-    /// Local tombstones: random parts of ids of sessions that ended here,
-    /// with when they were ended (in order, oldest first).
+    /// Local tombstones: the ids of sessions that ended here (logout,
+    /// expiry, an id left by `cycle_id`), each until its copies in
+    /// memcached can no longer exist; in order of ending.
     ended: Mutex<EndedSessions>,
 }
 
 #[derive(Default)]
 struct EndedSessions {
-    by_random: HashMap<Box<str>, Instant>,
+    until: HashMap<Box<str>, Instant>,
     order: std::collections::VecDeque<(Box<str>, Instant)>,
 }
 
@@ -98,33 +94,32 @@ impl LocalSessions {
         }
     }
 
-    /// Remembers that the session whose ids have this random part ended:
-    /// no request of this process loads it from memcached again, even
-    /// before its tombstone there is written.
-    pub(crate) fn end(&self, random_part: &str) {
-        let now = Instant::now();
+    /// Remembers until `until` that the session id `id` ended: no request
+    /// of this process loads it from memcached again, even before (or
+    /// without) its tombstone there.
+    pub(crate) fn end(&self, id: &str, until: Instant) {
         let mut ended = self.ended.lock();
         if ended.order.len() >= MAX_ENDED {
             if let Some((oldest, at)) = ended.order.pop_front() {
-                if ended.by_random.get(&oldest) == Some(&at) {
-                    ended.by_random.remove(&oldest);
+                if ended.until.get(&oldest) == Some(&at) {
+                    ended.until.remove(&oldest);
                 }
             }
         }
-        ended.by_random.insert(random_part.into(), now);
-        ended.order.push_back((random_part.into(), now));
+        ended.until.insert(id.into(), until);
+        ended.order.push_back((id.into(), until));
     }
 
-    /// Whether a session with this random part ended here recently.
-    pub(crate) fn has_ended(&self, random_part: &str) -> bool {
+    /// Whether the session id `id` ended here (and may still have a copy).
+    pub(crate) fn has_ended(&self, id: &str) -> bool {
         self.ended
             .lock()
-            .by_random
-            .get(random_part)
-            .is_some_and(|at| at.elapsed() < ENDED_FOR)
+            .until
+            .get(id)
+            .is_some_and(|until| *until > Instant::now())
     }
 
-    /// How many ended sessions are remembered.
+    /// How many ended ids are remembered.
     #[cfg(test)]
     pub(crate) fn ended_len(&self) -> usize {
         self.ended.lock().order.len()
@@ -146,16 +141,19 @@ impl LocalSessions {
         self.by_id.read().values().cloned().collect()
     }
 
-    /// Drops local tombstones older than [`ENDED_FOR`].
+    /// Drops local tombstones whose time is up (oldest first: every id
+    /// ends for about as long, so the order of ending is nearly the order
+    /// of their ends).
     pub(crate) fn prune_ended(&self) {
+        let now = Instant::now();
         let mut ended = self.ended.lock();
-        while let Some((random, at)) = ended.order.front().cloned() {
-            if at.elapsed() < ENDED_FOR {
+        while let Some((id, until)) = ended.order.front().cloned() {
+            if until > now {
                 break;
             }
             ended.order.pop_front();
-            if ended.by_random.get(&random) == Some(&at) {
-                ended.by_random.remove(&random);
+            if ended.until.get(&id) == Some(&until) {
+                ended.until.remove(&id);
             }
         }
     }
@@ -201,15 +199,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ended_sessions_are_remembered_for_a_while_and_bounded() {
         let local = LocalSessions::default();
-        local.end("abc");
-        assert!(local.has_ended("abc"));
-        assert!(!local.has_ended("abd"));
-        tokio::time::advance(ENDED_FOR).await;
-        assert!(!local.has_ended("abc"), "forgotten after ENDED_FOR");
+        let lifetime = Duration::from_secs(600);
+        local.end("abc-n1.a", Instant::now() + lifetime);
+        assert!(local.has_ended("abc-n1.a"));
+        assert!(
+            !local.has_ended("abc-n1.b"),
+            "another id of the same session is not ended"
+        );
+        tokio::time::advance(lifetime).await;
+        assert!(!local.has_ended("abc-n1.a"), "forgotten once its copies cannot exist");
         local.prune_ended();
         assert_eq!(local.ended_len(), 0);
         for n in 0..MAX_ENDED + 10 {
-            local.end(&format!("r{n}"));
+            local.end(&format!("r{n}"), Instant::now() + lifetime);
         }
         assert_eq!(local.ended_len(), MAX_ENDED);
         assert!(!local.has_ended("r0"), "the oldest are forgotten first");

@@ -363,7 +363,9 @@ impl Shared {
     /// writes go on in the background after that (bounded by `operationTimeout`).
     pub(crate) async fn backup_now(self: &Arc<Self>, sessions: Vec<Arc<SessionState>>) {
         let started = Instant::now();
-        let deadline = started + self.config.backup_timeout;
+        let deadline = started
+            .checked_add(self.config.backup_timeout)
+            .unwrap_or(started + Duration::from_secs(86_400));
         let mut writes = JoinSet::new();
         for session in sessions {
             // At most MAX_SYNC_WRITES in flight (they outlive a request
@@ -418,7 +420,7 @@ impl Shared {
             inner.id.clone()
         };
         self.sessions.remove(id.as_str());
-        self.sessions.end(id.random_part());
+        backup::end_sticky(self, session);
         Stats::count(&self.stats.counters.sessions_expired);
         self.schedule_backup(session);
     }

@@ -226,7 +226,7 @@ impl Session {
         let shared = &self.context.shared;
         shared.sessions.remove(id.as_str());
         if shared.config.sticky {
-            shared.sessions.end(id.random_part());
+            crate::backup::end_sticky(shared, &session);
         }
         Stats::count(&shared.stats.counters.sessions_invalidated);
         state.invalidated.push(session);
@@ -253,7 +253,8 @@ impl Session {
         };
         shared.sessions.rekey(old.as_str(), new.as_str(), false);
         if shared.config.sticky {
-            shared.sessions.end(old.random_part());
+            let lifetime = crate::backup::configured_copy_lifetime(shared);
+            crate::backup::end_sticky_ids(shared, std::slice::from_ref(&old), lifetime);
         }
         self.note_change(true);
         Stats::count(&shared.stats.counters.ids_cycled);

@@ -50,7 +50,7 @@ fn find_local(shared: &Arc<Shared>, id: &SessionId) -> Option<Arc<SessionState>>
         let current = inner.id.clone();
         drop(inner);
         shared.sessions.remove(current.as_str());
-        shared.sessions.end(current.random_part());
+        crate::backup::end_sticky(shared, &session);
         Stats::count(&shared.stats.counters.sessions_expired);
         shared.schedule_backup(&session);
         return None;
@@ -111,7 +111,7 @@ async fn take_over(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<Arc<Se
         Some(found) => Ok(Some(found)),
         // Ended here (logout, expiry, cycled id) while its memcached copy
         // may not be gone yet: it never comes back.
-        None if shared.sessions.has_ended(id.random_part()) => {
+        None if shared.sessions.has_ended(id.as_str()) => {
             Stats::count(&shared.stats.counters.unknown_session_ids);
             Ok(None)
         }
@@ -138,34 +138,37 @@ async fn claimed_by_us(shared: &Shared, index: usize, claim: &str) -> bool {
 
 /// Whether a sticky copy with `remaining` TTL is of a session idle for
 /// longer than its interval: its TTL was set to the session's remaining
-/// inactivity time plus [`ttl_margin`](crate::session_state::ttl_margin),
-/// so less than the margin left (a second of rounding aside) means idle
-/// past the interval.
+/// inactivity time plus [`ttl_margin`](crate::session_state::ttl_margin)
+/// when it was last written or touched.
 fn idle_past_its_interval(record: &crate::envelope::SessionRecord, remaining: Option<Duration>) -> bool {
     let (Some(remaining), true) = (remaining, record.max_inactive_secs > 0) else {
         return false;
     };
     let margin = crate::session_state::ttl_margin(Duration::from_secs(record.max_inactive_secs));
-    remaining.saturating_add(Duration::from_secs(1)) < margin
+    // A read touches the copy only once its lead fell below half the
+    // margin, so the TTL may lag the last access by up to that much: only
+    // less than half the margin left is surely idle past the interval.
+    remaining.saturating_add(Duration::from_secs(1)) < margin / 2
 }
 
 /// A takeover claim to release unless the takeover succeeded.
 struct ClaimGuard {
     shared: Arc<Shared>,
     index: usize,
-    key: Option<String>,
+    /// The claim's key and CAS token, while it is to be released.
+    key: Option<(String, u64)>,
 }
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else {
+        let Some((key, cas)) = self.key.take() else {
             return;
         };
         let shared = Arc::clone(&self.shared);
         let index = self.index;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = shared.nodes.get(index).call(|b| b.delete(&key)).await;
+                let _ = shared.nodes.get(index).call(|b| b.delete_if_cas(&key, cas)).await;
             });
         }
     }
@@ -195,19 +198,19 @@ async fn load_and_claim(
     };
     if let Some(claim) = &claim {
         let claimed = node
-            .call(|b| b.add(claim, new_id.as_str().as_bytes(), Expiry::After(TAKEOVER_CLAIM_TTL)))
+            .call(|b| b.add_with_cas(claim, new_id.as_str().as_bytes(), Expiry::After(TAKEOVER_CLAIM_TTL)))
             .await
             .inspect_err(|_| Stats::count(&counters.load_failures))?;
-        if claimed {
-            claim_guard.key = Some(claim.clone());
-        }
+        // Released only if it is still this claim (CAS): never one renewed
+        // or added by a later takeover.
+        claim_guard.key = claimed.map(|cas| (claim.clone(), cas));
+        let claimed = claimed.is_some();
         if !claimed && !claimed_by_us(shared, index, claim).await {
             Stats::count(&counters.takeover_conflicts);
             tracing::warn!(node = %node.label(), "another instance is taking this session over");
             return Err(Error::TakeoverInProgress);
         }
         if !claimed {
-            claim_guard.key = Some(claim.clone());
             // Our own older claim: renew it for this takeover, so it does
             // not expire while this one runs.
             let _ = node
@@ -233,10 +236,12 @@ async fn load_and_claim(
         Stats::count(&counters.load_misses);
         Stats::count(&counters.unknown_session_ids);
         release_claim().await;
+        claim_guard.key = None;
         return Ok(None);
     };
     let Some(record) = shared.read_record(&key, &bytes, index) else {
         release_claim().await;
+        claim_guard.key = None;
         return Ok(None);
     };
     if idle_past_its_interval(&record, remaining) {
@@ -245,6 +250,7 @@ async fn load_and_claim(
         Stats::count(&counters.sessions_expired);
         Stats::count(&counters.unknown_session_ids);
         release_claim().await;
+        claim_guard.key = None;
         return Ok(None);
     }
     Stats::count(&counters.loads);

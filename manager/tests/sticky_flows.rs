@@ -577,8 +577,9 @@ async fn a_takeover_never_revives_a_session_idle_past_its_interval() {
     let idle = session_with_count(&a, 1).await;
     tokio::time::sleep(Duration::from_secs(40)).await;
     let recent = session_with_count(&a, 2).await;
-    // 63 s after `idle`'s last request (margin: 15 s), 23 s after `recent`'s.
-    tokio::time::sleep(Duration::from_secs(23)).await;
+    // 70 s after `idle`'s last request (TTL 60 + 15 s margin: 5 s left,
+    // less than half the margin), 30 s after `recent`'s.
+    tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(cluster.node(node_of(&idle)).contains(&idle), "its copy is still there");
     let b = cluster.manager(config().route("b"));
     let reply = call(&b, "GET", "/count", Some(&idle)).await;
