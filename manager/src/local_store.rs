@@ -99,6 +99,9 @@ impl LocalSessions {
     /// without) its tombstone there.
     pub(crate) fn end(&self, id: &str, until: Instant) {
         let mut ended = self.ended.lock();
+        // Under the same lock as `insert_unless_ended`: a load racing this
+        // end either sees it, or its session is removed here.
+        self.by_id.write().remove(id);
         if ended.order.len() >= MAX_ENDED {
             if let Some((oldest, at)) = ended.order.pop_front() {
                 if ended.until.get(&oldest) == Some(&at) {
@@ -108,6 +111,17 @@ impl LocalSessions {
         }
         ended.until.insert(id.into(), until);
         ended.order.push_back((id.into(), until));
+    }
+
+    /// Files a session loaded from memcached under `id`, unless that id
+    /// ended here meanwhile; `false` then.
+    pub(crate) fn insert_unless_ended(&self, id: &str, session: Arc<SessionState>) -> bool {
+        let ended = self.ended.lock();
+        if ended.until.get(id).is_some_and(|until| *until > Instant::now()) {
+            return false;
+        }
+        self.by_id.write().insert(id.into(), session);
+        true
     }
 
     /// Whether the session id `id` ended here (and may still have a copy).

@@ -249,7 +249,13 @@ async fn back_up_sticky(
     session: Option<&Arc<SessionState>>,
     invalidated: Vec<Arc<SessionState>>,
 ) {
-    let mut to_sync = invalidated;
+    // Ended sessions are tombstoned before the response, also with async
+    // backup: once a logout is answered, no other instance may take the
+    // old id over from a copy still in memcached.
+    if !invalidated.is_empty() {
+        shared.backup_now(invalidated).await;
+    }
+    let mut to_sync = Vec::new();
     if let Some(session) = session {
         let need = {
             let inner = session.inner.lock();

@@ -273,9 +273,14 @@ async fn load_and_claim(
     // Taken over: the claim stays until it expires, so no other instance
     // takes the old id over meanwhile.
     claim_guard.key = None;
+    // Ended here while it was being loaded (a logout racing this request):
+    // it stays ended.
+    if !shared.sessions.insert_unless_ended(id.as_str(), session.clone()) {
+        Stats::count(&counters.unknown_session_ids);
+        return Ok(None);
+    }
     if foreign {
         // Filed under the new id, with the old one forwarding to it.
-        shared.sessions.insert(id.as_str(), session.clone());
         shared.sessions.rekey(id.as_str(), new_id.as_str(), true);
         Stats::count(&counters.takeovers);
         tracing::info!(
@@ -284,8 +289,6 @@ async fn load_and_claim(
             node = %node.label(),
             "took over a session from another instance"
         );
-    } else {
-        shared.sessions.insert(new_id.as_str(), session.clone());
     }
     relocate_if_needed(shared, &session);
     Ok(Some(session))

@@ -394,3 +394,51 @@ async fn inactivity_intervals_over_30_days_are_kept_that_long_in_memcached() {
     client.post("/incr").await.ok();
     assert_eq!(remaining_ttl(node, client.cookie().unwrap()), Some(-1), "0 means never");
 }
+
+/// Issue 11: a logout racing reads of the same session on the same
+/// instance (async backup, the default) is final — 100 tries, each read
+/// afterwards with the old cookie, here and on another instance, finds no
+/// session. (A read that was still running could re-load the copy still
+/// in memcached before its delete was written.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_racing_reads_is_final_every_time() {
+    init_tracing();
+    let cluster = Cluster::start(1);
+    let start = |route: &'static str| {
+        let config = fast_config(&cluster.spec())
+            .route(route)
+            .max_inactive_interval_secs(1800)
+            .build()
+            .unwrap();
+        TestApp::start(config)
+    };
+    let app_a = start("a").await;
+    let app_b = start("b").await;
+    for round in 0..100 {
+        let mut client = SessionClient::new(app_a.base_url());
+        client.post("/incr").await.ok();
+        let id = client.cookie().unwrap().to_owned();
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let mut reader = SessionClient::new(app_a.base_url());
+                reader.set_cookie(Some(id.clone()));
+                tokio::spawn(async move { reader.get("/session").await })
+            })
+            .collect();
+        let logout = client.post("/invalidate").await.ok();
+        assert_eq!(logout.id(), None, "round {round}");
+        for reader in readers {
+            reader.await.unwrap();
+        }
+        for app in [&app_a, &app_b] {
+            let mut replay = SessionClient::new(app.base_url());
+            replay.set_cookie(Some(id.clone()));
+            let reply = replay.get("/session").await.ok();
+            assert_eq!(
+                (reply.id(), reply.count()),
+                (None, 0),
+                "round {round}: logged out stays so"
+            );
+        }
+    }
+}
