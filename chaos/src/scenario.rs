@@ -42,7 +42,8 @@
 //!   read once more through the *other* instance (after a 1 s pause),
 //!   which must take it over from memcached: this checks the backups, not
 //!   only the in-memory copies.
-//! * **non-sticky** (`--sticky false --locking-mode all`): users send each
+//! * **non-sticky** (`--sticky false --locking-mode all`, and `none` for the
+//!   `*-lock-none` scenarios): users send each
 //!   request to the next instance (round-robin), so memcached is the only
 //!   copy that matters and the lock serializes the requests of a session.
 //!
@@ -254,6 +255,9 @@ pub struct Scenario {
     pub delay_ms: Option<u64>,
     /// The issue whose fix this scenario waits for (not run by default).
     pub pending: Option<&'static str>,
+    /// `--locking-mode` of a non-sticky cluster (`all` unless the scenario
+    /// checks the lock-free path).
+    pub locking_mode: &'static str,
 }
 
 impl Scenario {
@@ -269,7 +273,17 @@ impl Scenario {
             hangup_ratio: 0.0,
             delay_ms: None,
             pending: None,
+            locking_mode: "all",
         }
+    }
+
+    /// The same scenario on a non-sticky cluster without locks, named
+    /// `<name>-lock-none`: every write is still conditional on the version
+    /// it read, so nothing may be lost there either.
+    fn without_locks(mut self, name: &'static str) -> Scenario {
+        self.name = name;
+        self.locking_mode = "none";
+        self
     }
 
     fn sync_backup(mut self) -> Scenario {
@@ -301,7 +315,7 @@ impl Scenario {
                 "--sticky".to_owned(),
                 "false".to_owned(),
                 "--locking-mode".to_owned(),
-                "all".to_owned(),
+                self.locking_mode.to_owned(),
             ]),
         }
         args.extend(self.extra_args.iter().map(|&arg| arg.to_owned()));
@@ -319,7 +333,6 @@ impl Scenario {
 }
 
 const TWO_SECONDS: Duration = Duration::from_secs(2);
-/// The issue that makes non-sticky mode keep its promises under these faults.
 /// Not an issue: a limit of the design, documented in the README.
 const ONE_BACKUP_COPY: &str = "limit: one backup copy (README, Limits)";
 
@@ -445,8 +458,27 @@ pub fn all(freeze: Duration) -> Vec<Scenario> {
                 )
             });
         } else {
-            scenarios.push(partition);
+            scenarios.push(partition.clone());
             scenarios.push(slow);
+            // The lock-free path (lockingMode=none) under the faults that
+            // move or cut off a session's copies.
+            scenarios.push(
+                new(
+                    "memcached-kill",
+                    Fault::KillMemcached(vec![0]),
+                    vec![StatsCounter("relocations"), ClientRelocated],
+                )
+                .without_locks("memcached-kill-lock-none"),
+            );
+            scenarios.push(
+                new(
+                    "memcached-freeze",
+                    Fault::FreezeMemcached(vec![0], freeze),
+                    vec![StatsCounter("node_state_changes")],
+                )
+                .without_locks("memcached-freeze-lock-none"),
+            );
+            scenarios.push(partition.without_locks("partition-lock-none"));
         }
     }
     scenarios
