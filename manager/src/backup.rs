@@ -460,14 +460,15 @@ pub(crate) fn end_sticky_ids(shared: &Shared, ids: &[SessionId], lifetime: Durat
         };
         let key = shared.session_key(id);
         let sealed = shared.seal_owned(&key, envelope::encode_gone());
-        shared.repairs.remember(
-            shared,
-            index,
-            key,
-            crate::non_sticky::repairs::Action::Set(sealed, expiry),
-            until,
-        );
+        remember_tombstone(shared, index, key, sealed, expiry, until);
     }
+}
+
+/// Queues the (sealed) tombstone `sealed` of `key` on node `index` as a
+/// repair, until `until`.
+fn remember_tombstone(shared: &Shared, index: usize, key: String, sealed: Vec<u8>, expiry: Expiry, until: Instant) {
+    let tombstone = crate::non_sticky::repairs::Action::Set(sealed, expiry);
+    shared.repairs.remember(shared, index, key, tombstone, until);
 }
 
 /// The copy lifetime of sessions under this configuration.
@@ -483,7 +484,7 @@ async fn tombstone(shared: &Shared, id: &SessionId, key: String) {
     };
     let node = shared.nodes.get(index);
     let sealed = shared.seal_owned(&key, envelope::encode_gone());
-    let lifetime = shared.config.max_inactive.unwrap_or(Duration::from_secs(86_400));
+    let lifetime = configured_copy_lifetime(shared);
     let expiry = Expiry::After(lifetime);
     let written = if node.is_available() {
         node.call(|b| b.set(&key, &sealed, expiry)).await
@@ -500,13 +501,7 @@ async fn tombstone(shared: &Shared, id: &SessionId, key: String) {
             let until = Instant::now()
                 .checked_add(lifetime)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
-            shared.repairs.remember(
-                shared,
-                index,
-                key,
-                crate::non_sticky::repairs::Action::Set(sealed, expiry),
-                until,
-            );
+            remember_tombstone(shared, index, key, sealed, expiry, until);
         }
     }
 }

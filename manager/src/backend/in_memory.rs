@@ -119,6 +119,22 @@ impl InMemoryNode {
         );
     }
 
+    /// Counts a get, then views the live item under `key`, if any.
+    async fn read_live<T>(
+        &self,
+        key: &str,
+        view: impl FnOnce(&Item, Instant) -> T + Send,
+    ) -> Result<Option<T>, BackendError> {
+        self.check(&self.counts.gets).await?;
+        let now = Instant::now();
+        Ok(self
+            .items
+            .lock()
+            .get(key)
+            .filter(|item| item.live(now))
+            .map(|item| view(item, now)))
+    }
+
     fn cas(&self) -> u64 {
         self.next_cas.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -154,14 +170,10 @@ impl NodeBackend for InMemoryNode {
     }
 
     async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Option<Duration>)>, BackendError> {
-        self.check(&self.counts.gets).await?;
-        let now = Instant::now();
-        Ok(self
-            .items
-            .lock()
-            .get(key)
-            .filter(|item| item.live(now))
-            .map(|item| (item.value.clone(), item.expires_at.map(|at| at - now))))
+        self.read_live(key, |item, now| {
+            (item.value.clone(), item.expires_at.map(|at| at - now))
+        })
+        .await
     }
 
     async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError> {
@@ -215,17 +227,11 @@ impl NodeBackend for InMemoryNode {
     }
 
     async fn get_with_cas(&self, key: &str) -> Result<Option<Versioned>, BackendError> {
-        self.check(&self.counts.gets).await?;
-        let now = Instant::now();
-        Ok(self
-            .items
-            .lock()
-            .get(key)
-            .filter(|item| item.live(now))
-            .map(|item| Versioned {
-                value: item.value.clone(),
-                cas: item.cas,
-            }))
+        self.read_live(key, |item, _| Versioned {
+            value: item.value.clone(),
+            cas: item.cas,
+        })
+        .await
     }
 
     async fn get_and_touch(&self, key: &str, expiry: Expiry) -> Result<Option<Versioned>, BackendError> {
