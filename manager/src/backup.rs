@@ -450,8 +450,7 @@ pub(crate) fn end_sticky(shared: &Shared, session: &SessionState) {
 
 /// [`end_sticky`] for ids a live session left (`cycle_id`).
 pub(crate) fn end_sticky_ids(shared: &Shared, ids: &[SessionId], lifetime: Duration) {
-    let now = Instant::now();
-    let until = now.checked_add(lifetime).unwrap_or(now + Duration::from_secs(86_400));
+    let until = from_now(lifetime);
     let expiry = Expiry::After(lifetime);
     for id in ids {
         shared.sessions.end(id.as_str(), until);
@@ -460,15 +459,15 @@ pub(crate) fn end_sticky_ids(shared: &Shared, ids: &[SessionId], lifetime: Durat
         };
         let key = shared.session_key(id);
         let sealed = shared.seal_owned(&key, envelope::encode_gone());
-        remember_tombstone(shared, index, key, sealed, expiry, until);
+        let tombstone = crate::non_sticky::repairs::Action::Set(sealed, expiry);
+        shared.repairs.remember(shared, index, key, tombstone, until);
     }
 }
 
-/// Queues the (sealed) tombstone `sealed` of `key` on node `index` as a
-/// repair, until `until`.
-fn remember_tombstone(shared: &Shared, index: usize, key: String, sealed: Vec<u8>, expiry: Expiry, until: Instant) {
-    let tombstone = crate::non_sticky::repairs::Action::Set(sealed, expiry);
-    shared.repairs.remember(shared, index, key, tombstone, until);
+/// `lifetime` from now (a day when that is beyond the clock's range).
+fn from_now(lifetime: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(lifetime).unwrap_or(now + Duration::from_secs(86_400))
 }
 
 /// The copy lifetime of sessions under this configuration.
@@ -482,27 +481,12 @@ async fn tombstone(shared: &Shared, id: &SessionId, key: String) {
     let Some(index) = shared.nodes.node_of(id) else {
         return;
     };
-    let node = shared.nodes.get(index);
-    let sealed = shared.seal_owned(&key, envelope::encode_gone());
     let lifetime = configured_copy_lifetime(shared);
-    let expiry = Expiry::After(lifetime);
-    let written = if node.is_available() {
-        node.call(|b| b.set(&key, &sealed, expiry)).await
-    } else {
-        Err(crate::error::Error::Backend {
-            node: node.label(),
-            source: crate::error::BackendError::Unreachable("the node is marked unavailable".to_owned()),
-        })
-    };
-    match written {
-        Ok(()) => Stats::count(&shared.stats.counters.deletes),
-        Err(error) => {
-            tracing::debug!(%error, "a session tombstone is left for the repair queue");
-            let until = Instant::now()
-                .checked_add(lifetime)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
-            remember_tombstone(shared, index, key, sealed, expiry, until);
-        }
+    let gone = envelope::encode_gone();
+    let written =
+        crate::non_sticky::write_or_repair(shared, index, key, &gone, Expiry::After(lifetime), from_now(lifetime));
+    if written.await.is_ok() {
+        Stats::count(&shared.stats.counters.deletes);
     }
 }
 

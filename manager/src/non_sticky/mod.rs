@@ -1062,10 +1062,20 @@ async fn leave_forward(shared: &Shared, old: &SessionId, to: &SessionId) {
     let primary_key = shared.session_key(old);
     let old_backup = shared.nodes.next_available(old_primary);
     let (primary_written, backup_written) = tokio::join!(
-        write_or_repair(shared, old_primary, primary_key, &forward, expiry),
+        write_or_repair(
+            shared,
+            old_primary,
+            primary_key,
+            &forward,
+            expiry,
+            repair_deadline(shared)
+        ),
         async {
             match old_backup {
-                Some(node) => write_or_repair(shared, node, shared.backup_key(old), &forward, expiry).await,
+                Some(node) => {
+                    let key = shared.backup_key(old);
+                    write_or_repair(shared, node, key, &forward, expiry, repair_deadline(shared)).await
+                }
                 None => Ok(()),
             }
         }
@@ -1075,14 +1085,16 @@ async fn leave_forward(shared: &Shared, old: &SessionId, to: &SessionId) {
     }
 }
 
-/// Writes `bytes` to `key` on `node` now, or, when the node is down or the
-/// write fails, queues it as a repair for as long as a copy could live.
-async fn write_or_repair(
+/// Writes `bytes` to `key` on `node` now (sealed for the key when
+/// configured), or, when the node is down or the write fails, queues it as
+/// a repair until `until` (as long as a copy it must cover could live).
+pub(crate) async fn write_or_repair(
     shared: &Shared,
     node: NodeIndex,
     key: String,
     bytes: &[u8],
     expiry: Expiry,
+    until: Instant,
 ) -> Result<(), Error> {
     let outcome = if shared.nodes.get(node).is_available() {
         write_copy(shared, node, key.clone(), bytes, expiry, WriteMode::Set)
@@ -1093,13 +1105,9 @@ async fn write_or_repair(
     };
     if outcome.is_err() {
         let sealed = shared.seal(&key, bytes).into_owned();
-        shared.repairs.remember(
-            shared,
-            node,
-            key,
-            repairs::Action::Set(sealed, expiry),
-            repair_deadline(shared),
-        );
+        shared
+            .repairs
+            .remember(shared, node, key, repairs::Action::Set(sealed, expiry), until);
     }
     outcome
 }
@@ -1170,7 +1178,15 @@ pub(crate) async fn delete_session_keys(shared: &Shared, id: &SessionId) -> Resu
     let primary_delete = async {
         let key = shared.session_key(id);
         let expiry = forward_expiry(shared.config.max_inactive);
-        write_or_repair(shared, primary, key, &envelope::encode_gone(), expiry).await?;
+        write_or_repair(
+            shared,
+            primary,
+            key,
+            &envelope::encode_gone(),
+            expiry,
+            repair_deadline(shared),
+        )
+        .await?;
         Stats::count(&shared.stats.counters.deletes);
         Ok(())
     };
@@ -1188,7 +1204,10 @@ pub(crate) async fn delete_session_keys(shared: &Shared, id: &SessionId) -> Resu
         // Every node a backup may be on (an earlier outage may have put one
         // further round the ring); those down now are repaired when back.
         for node in shared.nodes.ring_after(primary) {
-            if write_or_repair(shared, node, key.clone(), &gone, expiry).await.is_ok() {
+            if write_or_repair(shared, node, key.clone(), &gone, expiry, deadline)
+                .await
+                .is_ok()
+            {
                 Stats::count(&shared.stats.counters.deletes);
             }
             shared.repairs.remember_from(
