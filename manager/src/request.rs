@@ -155,8 +155,8 @@ impl RequestContext {
     }
 
     /// Non-sticky end of request: releases this request's claim (the last
-    /// user writes), writes a session created here, and slides the validity
-    /// of a session id that was carried but not used.
+    /// user writes), writes a session created here, and slides the TTLs of
+    /// the copies of a session id that was carried but not used.
     async fn finish_non_sticky(&self, claim: Option<Claim>, session: Option<&Arc<SessionState>>) -> Result<(), Error> {
         let shared = &self.shared;
         let claimed = claim.as_ref().map(|c| c.session().clone());
