@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use hyper::Method;
-use memcache::exp::{AsyncMemcache, Ttl};
+use memcached_sessions::backend::{Expiry, MemcachedNode, NodeBackend};
 use tokio::sync::{Barrier, watch};
 
 use crate::apps::COUNTER_PATH;
@@ -29,6 +29,8 @@ const WARMUP_REQUESTS: usize = 20;
 /// Size of the value the memcached floor reads and writes (about the size
 /// of a small serialized session).
 const FLOOR_VALUE_LEN: usize = 100;
+/// How long the memcached floor's items live.
+const FLOOR_EXPIRY: Expiry = Expiry::After(Duration::from_secs(3600));
 
 /// What one measured request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +51,7 @@ pub(crate) enum Worker {
     Http { user: HttpUser, work: Work },
     /// A user of memcached itself, with the client inside this library.
     Memcached {
-        client: AsyncMemcache,
+        client: MemcachedNode,
         key: String,
         value: Vec<u8>,
         work: Work,
@@ -67,11 +69,12 @@ impl Worker {
             .collect()
     }
 
-    /// `concurrency` users of one memcached client, each on its own key.
-    pub(crate) fn memcached_users(client: &AsyncMemcache, work: Work, concurrency: usize) -> Vec<Worker> {
+    /// `concurrency` users of the memcached clients, each on its own key,
+    /// spread over the clients (nodes) in turn.
+    pub(crate) fn memcached_users(clients: &[MemcachedNode], work: Work, concurrency: usize) -> Vec<Worker> {
         (0..concurrency)
             .map(|i| Worker::Memcached {
-                client: client.clone(),
+                client: clients[i % clients.len()].clone(),
                 key: format!("bench-floor-{i}"),
                 value: vec![b'x'; FLOOR_VALUE_LEN],
                 work,
@@ -89,10 +92,7 @@ impl Worker {
                 .map_err(|e| describe(&e))?;
         }
         if let Worker::Memcached { client, key, value, .. } = self {
-            client
-                .set(key.as_str(), value.as_slice(), Ttl::secs(3600))
-                .await
-                .map_err(|e| e.to_string())?;
+            client.set(key, value, FLOOR_EXPIRY).await.map_err(|e| e.to_string())?;
         }
         for _ in 0..WARMUP_REQUESTS {
             self.step().await?;
@@ -117,15 +117,12 @@ impl Worker {
                 value,
                 work,
             } => {
-                let found: Option<Vec<u8>> = client.get(key.as_str()).await.map_err(|e| e.to_string())?;
+                let found = client.get(key).await.map_err(|e| e.to_string())?;
                 if found.is_none() {
                     return Err("miss".into());
                 }
                 if *work == Work::FloorGetSet {
-                    client
-                        .set(key.as_str(), value.as_slice(), Ttl::secs(3600))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    client.set(key, value, FLOOR_EXPIRY).await.map_err(|e| e.to_string())?;
                 }
                 Ok(())
             }

@@ -5,17 +5,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use memcache::exp::AsyncMemcache;
 use memcached_sessions::Config;
+use memcached_sessions::backend::MemcachedNode;
 use serde::Serialize;
 
 use crate::apps::{Contender, RunningApp};
 use crate::error::BenchError;
 use crate::load::{self, LoadResult, Work, Worker};
 use crate::servers::ServerProcess;
-
-/// Idle connections of the floor's client (as inside the library).
-const FLOOR_MAX_IDLE: usize = 16;
 
 /// Name of the ceiling row.
 pub(crate) const CEILING: &str = "warp-plain";
@@ -56,8 +53,8 @@ pub(crate) fn describe(name: &str) -> &'static str {
         "tower-sessions-redis-write" => "axum 0.8 + tower-sessions 0.15 + Redis store (fred), POST",
         "warp-sessions-memory-read" => "warp 0.4 + warp-sessions 1.0.22, async-session MemoryStore, GET",
         "warp-sessions-memory-write" => "warp 0.4 + warp-sessions 1.0.22, async-session MemoryStore, POST",
-        "memcached-floor" => "no HTTP: memcache exp::AsyncMemcache get + set of a 100 B value",
-        "memcached-floor-get" => "no HTTP: memcache exp::AsyncMemcache get of a 100 B value",
+        "memcached-floor" => "no HTTP: this library's memcached client (MemcachedNode), get + set of a 100 B value",
+        "memcached-floor-get" => "no HTTP: this library's memcached client (MemcachedNode), get of a 100 B value",
         _ => "",
     }
 }
@@ -69,7 +66,8 @@ pub(crate) struct Env {
     /// redis-server for the tower-sessions rows.
     pub(crate) redis: Option<ServerProcess>,
     /// The floor's client on both nodes.
-    pub(crate) floor_client: AsyncMemcache,
+    /// The floor rows' clients, one per memcached node.
+    pub(crate) floor_clients: Vec<MemcachedNode>,
 }
 
 impl Env {
@@ -95,17 +93,17 @@ impl Env {
             None
         };
         let addrs: Vec<String> = memcached.iter().map(|m| m.addr().to_string()).collect();
-        let floor_client = AsyncMemcache::builder()
-            .timeout(Duration::from_secs(1))
-            .connect_timeout(Duration::from_secs(1))
-            .max_idle(FLOOR_MAX_IDLE)
-            .connect_async(addrs)
-            .await
-            .map_err(|e| BenchError::Setup(format!("memcache client: {e}")))?;
+        let mut floor_clients = Vec::new();
+        for addr in &addrs {
+            let client = MemcachedNode::connect(addr, Duration::from_secs(1))
+                .await
+                .map_err(|e| BenchError::Setup(format!("memcached client: {e}")))?;
+            floor_clients.push(client);
+        }
         Ok(Env {
             memcached,
             redis,
-            floor_client,
+            floor_clients,
         })
     }
 
@@ -177,7 +175,7 @@ impl Env {
                 result
             }
             None => {
-                let workers = Worker::memcached_users(&self.floor_client, work, concurrency);
+                let workers = Worker::memcached_users(&self.floor_clients, work, concurrency);
                 load::run(workers, duration, &stores, false, None).await
             }
         };

@@ -47,3 +47,9 @@ pub fn cookie_header(bytes: &[u8]) {
         session_id(candidate);
     }
 }
+
+/// The memcached reply parser on arbitrary bytes from the socket: every
+/// reply it accepts consumed some bytes and no more than it was given.
+pub fn memcached_reply(bytes: &[u8]) {
+    crate::backend::parse_replies_for_fuzzing(bytes);
+}

@@ -14,6 +14,8 @@ use async_trait::async_trait;
 
 pub use self::in_memory::InMemoryNode;
 pub use self::memcached::MemcachedNode;
+#[cfg(feature = "fuzzing")]
+pub(crate) use self::memcached::parse_replies_for_fuzzing;
 use crate::error::BackendError;
 
 /// When a stored item expires. Relative durations above 30 days are sent to
