@@ -305,7 +305,31 @@ async fn garbage_from_the_port_is_a_protocol_error() {
     for _ in 0..3 {
         let error = node.get("k").await.expect_err("not memcached");
         assert!(matches!(error, BackendError::Protocol(_)), "{error:?}");
+        // A write was sent before the garbage came back: it may have been
+        // carried out, so it must not read as "nothing saved".
+        let error = node.set("k", b"v", Expiry::Never).await.expect_err("not memcached");
+        assert!(error.may_have_been_applied(), "{error:?}");
     }
+}
+
+/// An expiry beyond January 2038 (here: the largest the trait can express)
+/// is stored, not acknowledged and dropped: memcached reads absolute times
+/// past `i32::MAX` as already expired.
+#[tokio::test]
+async fn a_very_long_expiry_is_stored() {
+    init_tracing();
+    let memcached = Memcached::start();
+    let node = node(&memcached).await;
+    let far = Expiry::After(Duration::from_secs(u64::from(u32::MAX)));
+    node.set("far", b"v", far).await.unwrap();
+    assert_eq!(node.get("far").await.unwrap(), Some(b"v".to_vec()));
+    node.set("slid", b"v", Expiry::Never).await.unwrap();
+    assert!(node.get_and_touch("slid", far).await.unwrap().is_some());
+    assert_eq!(
+        node.get("slid").await.unwrap(),
+        Some(b"v".to_vec()),
+        "a touch far ahead keeps it"
+    );
 }
 
 /// Keys memcached cannot take are refused before they reach the wire.

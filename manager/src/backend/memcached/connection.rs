@@ -10,27 +10,32 @@
 //!   aligned (its replies are read and dropped); an exchange whose caller
 //!   gave up before the writer reached it is never sent.
 //! - **Failure**: when the socket fails, or a reply cannot be read, the
-//!   connection closes: every exchange waiting for replies fails —
-//!   [`BackendError::Ambiguous`] when it could have changed data,
-//!   [`BackendError::Unreachable`] otherwise, [`BackendError::Protocol`]
-//!   for bytes that are no reply — and queued ones that were never written
-//!   fail as unreachable. The node's pool dials a new one.
-//! - **No deadlines here**: the caller bounds each exchange (and the dial).
+//!   connection closes: every exchange that was handed to the socket fails
+//!   as [`BackendError::Ambiguous`] when it could have changed data (it may
+//!   have been carried out), otherwise as [`BackendError::Unreachable`]
+//!   (broken) or [`BackendError::Protocol`] (unreadable bytes); exchanges
+//!   never written fail as [`ExchangeError::NotSent`]. The node's pool
+//!   dials a new connection.
+//! - **No deadlines here**: the caller bounds each exchange (and the dial),
+//!   and closes a connection on which nothing at all was answered for a
+//!   whole timeout ([`Connection::answered_since`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::protocol::{Reply, parse_reply};
 use crate::error::BackendError;
 
-/// Exchanges queued for the writer before senders wait for room.
-const QUEUE_CAPACITY: usize = 4096;
+/// Exchanges queued for the writer before senders wait for room. Small
+/// enough that what callers abandoned on a stuck node stays bounded.
+const QUEUE_CAPACITY: usize = 1024;
 /// Bytes gathered into one `write` at most (more waits for the next).
 const MAX_WRITE_BYTES: usize = 256 * 1024;
 /// Times the writer lets other tasks run, while they keep queueing
@@ -39,29 +44,54 @@ const MAX_YIELDS: usize = 4;
 /// Initial read buffer; it grows to the largest reply.
 const READ_BUFFER: usize = 16 * 1024;
 
-/// Commands to send and how their replies are to be answered.
+type Answer = oneshot::Sender<Result<Vec<Reply>, ExchangeError>>;
+
+/// Commands to send and where their replies go. Dropped before it was
+/// written (the connection stopped), its caller learns it was not sent.
 struct Exchange {
     commands: Bytes,
-    waiting: Waiting,
+    replies: usize,
+    mutating: bool,
+    answer: Answer,
 }
 
-/// An exchange written (or being written) whose replies are awaited.
+/// An exchange handed to the socket, whose replies are awaited. It is
+/// always answered: if dropped unanswered, as a failure after sending.
 struct Waiting {
     replies: usize,
     mutating: bool,
-    answer: oneshot::Sender<Result<Vec<Reply>, BackendError>>,
+    answer: Option<Answer>,
 }
 
 impl Waiting {
+    fn answer(mut self, result: Result<Vec<Reply>, ExchangeError>) {
+        if let Some(answer) = self.answer.take() {
+            let _ = answer.send(result);
+        }
+    }
+
     /// Fails the exchange because the connection stopped after it was
     /// (perhaps) written.
     fn fail(self, why: &Failure) {
         let error = match why {
+            _ if self.mutating => BackendError::Ambiguous(why.message().to_owned()),
             Failure::Unreadable(message) => BackendError::Protocol(message.clone()),
-            Failure::Broken(message) if self.mutating => BackendError::Ambiguous(message.clone()),
             Failure::Broken(message) => BackendError::Unreachable(message.clone()),
         };
-        let _ = self.answer.send(Err(error));
+        self.answer(Err(ExchangeError::Failed(error)));
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(answer) = self.answer.take() {
+            let error = if self.mutating {
+                BackendError::Ambiguous("connection closed".to_owned())
+            } else {
+                BackendError::Unreachable("connection closed".to_owned())
+            };
+            let _ = answer.send(Err(ExchangeError::Failed(error)));
+        }
     }
 }
 
@@ -74,14 +104,35 @@ enum Failure {
     Unreadable(String),
 }
 
-/// Set once, when either task stops; wakes the other.
-#[derive(Default)]
-struct Closing {
-    closed: AtomicBool,
-    wake: Notify,
+impl Failure {
+    fn message(&self) -> &str {
+        match self {
+            Self::Broken(message) | Self::Unreadable(message) => message,
+        }
+    }
 }
 
-impl Closing {
+/// Why an exchange has no replies.
+#[derive(Debug)]
+pub(super) enum ExchangeError {
+    /// The connection closed before the commands were written: nothing
+    /// reached the node, so they can be sent again on another connection.
+    NotSent,
+    /// Handed to the socket (perhaps in part), then this went wrong.
+    Failed(BackendError),
+}
+
+/// State both tasks and the handles share.
+struct Shared {
+    closed: AtomicBool,
+    wake: Notify,
+    /// When the connection was opened; reply times count from it.
+    opened: Instant,
+    /// Milliseconds after `opened` when the last reply arrived.
+    last_reply_ms: AtomicU64,
+}
+
+impl Shared {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake.notify_waiters();
@@ -101,22 +152,16 @@ impl Closing {
             woken.await;
         }
     }
-}
 
-/// Why an exchange has no replies.
-#[derive(Debug)]
-pub(super) enum ExchangeError {
-    /// The connection closed before the commands were written: nothing
-    /// reached the node, so they can be sent again on another connection.
-    NotSent,
-    /// Written (perhaps in part), then this went wrong.
-    Failed(BackendError),
+    fn millis_since_opened(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.opened).as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// A handle on one connection; dropping the last one closes it.
 pub(super) struct Connection {
     queue: mpsc::Sender<Exchange>,
-    closing: Arc<Closing>,
+    shared: Arc<Shared>,
 }
 
 impl Connection {
@@ -131,15 +176,31 @@ impl Connection {
         let (read_half, write_half) = stream.into_split();
         let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
         let (written, awaited) = mpsc::unbounded_channel();
-        let closing = Arc::new(Closing::default());
-        tokio::spawn(write_loop(queued, write_half, written, Arc::clone(&closing)));
-        tokio::spawn(read_loop(read_half, awaited, Arc::clone(&closing)));
-        Ok(Self { queue, closing })
+        let shared = Arc::new(Shared {
+            closed: AtomicBool::new(false),
+            wake: Notify::new(),
+            opened: Instant::now(),
+            last_reply_ms: AtomicU64::new(0),
+        });
+        tokio::spawn(write_loop(queued, write_half, written, Arc::clone(&shared)));
+        tokio::spawn(read_loop(read_half, awaited, Arc::clone(&shared)));
+        Ok(Self { queue, shared })
     }
 
     /// The connection broke or was shut: dial another.
     pub(super) fn is_closed(&self) -> bool {
-        self.closing.is_closed() || self.queue.is_closed()
+        self.shared.is_closed() || self.queue.is_closed()
+    }
+
+    /// Shuts the connection: exchanges in flight fail, queued ones are not sent.
+    pub(super) fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Whether any reply arrived at or after `since` (to the millisecond).
+    pub(super) fn answered_since(&self, since: Instant) -> bool {
+        let last = self.shared.last_reply_ms.load(Ordering::Relaxed);
+        last >= self.shared.millis_since_opened(since)
     }
 
     /// Sends `commands` (already encoded) and waits for their `replies`
@@ -154,24 +215,19 @@ impl Connection {
         let (answer, answered) = oneshot::channel();
         let exchange = Exchange {
             commands,
-            waiting: Waiting {
-                replies,
-                mutating,
-                answer,
-            },
+            replies,
+            mutating,
+            answer,
         };
         self.queue.send(exchange).await.map_err(|_| ExchangeError::NotSent)?;
-        // Dropped unanswered: the writer stopped before writing it.
-        answered
-            .await
-            .map_err(|_| ExchangeError::NotSent)?
-            .map_err(ExchangeError::Failed)
+        // Dropped unanswered: it was still queued when the writer stopped.
+        answered.await.map_err(|_| ExchangeError::NotSent)?
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.closing.close();
+        self.shared.close();
     }
 }
 
@@ -182,13 +238,14 @@ async fn write_loop(
     mut queued: mpsc::Receiver<Exchange>,
     mut socket: OwnedWriteHalf,
     written: mpsc::UnboundedSender<Waiting>,
-    closing: Arc<Closing>,
+    shared: Arc<Shared>,
 ) {
     let mut buffer = Vec::with_capacity(READ_BUFFER);
     loop {
         let first = tokio::select! {
+            biased;
+            () = shared.closed() => None,
             next = queued.recv() => next,
-            () = closing.closed() => None,
         };
         let Some(first) = first else { break };
         // Let the tasks that are ready now queue their commands too, so
@@ -206,13 +263,18 @@ async fn write_loop(
         let mut next = Some(first);
         while let Some(exchange) = next.take() {
             // A caller that gave up before its exchange was written: never send it.
-            if !exchange.waiting.answer.is_closed() {
-                buffer.extend_from_slice(&exchange.commands);
-                if let Err(unsent) = written.send(exchange.waiting) {
-                    unsent.0.fail(&Failure::Broken("connection closed".to_owned()));
-                    closing.close();
-                    return;
+            if !exchange.answer.is_closed() {
+                let waiting = Waiting {
+                    replies: exchange.replies,
+                    mutating: exchange.mutating,
+                    answer: Some(exchange.answer),
+                };
+                if let Err(unsent) = written.send(waiting) {
+                    // The reader stopped: this one, and the batch, stay unsent.
+                    unsent.0.answer(Err(ExchangeError::NotSent));
+                    break;
                 }
+                buffer.extend_from_slice(&exchange.commands);
             }
             if buffer.len() < MAX_WRITE_BYTES {
                 next = queued.try_recv().ok();
@@ -221,22 +283,27 @@ async fn write_loop(
         if buffer.is_empty() {
             continue;
         }
+        if shared.is_closed() {
+            break;
+        }
         let outcome = tokio::select! {
+            biased;
+            () = shared.closed() => break,
             outcome = socket.write_all(&buffer) => outcome,
-            () = closing.closed() => break,
         };
         if outcome.is_err() {
             break;
         }
     }
-    closing.close();
+    shared.close();
 }
 
 /// Reads replies and answers exchanges in the order they were written.
-async fn read_loop(mut socket: OwnedReadHalf, mut written: mpsc::UnboundedReceiver<Waiting>, closing: Arc<Closing>) {
+async fn read_loop(mut socket: OwnedReadHalf, mut written: mpsc::UnboundedReceiver<Waiting>, shared: Arc<Shared>) {
     let mut buffer = BytesMut::with_capacity(READ_BUFFER);
     let mut current: Option<(Waiting, Vec<Reply>)> = None;
     let why = 'connection: loop {
+        let mut parsed_any = false;
         loop {
             let (reply, used) = match parse_reply(&buffer) {
                 Ok(Some(parsed)) => parsed,
@@ -244,6 +311,7 @@ async fn read_loop(mut socket: OwnedReadHalf, mut written: mpsc::UnboundedReceiv
                 Err(error) => break 'connection Failure::Unreadable(error.to_string()),
             };
             buffer.advance(used);
+            parsed_any = true;
             let (waiting, mut replies) = match current.take() {
                 Some(entry) => entry,
                 None => match written.try_recv() {
@@ -256,10 +324,14 @@ async fn read_loop(mut socket: OwnedReadHalf, mut written: mpsc::UnboundedReceiv
             };
             replies.push(reply);
             if replies.len() >= waiting.replies {
-                let _ = waiting.answer.send(Ok(replies));
+                waiting.answer(Ok(replies));
             } else {
                 current = Some((waiting, replies));
             }
+        }
+        if parsed_any {
+            let now = shared.millis_since_opened(Instant::now());
+            shared.last_reply_ms.store(now, Ordering::Relaxed);
         }
         if buffer.capacity() - buffer.len() < READ_BUFFER / 4 {
             buffer.reserve(READ_BUFFER);
@@ -270,10 +342,10 @@ async fn read_loop(mut socket: OwnedReadHalf, mut written: mpsc::UnboundedReceiv
                 Ok(_) => {}
                 Err(error) => break Failure::Broken(error.to_string()),
             },
-            () = closing.closed() => break Failure::Broken("connection closed".to_owned()),
+            () = shared.closed() => break Failure::Broken("connection closed".to_owned()),
         }
     };
-    closing.close();
+    shared.close();
     written.close();
     if let Some((waiting, _)) = current {
         waiting.fail(&why);

@@ -21,7 +21,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use self::connection::{Connection, ExchangeError};
-use self::protocol::{GetFlags, Reply, SetMode, Status, encode_delete, encode_get, encode_set, is_valid_key};
+use self::protocol::{
+    GetFlags, MAX_VALUE_LEN, Reply, SetMode, Status, encode_delete, encode_get, encode_set, is_valid_key,
+};
 use super::{Expiry, Item, NodeBackend, Versioned, WriteMode, WriteOutcome};
 use crate::error::BackendError;
 
@@ -89,33 +91,43 @@ impl MemcachedNode {
     async fn exchange(&self, commands: Vec<u8>, replies: usize, mutating: bool) -> Result<Vec<Reply>, BackendError> {
         let timeout = self.inner.timeout;
         let commands = Bytes::from(commands);
-        let exchange = async {
-            let mut retried = false;
-            loop {
-                let connection = self.connection().await?;
-                let error = match connection.exchange(commands.clone(), replies, mutating).await {
-                    Ok(replies) => return Ok(replies),
-                    Err(error) => error,
-                };
-                let again = match &error {
-                    ExchangeError::NotSent => true,
-                    ExchangeError::Failed(BackendError::Unreachable(_)) => !mutating,
-                    ExchangeError::Failed(_) => false,
-                };
-                if !again || retried {
-                    return Err(match error {
-                        ExchangeError::NotSent => {
-                            BackendError::Unreachable("connection closed before the request was sent".to_owned())
-                        }
-                        ExchangeError::Failed(error) => error,
-                    });
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || BackendError::Timeout(timeout);
+        let mut retried = false;
+        loop {
+            let connection = tokio::time::timeout_at(deadline, self.connection())
+                .await
+                .map_err(|_| timed_out())??;
+            let started = tokio::time::Instant::now();
+            let exchange = connection.exchange(commands.clone(), replies, mutating);
+            let Ok(outcome) = tokio::time::timeout_at(deadline, exchange).await else {
+                // Nothing at all answered on it meanwhile (a frozen node, a
+                // dead path): dial afresh next time, and drop what callers
+                // left queued on it. A slow node that answers keeps it.
+                if !connection.answered_since(started) {
+                    connection.close();
                 }
-                retried = true;
+                return Err(timed_out());
+            };
+            let error = match outcome {
+                Ok(replies) => return Ok(replies),
+                Err(error) => error,
+            };
+            let again = match &error {
+                ExchangeError::NotSent => true,
+                ExchangeError::Failed(BackendError::Unreachable(_)) => !mutating,
+                ExchangeError::Failed(_) => false,
+            };
+            if !again || retried {
+                return Err(match error {
+                    ExchangeError::NotSent => {
+                        BackendError::Unreachable("connection closed before the request was sent".to_owned())
+                    }
+                    ExchangeError::Failed(error) => error,
+                });
             }
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| BackendError::Timeout(timeout))?
+            retried = true;
+        }
     }
 
     /// A live connection, round robin over the slots; dials one when the
@@ -153,8 +165,9 @@ impl MemcachedNode {
     /// One `ms` as `mode` says, returning the new CAS token; `None` when
     /// it was not stored (add: the key exists; CAS: changed or gone).
     async fn set_returning_cas(&self, item: Item<'_>, mode: SetMode) -> Result<Option<u64>, BackendError> {
+        let item = checked_item(item)?;
         let mut commands = Vec::with_capacity(item.key.len() + item.value.len() + 40);
-        encode_set(&mut commands, checked(item.key)?, item.value, item.expiry, mode, true);
+        encode_set(&mut commands, item.key, item.value, item.expiry, mode, true);
         let reply = self.one(commands, true).await.and_then(refuse_errors)?;
         stored_cas(reply)
     }
@@ -192,6 +205,19 @@ fn checked(key: &str) -> Result<&str, BackendError> {
     } else {
         Err(protocol_error(&format!("not a valid memcached key: {key:?}")))
     }
+}
+
+/// `item`, when memcached can take its key and value; a protocol error
+/// otherwise (never sent).
+fn checked_item(item: Item<'_>) -> Result<Item<'_>, BackendError> {
+    checked(item.key)?;
+    if item.value.len() >= MAX_VALUE_LEN {
+        return Err(protocol_error(&format!(
+            "a value of {} bytes is too large",
+            item.value.len()
+        )));
+    }
+    Ok(item)
 }
 
 /// An error reply as a [`BackendError`]; other replies pass.
@@ -344,15 +370,9 @@ impl NodeBackend for MemcachedNode {
         key: &str,
         expiry: Expiry,
     ) -> Result<(Option<u64>, Option<Versioned>), BackendError> {
+        let lock = checked_item(lock)?;
         let mut commands = Vec::with_capacity(lock.key.len() + lock.value.len() + key.len() + 64);
-        encode_set(
-            &mut commands,
-            checked(lock.key)?,
-            lock.value,
-            lock.expiry,
-            SetMode::Add,
-            true,
-        );
+        encode_set(&mut commands, lock.key, lock.value, lock.expiry, SetMode::Add, true);
         let flags = GetFlags {
             touch: Some(expiry),
             ..WITH_CAS
@@ -379,7 +399,7 @@ impl NodeBackend for MemcachedNode {
     async fn set_many(&self, items: &[Item<'_>]) -> Vec<Result<(), BackendError>> {
         // Invalid keys are answered at once and never sent.
         let mut outcomes: Vec<Result<(), BackendError>> =
-            items.iter().map(|item| checked(item.key).map(drop)).collect();
+            items.iter().map(|item| checked_item(*item).map(drop)).collect();
         let length: usize = items.iter().map(|item| item.key.len() + item.value.len() + 32).sum();
         let mut commands = Vec::with_capacity(length);
         let mut sent = 0;

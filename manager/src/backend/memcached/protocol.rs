@@ -16,9 +16,13 @@ use crate::backend::Expiry;
 
 /// Memcached reads a relative TTL above 30 days as an absolute unix time.
 const MAX_RELATIVE_TTL_SECS: u64 = 30 * 24 * 60 * 60;
+/// The latest absolute expiry memcached reads correctly.
+const MAX_ABSOLUTE_TTL: u64 = i32::MAX as u64;
 /// A value this long or longer is refused by memcached anyway (its default
-/// item size limit is 1 MiB; the largest it can be set to is 1 GiB).
-const MAX_VALUE_LEN: usize = 1 << 30;
+/// item size limit is 1 MiB; the largest it can be set to is 1 GiB) — and
+/// at 2^31 bytes it would read the value as commands: never sent, never
+/// accepted in a reply.
+pub(super) const MAX_VALUE_LEN: usize = 1 << 30;
 /// A reply header line longer than this is garbage (a real one is < 100 B).
 const MAX_HEADER_LEN: usize = 1024;
 
@@ -41,7 +45,9 @@ pub(super) fn is_valid_key(key: &str) -> bool {
 }
 
 /// The TTL token for `expiry`: whole seconds, or the absolute unix time
-/// memcached expects above 30 days; `0` (no expiry) for [`Expiry::Never`].
+/// memcached expects above 30 days — at most `i32::MAX` (January 2038):
+/// memcached reads a larger one as already past, and would acknowledge a
+/// write and drop the item at once. `0` (no expiry) for [`Expiry::Never`].
 fn ttl_secs(expiry: Expiry) -> u64 {
     let Some(secs) = expiry.whole_secs().map(u64::from) else {
         return 0;
@@ -50,7 +56,7 @@ fn ttl_secs(expiry: Expiry) -> u64 {
         return secs;
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    now.as_secs().saturating_add(secs)
+    now.as_secs().saturating_add(secs).min(MAX_ABSOLUTE_TTL)
 }
 
 /// What an `mg` asks for besides the key.
@@ -176,8 +182,9 @@ pub(super) fn parse_reply(input: &[u8]) -> Result<Option<(Reply, usize)>, ReplyE
     if let Some(message) = line.strip_prefix("CLIENT_ERROR") {
         return Ok(Some((bare(Status::ClientError(message.trim().to_owned())), header_len)));
     }
-    if line == "ERROR" {
-        return Ok(Some((bare(Status::ClientError("ERROR".to_owned())), header_len)));
+    // `ERROR`, or `ERROR <message>` (e.g. "Too many open connections").
+    if line == "ERROR" || line.starts_with("ERROR ") {
+        return Ok(Some((bare(Status::ClientError(line.to_owned())), header_len)));
     }
     let mut tokens = line.split(' ').filter(|t| !t.is_empty());
     let code = tokens.next().unwrap_or("");
