@@ -106,6 +106,15 @@ async fn a_pipelined_lock_add_and_read_reads_under_the_lock() {
 
 // -- the multiplexed client under concurrency and faults -------------------
 
+/// A fault proxy in front of `memcached`, and a node client dialing the proxy.
+async fn behind_a_proxy(memcached: &Memcached) -> (FaultProxy, MemcachedNode) {
+    let proxy = FaultProxy::start(memcached.addr().parse().unwrap());
+    let node = MemcachedNode::connect(&proxy.addr().to_string(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    (proxy, node)
+}
+
 /// 64 tasks share the node's few connections, each writing and reading
 /// back values that name it and its round — small ones and 300 KB ones, so
 /// replies span reads and writes span batches. Any reply handed to the
@@ -158,10 +167,7 @@ async fn concurrent_operations_share_connections_and_each_gets_its_own_reply() {
 async fn callers_that_give_up_leave_the_connection_aligned() {
     init_tracing();
     let memcached = Memcached::start();
-    let proxy = FaultProxy::start(memcached.addr().parse().unwrap());
-    let node = MemcachedNode::connect(&proxy.addr().to_string(), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (proxy, node) = behind_a_proxy(&memcached).await;
     let expiry = Expiry::After(Duration::from_secs(60));
     for i in 0..20 {
         node.set(&format!("k{i}"), format!("v{i}").as_bytes(), expiry)
@@ -255,10 +261,7 @@ async fn a_frozen_node_times_out_and_answers_correctly_after_the_thaw() {
 async fn a_connection_lost_under_a_write_makes_the_write_ambiguous() {
     init_tracing();
     let memcached = Memcached::start();
-    let proxy = FaultProxy::start(memcached.addr().parse().unwrap());
-    let node = MemcachedNode::connect(&proxy.addr().to_string(), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (proxy, node) = behind_a_proxy(&memcached).await;
     let expiry = Expiry::After(Duration::from_secs(60));
     node.set("k", b"v", expiry).await.unwrap();
     proxy.set_mode(ProxyMode::Blackhole);
