@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cookie::SameSite;
-use warp::http::HeaderName;
-use warp::http::header::{COOKIE, SET_COOKIE};
+use http::HeaderName;
+use http::header::{COOKIE, SET_COOKIE};
 
 use crate::error::ConfigError;
 use crate::locking_mode::{LockFailure, LockingMode};

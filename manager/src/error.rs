@@ -153,12 +153,12 @@ pub enum Error {
     /// could not be renewed), so its changes were not saved. Mapped to `503`.
     #[error("the session lock was lost during the request; its changes were not saved")]
     LockLost,
-    /// [`SessionManager::session`](crate::SessionManager::session) was used in
-    /// a route that is not wrapped by
-    /// [`SessionManager::wrap`](crate::SessionManager::wrap).
+    /// A session was asked for (warp's `session()` filter, the axum
+    /// `Session` extractor) in a route outside the session layer (warp's
+    /// `wrap()`, tower's `SessionLayer`).
     #[error(
-        "the session filter ran outside the session layer: wrap the routes with \
-         `manager.wrap(routes)` (once, around all routes)"
+        "the session was asked for outside the session layer: wrap the routes with \
+         `manager.wrap(routes)` (warp) or add `manager.layer()` (tower / axum), once, around all routes"
     )]
     MissingLayer,
     /// Two requests ran concurrently inside one task (for example

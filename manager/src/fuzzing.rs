@@ -2,8 +2,8 @@
 //! `fuzzing`; not a public API). Each runs one parser on arbitrary input;
 //! any panic is a bug.
 
-use warp::http::header::COOKIE;
-use warp::http::{HeaderMap, HeaderValue};
+use http::header::COOKIE;
+use http::{HeaderMap, HeaderValue};
 
 use crate::config::Config;
 use crate::node::NodeId;

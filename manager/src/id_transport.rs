@@ -17,8 +17,8 @@
 use std::time::Duration;
 
 use cookie::Cookie;
-use warp::http::header::{COOKIE, SET_COOKIE};
-use warp::http::{HeaderMap, HeaderValue};
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderMap, HeaderValue};
 
 use crate::manager::Shared;
 use crate::request::IncomingId;

@@ -1,5 +1,5 @@
-//! Memcached-backed HTTP sessions with failover for [warp] apps, in the
-//! style of Java's [memcached-session-manager] (MSM).
+//! Memcached-backed HTTP sessions with failover for [warp] and tower /
+//! axum apps, in the style of Java's [memcached-session-manager] (MSM).
 //!
 //! Web apps running as several instances behind a load balancer need each
 //! user's session on whichever instance serves the next request. This crate
@@ -31,6 +31,16 @@
 //! warp::serve(sessions.wrap(visits)).run(([127, 0, 0, 1], 8080)).await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Web frameworks
+//!
+//! The core works on the `http` crate's types; adapters are features:
+//! `warp` (default: `SessionManager::session` and `SessionManager::wrap`),
+//! `tower` (`SessionManager::layer`, a tower `Layer` that leaves a
+//! `SessionHandle` in the request extensions) and `axum` (`Session` as an
+//! extractor). Both adapters run the same request path, so modes, settings
+//! and guarantees are identical. With `--no-default-features` no web
+//! framework is in the dependency tree.
 //!
 //! # Configuration
 //!
@@ -159,22 +169,26 @@
 //! read-modify-write); there is no lost update between requests on one
 //! instance. Backups of one session never run concurrently and a delete is
 //! never overtaken by an older write. In non-sticky mode with locking,
-//! requests of different instances on one session run one at a time; without
-//! locking the last writer wins.
+//! requests of different instances on one session run one at a time; with or
+//! without locking, a write based on older data than the session's current
+//! copy is refused (`503`, nothing saved) instead of overwriting it.
 //!
 //! [warp]: https://docs.rs/warp
 //! [memcached-session-manager]: https://github.com/magro/memcached-session-manager
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Built without any adapter (`--no-default-features`), the request glue
+// has no caller yet: that build is for writing an adapter of your own.
+#![cfg_attr(not(any(feature = "warp", feature = "tower")), allow(dead_code))]
 
+mod adapter;
 mod attributes;
 pub mod backend;
 mod backup;
 mod config;
 mod envelope;
 mod error;
-mod filter;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -195,6 +209,10 @@ mod sticky;
 mod unsynced;
 mod uri_pattern;
 
+#[cfg(feature = "axum")]
+pub use crate::adapter::tower::SessionRejection;
+#[cfg(feature = "tower")]
+pub use crate::adapter::tower::{SessionHandle, SessionLayer, SessionService};
 pub use crate::config::{Config, ConfigBuilder, CookieConfig};
 pub use crate::error::{BackendError, ConfigError, Error};
 pub use crate::locking_mode::{LockFailure, LockingMode};

@@ -24,7 +24,10 @@ use crate::session_state::{BackupNeed, SessionState};
 use crate::stats::Stats;
 use crate::sticky;
 
+/// Filed only by the warp adapter (tower passes the context in the
+/// request's extensions).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[cfg_attr(not(feature = "warp"), allow(dead_code))]
 enum SlotKey {
     Task(tokio::task::Id),
     /// Outside a spawned task (e.g. a `#[tokio::test]` body run by `block_on`).
@@ -32,6 +35,7 @@ enum SlotKey {
 }
 
 impl SlotKey {
+    #[cfg(feature = "warp")]
     fn current() -> Self {
         match tokio::task::try_id() {
             Some(id) => Self::Task(id),
@@ -48,6 +52,7 @@ pub(crate) struct RequestSlots {
 
 impl RequestSlots {
     /// The context of the request running in the current task.
+    #[cfg(feature = "warp")]
     pub(crate) fn current(&self) -> Option<Arc<RequestContext>> {
         self.slots.lock().get(&SlotKey::current()).cloned()
     }
@@ -185,11 +190,14 @@ impl RequestContext {
 /// Held by the layer for the duration of one request.
 pub(crate) struct RequestGuard {
     context: Arc<RequestContext>,
-    key: SlotKey,
+    /// Where the context is filed for the `session()` filter (warp); `None`
+    /// when the adapter hands it over itself (tower: request extensions).
+    key: Option<SlotKey>,
 }
 
 impl RequestGuard {
     /// Registers a request's context for the current task.
+    #[cfg(feature = "warp")]
     pub(crate) fn begin(context: RequestContext) -> Result<Self, Error> {
         let key = SlotKey::current();
         let context = Arc::new(context);
@@ -199,7 +207,25 @@ impl RequestGuard {
         }
         slots.insert(key, context.clone());
         drop(slots);
-        Ok(Self { context, key })
+        Ok(Self {
+            context,
+            key: Some(key),
+        })
+    }
+
+    /// Starts a request whose context the adapter passes on itself.
+    #[cfg(feature = "tower")]
+    pub(crate) fn begin_unfiled(context: RequestContext) -> Self {
+        Self {
+            context: Arc::new(context),
+            key: None,
+        }
+    }
+
+    /// The request's context.
+    #[cfg(feature = "tower")]
+    pub(crate) fn context(&self) -> &Arc<RequestContext> {
+        &self.context
     }
 
     /// Ends the request: backs the session up (sticky) or stores it
@@ -306,10 +332,10 @@ fn cookie_action(context: &RequestContext, session: Option<&Arc<SessionState>>, 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         let shared = &self.context.shared;
-        {
+        if let Some(key) = &self.key {
             let mut slots = shared.slots.slots.lock();
-            if slots.get(&self.key).is_some_and(|c| Arc::ptr_eq(c, &self.context)) {
-                slots.remove(&self.key);
+            if slots.get(key).is_some_and(|c| Arc::ptr_eq(c, &self.context)) {
+                slots.remove(key);
             }
         }
         let mut state = self.context.state.lock();

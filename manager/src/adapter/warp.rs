@@ -9,15 +9,15 @@
 //! ```
 
 use warp::filters::path::FullPath;
-use warp::http::header::RETRY_AFTER;
-use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use warp::http::{HeaderMap, Method};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use super::{ErrorReply, request_context};
 use crate::error::Error;
 use crate::id_transport;
 use crate::manager::SessionManager;
-use crate::request::{RequestContext, RequestGuard};
+use crate::request::RequestGuard;
 use crate::session::Session;
 
 /// A session error travelling as a warp rejection; turned into a response
@@ -40,39 +40,7 @@ fn reject(error: Error) -> Rejection {
 
 impl SessionRejection {
     fn to_response(&self) -> Response {
-        let error = &self.0;
-        let (status, body) = match error {
-            Error::TakeoverInProgress | Error::LockUnavailable | Error::LockLost | Error::Conflict => {
-                (StatusCode::SERVICE_UNAVAILABLE, error.to_string())
-            }
-            Error::OutcomeUnknown { .. } => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "the session store did not confirm the change in time; it may or may not have been saved".to_owned(),
-            ),
-            // Store details stay in the log, not in the response.
-            Error::Backend { .. } if error.is_unavailable() => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the session store is unavailable; retry the request".to_owned(),
-            ),
-            Error::Backend { .. } => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the session could not be saved".to_owned(),
-            ),
-            // Programming mistakes: the message says how to fix them.
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
-        };
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            tracing::warn!(%error, "session temporarily unavailable");
-        } else {
-            tracing::error!(%error, "session error");
-        }
-        let mut response = warp::reply::with_status(body, status).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        ErrorReply::for_error(&self.0).into_response()
     }
 }
 
@@ -129,13 +97,7 @@ impl SessionManager {
             .and_then(move |method: Method, path: FullPath, headers: HeaderMap| {
                 let shared = shared.clone();
                 async move {
-                    let ignored = shared
-                        .config
-                        .ignore_pattern
-                        .as_ref()
-                        .is_some_and(|p| p.matches(path.as_str()));
-                    let incoming = id_transport::incoming_id(&shared, &headers);
-                    let context = RequestContext::new(shared, incoming, ignored, method.as_str(), path.as_str());
+                    let context = request_context(&shared, method.as_str(), path.as_str(), &headers);
                     RequestGuard::begin(context).map_err(reject)
                 }
             });
@@ -149,7 +111,7 @@ impl SessionManager {
                     match guard.finish().await {
                         Ok(action) => id_transport::apply(&shared, action, response.headers_mut()),
                         // The handler ran, but its session changes were not saved: say so.
-                        Err(error) => response = SessionRejection(error).to_response(),
+                        Err(error) => response = ErrorReply::for_error(&error).into_response(),
                     }
                     Ok::<_, Rejection>(response)
                 }
