@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every check and test of the workspace: formatting, clippy, unit,
+# Runs every check and test of the workspace: formatting, clippy, the
+# library's feature builds (no web framework; tower + axum), unit,
 # integration (real memcached processes) and end-to-end (real demo-app
-# binary) tests, the local chaos scenarios under load, and the docker
+# binary, warp and axum builds) tests, the local chaos scenarios under load
+# (a subset also against the axum build), and the docker
 # compose chaos test when a Docker daemon answers. Installs memcached from
 # Debian's packages when missing.
 set -euo pipefail
@@ -25,6 +27,17 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 passed
 
+echo "== feature builds: the core without a web framework, and tower + axum without warp"
+cargo check --locked -p memcached-sessions --no-default-features
+cargo check --locked -p memcached-sessions --no-default-features --features tower,axum
+core_tree=$(cargo tree --locked -p memcached-sessions --no-default-features -e normal)
+if grep -q 'warp' <<<"$core_tree"; then
+  echo "warp is in the dependency tree of --no-default-features:"
+  grep 'warp' <<<"$core_tree"
+  exit 1
+fi
+passed
+
 echo "== fuzz smoke"
 # cargo check --features fuzzing, then every fuzz target for 15 s (scripts/fuzz.sh).
 bash scripts/fuzz.sh
@@ -43,9 +56,26 @@ else
 fi
 passed
 
+echo "== end-to-end tests against the axum build of the demo (FRAMEWORK=axum)"
+# demo-app reads every flag from the environment too: the same tests, with
+# every instance serving through the tower SessionLayer and axum.
+if cargo nextest --version >/dev/null 2>&1; then
+  FRAMEWORK=axum cargo nextest run --locked -p integration-tests \
+    --test demo_app_e2e --test demo_app_flags --test demo_app_tokens --test hostile_input
+else
+  FRAMEWORK=axum cargo test --locked -p integration-tests \
+    --test demo_app_e2e --test demo_app_flags --test demo_app_tokens --test hostile_input
+fi
+passed
+
 echo "== local chaos: memcached and app instances killed, frozen, restarted under load"
 cargo build --release --locked -p demo-app -p chaos
 cargo run --release --locked -p chaos --bin chaos-local -- --no-build
+passed
+
+echo "== local chaos against the axum build (FRAMEWORK=axum): node kill, app kill, hang-ups, both modes"
+FRAMEWORK=axum cargo run --release --locked -p chaos --bin chaos-local -- --no-build \
+  --only memcached-kill --only app-kill --only slow-network-hangups
 passed
 
 echo "== docker compose chaos (nginx + 3 memcached + 2 apps)"

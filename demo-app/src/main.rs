@@ -13,7 +13,19 @@ use clap::Parser;
 use memcached_sessions::{Config, ConfigError, LockFailure, SessionManager};
 use tokio::net::TcpListener;
 
-mod routes;
+mod axum_app;
+mod handlers;
+mod warp_app;
+
+/// Which web framework serves the routes (the same routes, statuses and
+/// JSON either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Framework {
+    /// warp, through `SessionManager::wrap` and `session()`.
+    Warp,
+    /// axum, through the tower `SessionLayer` and the `Session` extractor.
+    Axum,
+}
 
 /// Command line and environment.
 #[derive(Debug, Parser)]
@@ -22,6 +34,9 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Web framework serving the routes: warp or axum.
+    #[arg(long, env = "FRAMEWORK", value_enum, default_value = "warp")]
+    framework: Framework,
     /// memcachedNodes, e.g. `n1:127.0.0.1:11211,n2:127.0.0.1:11212`; absent
     /// or empty: the embedded in-process store.
     #[arg(long, env = "MEMCACHED_NODES", default_value = "")]
@@ -121,12 +136,24 @@ async fn main() -> ExitCode {
     } else {
         args.route.clone()
     };
-    tracing::info!(listen = %args.listen, %instance, "demo-app serving");
-    warp::serve(routes::app(manager.clone(), instance))
-        .incoming(listener)
-        .graceful(shutdown_signal())
-        .run()
-        .await;
+    tracing::info!(listen = %args.listen, %instance, framework = ?args.framework, "demo-app serving");
+    match args.framework {
+        Framework::Warp => {
+            warp::serve(warp_app::app(manager.clone(), instance))
+                .incoming(listener)
+                .graceful(shutdown_signal())
+                .run()
+                .await;
+        }
+        Framework::Axum => {
+            let served = axum::serve(listener, axum_app::app(manager.clone(), instance))
+                .with_graceful_shutdown(shutdown_signal())
+                .await;
+            if let Err(error) = served {
+                eprintln!("demo-app: {error}");
+            }
+        }
+    }
     manager.shutdown().await;
     ExitCode::SUCCESS
 }

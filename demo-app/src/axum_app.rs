@@ -1,0 +1,125 @@
+//! The demo as an axum router (`--framework axum`): the same routes,
+//! statuses and JSON as the warp tree, through the tower `SessionLayer`
+//! and the axum `Session` extractor.
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use memcached_sessions::{Session, SessionManager};
+
+use crate::handlers::{self, IncrementQuery, Login, MAX_LOGIN_BODY, Reply};
+
+#[derive(Clone)]
+struct AppState {
+    manager: SessionManager,
+    instance: String,
+}
+
+/// The whole app: routes, session layer, error mapping, `X-Instance`.
+pub(crate) fn app(manager: SessionManager, instance: String) -> Router {
+    let layer = manager.layer();
+    let x_instance = HeaderValue::from_str(&instance).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/counter", get(counter).post(increment))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/stats", get(stats))
+        .route("/", get(page))
+        .fallback(|| async { text(StatusCode::NOT_FOUND, "not found") })
+        .method_not_allowed_fallback(|| async { text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
+        .with_state(AppState { manager, instance })
+        .layer(layer)
+        .layer(axum::middleware::map_response(move |mut response: Response| {
+            let x_instance = x_instance.clone();
+            async move {
+                response.headers_mut().insert("x-instance", x_instance);
+                response
+            }
+        }))
+}
+
+fn text(status: StatusCode, message: &str) -> Response {
+    respond(Reply::Text(status, message.to_owned()))
+}
+
+fn respond(reply: Reply) -> Response {
+    let (status, content_type, body) = match reply {
+        Reply::Json(body) => match serde_json::to_vec(&body) {
+            Ok(json) => (StatusCode::OK, "application/json", json),
+            Err(error) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain; charset=utf-8",
+                error.to_string().into_bytes(),
+            ),
+        },
+        Reply::Html(html) => (StatusCode::OK, "text/html; charset=utf-8", html.into_bytes()),
+        Reply::Text(status, message) => (status, "text/plain; charset=utf-8", message.into_bytes()),
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+async fn counter(State(app): State<AppState>, session: Session) -> Response {
+    respond(handlers::counter(&session, app.instance))
+}
+
+async fn increment(State(app): State<AppState>, RawQuery(query): RawQuery, session: Session) -> Response {
+    let Ok(query) = serde_urlencoded::from_str::<IncrementQuery>(query.as_deref().unwrap_or("")) else {
+        return text(StatusCode::BAD_REQUEST, "bad query string");
+    };
+    respond(handlers::increment(query, &session, app.instance).await)
+}
+
+/// As warp's `content_length_limit` + `body::json`: a length is required
+/// and bounded; a content type other than JSON is refused.
+async fn login(State(app): State<AppState>, headers: HeaderMap, session: Session, body: Bytes) -> Response {
+    let length = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match length {
+        None => return text(StatusCode::LENGTH_REQUIRED, "length required"),
+        Some(length) if length > MAX_LOGIN_BODY => return text(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
+        Some(_) => {}
+    }
+    let json = headers.get(CONTENT_TYPE).is_none_or(|value| {
+        value.to_str().is_ok_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        })
+    });
+    if !json {
+        return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported media type");
+    }
+    match serde_json::from_slice::<Login>(&body) {
+        Ok(login) => respond(handlers::login(login, &session, app.instance)),
+        Err(error) => text(
+            StatusCode::BAD_REQUEST,
+            &format!("bad request body: Request body deserialize error: {error}"),
+        ),
+    }
+}
+
+async fn logout(State(app): State<AppState>, session: Session) -> Response {
+    respond(handlers::logout(&session, app.instance))
+}
+
+async fn stats(State(app): State<AppState>) -> Response {
+    match serde_json::to_vec(&app.manager.statistics()) {
+        Ok(json) => ([(CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    }
+}
+
+async fn page(State(app): State<AppState>, session: Session) -> Response {
+    respond(handlers::page(&session, app.instance))
+}
