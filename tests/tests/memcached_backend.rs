@@ -235,6 +235,7 @@ async fn a_frozen_node_times_out_and_answers_correctly_after_the_thaw() {
             .await
             .unwrap();
     }
+    let before = memcached.stats();
     memcached.freeze();
     let started = std::time::Instant::now();
     for i in 0..10 {
@@ -243,6 +244,14 @@ async fn a_frozen_node_times_out_and_answers_correctly_after_the_thaw() {
     }
     assert!(started.elapsed() < Duration::from_secs(10));
     memcached.thaw();
+    // The connection that answered nothing for a whole timeout was given
+    // up: the client dialed again (counted once memcached runs again).
+    node.get("k0").await.unwrap();
+    let redials = memcached.stats().delta(&before, "total_connections") - 1;
+    assert!(
+        redials >= 1,
+        "the silent connection was kept ({redials} new connections)"
+    );
     for round in 0..3 {
         for i in (0..10).rev() {
             assert_eq!(

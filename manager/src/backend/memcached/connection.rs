@@ -128,7 +128,8 @@ struct Shared {
     wake: Notify,
     /// When the connection was opened; reply times count from it.
     opened: Instant,
-    /// Milliseconds after `opened` when the last reply arrived.
+    /// 1 + milliseconds after `opened` when the last reply arrived; 0:
+    /// none yet.
     last_reply_ms: AtomicU64,
 }
 
@@ -199,8 +200,10 @@ impl Connection {
 
     /// Whether any reply arrived at or after `since` (to the millisecond).
     pub(super) fn answered_since(&self, since: Instant) -> bool {
-        let last = self.shared.last_reply_ms.load(Ordering::Relaxed);
-        last >= self.shared.millis_since_opened(since)
+        match self.shared.last_reply_ms.load(Ordering::Relaxed) {
+            0 => false,
+            last => last - 1 >= self.shared.millis_since_opened(since),
+        }
     }
 
     /// Sends `commands` (already encoded) and waits for their `replies`
@@ -331,7 +334,7 @@ async fn read_loop(mut socket: OwnedReadHalf, mut written: mpsc::UnboundedReceiv
         }
         if parsed_any {
             let now = shared.millis_since_opened(Instant::now());
-            shared.last_reply_ms.store(now, Ordering::Relaxed);
+            shared.last_reply_ms.store(now.saturating_add(1), Ordering::Relaxed);
         }
         if buffer.capacity() - buffer.len() < READ_BUFFER / 4 {
             buffer.reserve(READ_BUFFER);
