@@ -202,7 +202,7 @@ impl Connection {
     pub(super) fn answered_since(&self, since: Instant) -> bool {
         match self.shared.last_reply_ms.load(Ordering::Relaxed) {
             0 => false,
-            last => last - 1 >= self.shared.millis_since_opened(since),
+            last => last > self.shared.millis_since_opened(since),
         }
     }
 
