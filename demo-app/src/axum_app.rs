@@ -3,13 +3,13 @@
 //! and the axum `Session` extractor.
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use axum::body::Body;
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use memcached_sessions::{Session, SessionManager};
+use axum::routing::{MethodFilter, get, post};
+use memcached_sessions::{Session, SessionHandle, SessionManager, SessionRejection};
 
 use crate::handlers::{self, IncrementQuery, Login, MAX_LOGIN_BODY, Reply};
 
@@ -24,14 +24,19 @@ pub(crate) fn app(manager: SessionManager, instance: String) -> Router {
     let layer = manager.layer();
     let x_instance = HeaderValue::from_str(&instance).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/counter", get(counter).post(increment))
+        // axum answers HEAD with the GET handler; warp's `get()` does not:
+        // HEAD is refused explicitly, as in warp.
+        .route("/health", get(|| async { "ok" }).on(MethodFilter::HEAD, not_allowed))
+        .route(
+            "/counter",
+            get(counter).post(increment).on(MethodFilter::HEAD, not_allowed),
+        )
         .route("/login", post(login))
         .route("/logout", post(logout))
-        .route("/stats", get(stats))
-        .route("/", get(page))
+        .route("/stats", get(stats).on(MethodFilter::HEAD, not_allowed))
+        .route("/", get(page).on(MethodFilter::HEAD, not_allowed))
         .fallback(|| async { text(StatusCode::NOT_FOUND, "not found") })
-        .method_not_allowed_fallback(|| async { text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
+        .method_not_allowed_fallback(not_allowed)
         .with_state(AppState { manager, instance })
         .layer(layer)
         .layer(axum::middleware::map_response(move |mut response: Response| {
@@ -41,6 +46,10 @@ pub(crate) fn app(manager: SessionManager, instance: String) -> Router {
                 response
             }
         }))
+}
+
+async fn not_allowed() -> Response {
+    text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
 }
 
 fn text(status: StatusCode, message: &str) -> Response {
@@ -72,22 +81,37 @@ async fn counter(State(app): State<AppState>, session: Session) -> Response {
     respond(handlers::counter(&session, app.instance))
 }
 
-async fn increment(State(app): State<AppState>, RawQuery(query): RawQuery, session: Session) -> Response {
+/// The request is checked before the session is loaded (as warp's filter
+/// order does): a bad request is a 4xx, never a wait for a lock or a 503.
+async fn increment(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+    Extension(handle): Extension<SessionHandle>,
+) -> Result<Response, SessionRejection> {
     let Ok(query) = serde_urlencoded::from_str::<IncrementQuery>(query.as_deref().unwrap_or("")) else {
-        return text(StatusCode::BAD_REQUEST, "bad query string");
+        return Ok(text(StatusCode::BAD_REQUEST, "bad query string"));
     };
-    respond(handlers::increment(query, &session, app.instance).await)
+    let session = handle.session().await?;
+    Ok(respond(handlers::increment(query, &session, app.instance).await))
 }
 
 /// As warp's `content_length_limit` + `body::json`: a length is required
-/// and bounded; a content type other than JSON is refused.
-async fn login(State(app): State<AppState>, headers: HeaderMap, session: Session, body: Bytes) -> Response {
+/// and bounded, a content type other than JSON is refused, the body is
+/// read (at most the limit) and parsed — all before the session is loaded.
+async fn login(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Extension(handle): Extension<SessionHandle>,
+    body: Body,
+) -> Result<Response, SessionRejection> {
     let length = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     match length {
-        None => return text(StatusCode::LENGTH_REQUIRED, "length required"),
-        Some(length) if length > MAX_LOGIN_BODY => return text(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
+        None => return Ok(text(StatusCode::LENGTH_REQUIRED, "length required")),
+        Some(length) if length > MAX_LOGIN_BODY => {
+            return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"));
+        }
         Some(_) => {}
     }
     let json = headers.get(CONTENT_TYPE).is_none_or(|value| {
@@ -98,15 +122,23 @@ async fn login(State(app): State<AppState>, headers: HeaderMap, session: Session
         })
     });
     if !json {
-        return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported media type");
+        return Ok(text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported media type"));
     }
-    match serde_json::from_slice::<Login>(&body) {
-        Ok(login) => respond(handlers::login(login, &session, app.instance)),
-        Err(error) => text(
-            StatusCode::BAD_REQUEST,
-            &format!("bad request body: Request body deserialize error: {error}"),
-        ),
-    }
+    let limit = usize::try_from(MAX_LOGIN_BODY).unwrap_or(usize::MAX);
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"));
+    };
+    let login = match serde_json::from_slice::<Login>(&body) {
+        Ok(login) => login,
+        Err(error) => {
+            return Ok(text(
+                StatusCode::BAD_REQUEST,
+                &format!("bad request body: Request body deserialize error: {error}"),
+            ));
+        }
+    };
+    let session = handle.session().await?;
+    Ok(respond(handlers::login(login, &session, app.instance)))
 }
 
 async fn logout(State(app): State<AppState>, session: Session) -> Response {

@@ -78,10 +78,11 @@ fn respond(reply: Reply) -> Response {
 }
 
 async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> {
+    // The specific rejections first: `POST /counter?delay_ms=x` is
+    // rejected by the GET route (method) and the POST route (query), and
+    // the query is what is wrong.
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "not found".to_owned())
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".to_owned())
     } else if let Some(error) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
         (StatusCode::BAD_REQUEST, format!("bad request body: {error}"))
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
@@ -92,6 +93,8 @@ async fn handle_rejection(rejection: Rejection) -> Result<Response, Infallible> 
         (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported media type".to_owned())
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         (StatusCode::LENGTH_REQUIRED, "length required".to_owned())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".to_owned())
     } else {
         tracing::error!(?rejection, "unhandled rejection");
         (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())

@@ -14,7 +14,7 @@ use crate::backend::{InMemoryNode, MemcachedNode, NodeBackend};
 use crate::backup::{self, BackupQueue};
 use crate::config::Config;
 use crate::envelope::{self, SessionRecord};
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::local_store::LocalSessions;
 use crate::node::NodeSpec;
 use crate::nodes::{NodeIndex, Nodes, ProbeOutcome};
@@ -99,7 +99,7 @@ impl SessionManager {
                 }
             }
         }
-        Ok(Self::with_backends(config, backends))
+        Ok(Self::with_backends(config, backends)?)
     }
 
     /// Starts a manager on backends supplied by the caller, one per node in
@@ -107,9 +107,10 @@ impl SessionManager {
     /// configured, none when `enabled` is false). Used by tests with
     /// [`InMemoryNode`]s, and for custom stores.
     ///
-    /// # Panics
-    /// If the number of backends does not match the configuration.
-    pub fn with_backends(config: Config, backends: Vec<Arc<dyn NodeBackend>>) -> Self {
+    /// # Errors
+    /// A [`ConfigError`] naming `memcachedNodes` when the number of backends
+    /// does not match the configured nodes.
+    pub fn with_backends(config: Config, backends: Vec<Arc<dyn NodeBackend>>) -> Result<Self, ConfigError> {
         let specs = if !config.enabled {
             Vec::new()
         } else {
@@ -118,7 +119,16 @@ impl SessionManager {
                 .map(<[NodeSpec]>::to_vec)
                 .unwrap_or_else(|| vec![NodeSpec::embedded()])
         };
-        assert_eq!(specs.len(), backends.len(), "one backend per configured node");
+        if specs.len() != backends.len() {
+            return Err(ConfigError::new(
+                "memcachedNodes",
+                format!(
+                    "{} backends were given for {} configured nodes (one per node, in order)",
+                    backends.len(),
+                    specs.len()
+                ),
+            ));
+        }
         let nodes = Nodes::new(specs, backends, config.operation_timeout);
         let instance_token = SessionId::generate(None, None).as_str()[..16].to_owned();
         let sentinel_key = format!("{}msm-probe:{instance_token}", config.storage_key_prefix);
@@ -153,7 +163,7 @@ impl SessionManager {
             tasks.push(tokio::spawn(probe_nodes(weak, shared.config.node_probe_interval)));
         }
         *shared.tasks.lock() = tasks;
-        Self { shared }
+        Ok(Self { shared })
     }
 
     /// The configuration in force.
@@ -361,6 +371,18 @@ impl Shared {
 
     /// Backs `sessions` up now and waits up to `sessionBackupTimeout`; the
     /// writes go on in the background after that (bounded by `operationTimeout`).
+    /// [`backup_now`](Self::backup_now) in a task of its own, awaited: a
+    /// request dropped while it waits (client hang-up, outer timeout) does
+    /// not abort the backups of what it changed or ended.
+    pub(crate) async fn backup_to_completion(self: &Arc<Self>, sessions: Vec<Arc<SessionState>>) {
+        let shared = Arc::clone(self);
+        if let Err(join) = tokio::spawn(async move { shared.backup_now(sessions).await }).await
+            && let Ok(panic) = join.try_into_panic()
+        {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
     pub(crate) async fn backup_now(self: &Arc<Self>, sessions: Vec<Arc<SessionState>>) {
         let started = Instant::now();
         let deadline = started
@@ -549,7 +571,8 @@ mod tests {
             .session_backup_timeout(Duration::from_millis(50))
             .build()
             .unwrap();
-        let manager = SessionManager::with_backends(config, vec![node.clone() as Arc<dyn NodeBackend>]);
+        let manager = SessionManager::with_backends(config, vec![node.clone() as Arc<dyn NodeBackend>])
+            .expect("one node, one backend");
         let shared = &manager.shared;
         let all = Arc::clone(&shared.sync_writes)
             .acquire_many_owned(u32::try_from(MAX_SYNC_WRITES).unwrap())

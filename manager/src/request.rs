@@ -121,6 +121,12 @@ impl RequestContext {
 
     /// Finds the session the request names (once per request).
     pub(crate) async fn resolve(self: &Arc<Self>) -> Result<(), Error> {
+        // A handle kept past the end of its request (moved into a
+        // background task, say) must not take a share or a lock that
+        // nobody would release: the session is only for the request.
+        if self.state.lock().finished {
+            return Err(Error::MissingLayer);
+        }
         self.resolved
             .get_or_try_init(|| async {
                 let shared = &self.shared;
@@ -279,7 +285,7 @@ async fn back_up_sticky(
     // backup: once a logout is answered, no other instance may take the
     // old id over from a copy still in memcached.
     if !invalidated.is_empty() {
-        shared.backup_now(invalidated).await;
+        shared.backup_to_completion(invalidated).await;
     }
     let mut to_sync = Vec::new();
     if let Some(session) = session {
@@ -301,7 +307,7 @@ async fn back_up_sticky(
             shared.schedule_backup(session);
         }
     } else {
-        shared.backup_now(to_sync).await;
+        shared.backup_to_completion(to_sync).await;
     }
 }
 
@@ -349,11 +355,15 @@ impl Drop for RequestGuard {
             let claim = state.claim.take();
             drop(state);
             let context = self.context.clone();
-            tokio::spawn(async move {
-                if let Err(error) = context.finish_non_sticky(claim, None).await {
-                    tracing::warn!(%error, "finishing an abandoned request");
-                }
-            });
+            // Outside a runtime (it is shutting down) nothing can run; the
+            // claim's own drop and the lock's TTL clean up.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(error) = context.finish_non_sticky(claim, None).await {
+                        tracing::warn!(%error, "finishing an abandoned request");
+                    }
+                });
+            }
             return;
         }
         // Keep memcached in step with what the handler changed; a session

@@ -44,7 +44,7 @@ impl UriPattern {
     }
 
     /// The anchored regex actually used.
-    pub fn regex(&self) -> &Regex {
+    pub(crate) fn regex(&self) -> &Regex {
         &self.anchored
     }
 }

@@ -633,3 +633,25 @@ async fn a_restore_after_an_empty_restart_covers_more_sessions_than_the_queue_ho
         assert_eq!(call(&other, "GET", "/count", Some(id)).await.body, "1");
     }
 }
+
+/// A request dropped (client hang-up, outer timeout) while its synchronous
+/// backup is on the way: the backup still completes, so another instance
+/// finds the change. (The backup ran in the request's task and was
+/// aborted with it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_during_its_sync_backup_still_backs_up() {
+    let cluster = Cluster::new(1);
+    let manager = cluster.manager(Config::builder());
+    let id = session_with_count(&manager, 1).await;
+    cluster.node("n1").set_delay(Duration::from_millis(300));
+    let dropped = tokio::time::timeout(Duration::from_millis(100), call(&manager, "POST", "/count", Some(&id))).await;
+    assert!(dropped.is_err(), "the request was dropped during its backup");
+    cluster.node("n1").set_delay(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other = cluster.manager(Config::builder());
+    assert_eq!(
+        call(&other, "GET", "/count", Some(&id)).await.body,
+        "2",
+        "the change reached memcached"
+    );
+}

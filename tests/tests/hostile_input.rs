@@ -376,3 +376,52 @@ async fn a_tampered_or_swapped_non_sticky_backup_is_no_session() {
     );
     assert_eq!(reader.stats().counters.backup_node_loads, 1);
 }
+
+/// The demo answers malformed requests with the status of what is wrong,
+/// the same in both frameworks (CI runs this with `FRAMEWORK=axum` too),
+/// and before it touches the session: a bad query string is a 400 even
+/// while memcached is down.
+#[tokio::test]
+async fn malformed_demo_requests_get_the_status_of_what_is_wrong() {
+    init_tracing();
+    let mut cluster = Cluster::start(1);
+    let app = DemoApp::start(&[
+        "--memcached-nodes",
+        &cluster.spec(),
+        "--route",
+        "a",
+        "--sticky",
+        "false",
+    ]);
+    let addr = format!("127.0.0.1:{}", app.port()).parse().unwrap();
+    let mut client = SessionClient::new(app.base_url());
+    client.post("/counter").await.ok();
+    let cookie = format!("SESSIONID={}", client.cookie().unwrap());
+    let raw = |head: &str, body: &str| {
+        format!(
+            "{head} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    cluster.nodes[0].kill();
+    for (what, request, expected) in [
+        ("bad query", raw("POST /counter?delay_ms=x", ""), 400),
+        ("HEAD of a GET route", raw("HEAD /counter", ""), 405),
+        ("unknown path", raw("GET /nope", ""), 404),
+        ("wrong method", raw("PUT /counter", ""), 405),
+        ("bad JSON", raw("POST /login", "{nope"), 400),
+        ("body too large", raw("POST /login", &"x".repeat(5000)), 413),
+    ] {
+        let status = raw_http_status(addr, request.as_bytes()).unwrap();
+        assert_eq!(status, expected, "{what}");
+    }
+    let no_length = format!("POST /login HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        raw_http_status(addr, no_length.as_bytes()).unwrap(),
+        411,
+        "no Content-Length"
+    );
+    let wrong_type =
+        b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    assert_eq!(raw_http_status(addr, wrong_type).unwrap(), 415, "not JSON");
+}

@@ -17,7 +17,7 @@ mod warp;
 
 use std::sync::Arc;
 
-use http::header::RETRY_AFTER;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::error::Error;
@@ -74,6 +74,9 @@ impl ErrorReply {
     pub(crate) fn into_response<B: From<String>>(self) -> http::Response<B> {
         let mut response = http::Response::new(B::from(self.body));
         *response.status_mut() = self.status;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

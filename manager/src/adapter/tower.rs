@@ -31,7 +31,11 @@ use crate::session::Session;
 
 /// A tower [`Layer`](tower_layer::Layer) that gives every request of the
 /// wrapped service its session: made by [`SessionManager::layer`]. Apply
-/// it once, around all routes that use sessions.
+/// it once, around all routes that use sessions (with axum, routes added
+/// after `.layer(…)` are outside it: their `Session` extractor answers
+/// `500` naming the layer). `requestUriIgnorePattern` and the locking
+/// mode's URI patterns see the path as this service sees it (under an
+/// axum `nest`, without the prefix).
 ///
 /// The wrapped service's response body must be buildable from a `String`
 /// (axum's `Body` is): the layer answers `503` (with `Retry-After`), `504`
@@ -141,8 +145,10 @@ impl SessionHandle {
     /// Finds the session the request names: in this process, or in
     /// memcached (takeover, non-sticky load), relocated when its node is
     /// down. A missing, malformed or unknown id gives an empty `Session`.
-    /// Errors only when memcached cannot answer (`503`-worthy: see
-    /// [`Error::is_unavailable`]).
+    /// Errors when memcached cannot answer, when another instance is taking
+    /// the session over or its lock cannot be had (all `503`-worthy), and
+    /// when called after the request finished (the handle is for the
+    /// request only).
     pub async fn session(&self) -> Result<Session, Error> {
         self.context.resolve().await?;
         Ok(Session::new(self.context.clone()))
@@ -150,11 +156,13 @@ impl SessionHandle {
 }
 
 /// Why the axum [`Session`] extractor failed; its response is `503` with
-/// `Retry-After: 1` when memcached could not answer, `500` naming the
-/// missing layer when [`SessionLayer`] is not applied.
+/// `Retry-After: 1` when the session cannot be had now (memcached does not
+/// answer, a takeover or a lock is in the way), `500` naming the missing
+/// layer when [`SessionLayer`] is not applied.
 #[cfg(feature = "axum")]
-#[derive(Debug)]
-pub struct SessionRejection(pub Error);
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct SessionRejection(#[from] pub Error);
 
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for SessionRejection {

@@ -67,33 +67,39 @@ impl InMemoryNode {
     }
 
     /// Plays a dead node: while down, every operation fails as unreachable.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
     }
 
     /// Makes every operation take at least `delay` (a slow or frozen node).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn set_delay(&self, delay: Duration) {
         self.delay_us
             .store(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// Drops every item, like a memcached restart.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn clear(&self) {
         self.items.lock().clear();
     }
 
     /// The operation counters.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn counts(&self) -> &OperationCounts {
         &self.counts
     }
 
     /// Whether a live item exists under `key` (no counters touched).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn contains(&self, key: &str) -> bool {
         let now = Instant::now();
         self.items.lock().get(key).is_some_and(|item| item.live(now))
     }
 
     /// Live keys, sorted (for assertions).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn keys(&self) -> Vec<String> {
         let now = Instant::now();
         let mut keys: Vec<String> = self
@@ -108,6 +114,7 @@ impl InMemoryNode {
     }
 
     /// Writes raw bytes under `key`, bypassing counters (to plant corrupt data).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn put_raw(&self, key: &str, value: &[u8]) {
         self.items.lock().insert(
             key.to_owned(),

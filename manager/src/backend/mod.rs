@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use self::in_memory::InMemoryNode;
+pub use self::in_memory::{InMemoryNode, OperationCounts};
 pub use self::memcached::MemcachedNode;
 #[cfg(feature = "fuzzing")]
 pub(crate) use self::memcached::parse_replies_for_fuzzing;

@@ -198,7 +198,7 @@ mod tests {
             .build()
             .unwrap();
         let backends = nodes.iter().map(|n| Arc::clone(n) as Arc<dyn NodeBackend>).collect();
-        let manager = SessionManager::with_backends(config, backends);
+        let manager = SessionManager::with_backends(config, backends).expect("one backend per node");
         let shared = &*manager.shared;
         nodes[1].put_raw("stale", b"x");
         nodes[1].set_down(true);

@@ -55,7 +55,7 @@ impl Cluster {
             .build()
             .unwrap();
         let backends = self.nodes.iter().map(|n| n.clone() as Arc<dyn NodeBackend>).collect();
-        SessionManager::with_backends(config, backends)
+        SessionManager::with_backends(config, backends).expect("one backend per node")
     }
 
     pub fn node(&self, id: &str) -> &InMemoryNode {
