@@ -420,3 +420,24 @@ async fn node_restarted_empty_gets_its_sessions_rewritten() {
     assert_eq!(reply.count(), index as u64 + 1, "restored data is complete");
     assert_eq!(id_route(client.cookie().unwrap()), Some("b"));
 }
+
+/// A node whose name does not resolve (a container not started yet) does
+/// not stop the instance from starting: it is down, sessions go to the
+/// nodes that answer, and the instance serves.
+#[tokio::test]
+async fn a_node_whose_name_does_not_resolve_is_down_and_the_others_serve() {
+    init_tracing();
+    let cluster = Cluster::start(1);
+    let nodes = format!("n1:does-not-resolve.invalid:11211,n2:{}", cluster.nodes[0].addr());
+    let config = fast_config(&nodes).session_backup_async(false).build().unwrap();
+    let app = TestApp::start(config).await;
+    eventually(DETECT, "n1 is seen down", || {
+        app.stats().available_nodes == vec!["n2".to_owned()]
+    })
+    .await;
+    let mut client = SessionClient::new(app.base_url());
+    assert_eq!(client.post("/incr").await.ok().count(), 1);
+    let id = client.cookie().unwrap().to_owned();
+    assert_eq!(id_node(&id), Some("n2"), "the session lives on the node that answers");
+    assert!(cluster.nodes[0].get_raw(&id).is_some(), "and is backed up there");
+}
