@@ -100,7 +100,7 @@ async fn dispatch(shared: Weak<Shared>, mut receiver: mpsc::Receiver<Arc<Session
             break;
         };
         tokio::spawn(async move {
-            sync_sessions(&shared, batch).await;
+            update_stored_copies(&shared, batch).await;
             drop(permit);
         });
     }
@@ -119,12 +119,12 @@ struct BatchedWrite<'a> {
     expiry: Expiry,
 }
 
-/// [`sync_session`] for many sessions: their full writes go to memcached
+/// [`update_stored_copy`] for many sessions: their full writes go to memcached
 /// in one pipelined exchange per node; anything else (touches, deletes,
 /// sessions whose I/O lock is busy) takes the one-by-one path.
-async fn sync_sessions(shared: &Shared, batch: Vec<Arc<SessionState>>) {
+async fn update_stored_copies(shared: &Shared, batch: Vec<Arc<SessionState>>) {
     if batch.len() == 1 {
-        sync_session(shared, &batch[0]).await;
+        update_stored_copy(shared, &batch[0]).await;
         return;
     }
     let mut singles: Vec<&SessionState> = Vec::new();
@@ -179,7 +179,7 @@ async fn sync_sessions(shared: &Shared, batch: Vec<Arc<SessionState>>) {
     }
     drop(guards);
     for session in singles {
-        sync_session(shared, session).await;
+        update_stored_copy(shared, session).await;
     }
 }
 
@@ -340,7 +340,7 @@ fn expires_at(expiry: Expiry, from: Instant) -> Option<Instant> {
 /// its TTL, or deletes it and its old keys, as needed. Runs one session at
 /// a time (per-session I/O lock), so a delete is never overtaken by an
 /// older write.
-pub(crate) async fn sync_session(shared: &Shared, session: &SessionState) {
+pub(crate) async fn update_stored_copy(shared: &Shared, session: &SessionState) {
     let _io = session.io.lock().await;
     session.backup_queued.store(false, Ordering::Release);
     let counters = &shared.stats.counters;

@@ -59,7 +59,7 @@ pub struct Config {
 
 /// How the session cookie is written. `HttpOnly` is always set.
 #[derive(Clone, Debug)]
-pub struct CookieConfig {
+pub(crate) struct CookieConfig {
     /// `false`: ids travel only in the session id header.
     pub(crate) enabled: bool,
     /// Send `Max-Age` (the inactivity interval), refreshed on every response.

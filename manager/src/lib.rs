@@ -213,12 +213,12 @@ mod uri_pattern;
 pub use crate::adapter::tower::SessionRejection;
 #[cfg(feature = "tower")]
 pub use crate::adapter::tower::{SessionHandle, SessionLayer, SessionService};
-pub use crate::config::{Config, ConfigBuilder, CookieConfig};
+pub use crate::config::{Config, ConfigBuilder};
 pub use crate::error::{BackendError, ConfigError, Error};
 pub use crate::locking_mode::{LockFailure, LockingMode};
 pub use crate::manager::SessionManager;
 pub use crate::node::{NodeId, NodeSpec};
 pub use crate::session::Session;
-pub use crate::stats::{CounterSnapshot, ProbeSnapshot, Statistics};
+pub use crate::stats::{CounterSnapshot, MinMaxAvgSnapshot, Statistics};
 pub use crate::uri_pattern::UriPattern;
 pub use cookie::SameSite;

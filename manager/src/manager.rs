@@ -202,7 +202,7 @@ impl SessionManager {
         let mut flushes = JoinSet::new();
         for session in shared.sessions.all() {
             let shared = shared.clone();
-            flushes.spawn(async move { backup::sync_session(&shared, &session).await });
+            flushes.spawn(async move { backup::update_stored_copy(&shared, &session).await });
         }
         while flushes.join_next().await.is_some() {}
         tracing::info!(
@@ -362,7 +362,7 @@ impl Shared {
             // Closed queue (after shutdown): write inline, off the request.
             let shared = self.clone();
             let session = session.clone();
-            tokio::spawn(async move { backup::sync_session(&shared, &session).await });
+            tokio::spawn(async move { backup::update_stored_copy(&shared, &session).await });
             return true;
         }
         self.unsynced.note(self, session.id().as_str());
@@ -400,7 +400,7 @@ impl Shared {
             };
             let shared = self.clone();
             writes.spawn(async move {
-                backup::sync_session(&shared, &session).await;
+                backup::update_stored_copy(&shared, &session).await;
                 drop(permit);
             });
         }

@@ -8,14 +8,14 @@ use serde::Serialize;
 
 /// Count, total, min and max of a measured duration or size.
 #[derive(Debug, Default)]
-pub(crate) struct Probe {
+pub(crate) struct MinMaxAvg {
     count: AtomicU64,
     total: AtomicU64,
     min: AtomicU64,
     max: AtomicU64,
 }
 
-impl Probe {
+impl MinMaxAvg {
     pub(crate) fn record(&self, value: u64) {
         if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
             self.min.store(value, Ordering::Relaxed);
@@ -30,10 +30,10 @@ impl Probe {
         self.record(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
     }
 
-    fn snapshot(&self) -> ProbeSnapshot {
+    fn snapshot(&self) -> MinMaxAvgSnapshot {
         let count = self.count.load(Ordering::Relaxed);
         let total = self.total.load(Ordering::Relaxed);
-        ProbeSnapshot {
+        MinMaxAvgSnapshot {
             count,
             min: if count == 0 {
                 0
@@ -46,9 +46,10 @@ impl Probe {
     }
 }
 
-/// One probe's figures. Durations are in microseconds, sizes in bytes.
+/// Count, min, average and max of one measured quantity (not a
+/// histogram). Durations are in microseconds, sizes in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ProbeSnapshot {
+pub struct MinMaxAvgSnapshot {
     /// How many values were recorded.
     pub count: u64,
     /// Smallest value.
@@ -182,38 +183,38 @@ pub struct Statistics {
     /// Nodes currently considered available, by id.
     pub available_nodes: Vec<String>,
     /// Time spent in a backup (serialize + write), µs.
-    pub backup_time_us: ProbeSnapshot,
+    pub backup_time_us: MinMaxAvgSnapshot,
     /// Time a request waited for its sync backup, µs.
-    pub effective_backup_time_us: ProbeSnapshot,
+    pub effective_backup_time_us: MinMaxAvgSnapshot,
     /// Time to load a session from memcached, µs.
-    pub load_time_us: ProbeSnapshot,
+    pub load_time_us: MinMaxAvgSnapshot,
     /// Time to serialize a session, µs.
-    pub serialization_time_us: ProbeSnapshot,
+    pub serialization_time_us: MinMaxAvgSnapshot,
     /// Serialized session size, bytes.
-    pub session_size_bytes: ProbeSnapshot,
+    pub session_size_bytes: MinMaxAvgSnapshot,
     /// Time to acquire a session lock, µs.
-    pub lock_acquire_time_us: ProbeSnapshot,
+    pub lock_acquire_time_us: MinMaxAvgSnapshot,
     /// Time spent before giving up on a lock, µs.
-    pub lock_failure_time_us: ProbeSnapshot,
+    pub lock_failure_time_us: MinMaxAvgSnapshot,
     /// Time to release a session lock, µs.
-    pub lock_release_time_us: ProbeSnapshot,
+    pub lock_release_time_us: MinMaxAvgSnapshot,
     /// Time a session lock was held, µs.
-    pub lock_hold_time_us: ProbeSnapshot,
+    pub lock_hold_time_us: MinMaxAvgSnapshot,
 }
 
 /// The live counters and probes of one manager.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub(crate) counters: Counters,
-    pub(crate) backup_time: Probe,
-    pub(crate) effective_backup_time: Probe,
-    pub(crate) load_time: Probe,
-    pub(crate) serialization_time: Probe,
-    pub(crate) session_size: Probe,
-    pub(crate) lock_acquire_time: Probe,
-    pub(crate) lock_failure_time: Probe,
-    pub(crate) lock_release_time: Probe,
-    pub(crate) lock_hold_time: Probe,
+    pub(crate) backup_time: MinMaxAvg,
+    pub(crate) effective_backup_time: MinMaxAvg,
+    pub(crate) load_time: MinMaxAvg,
+    pub(crate) serialization_time: MinMaxAvg,
+    pub(crate) session_size: MinMaxAvg,
+    pub(crate) lock_acquire_time: MinMaxAvg,
+    pub(crate) lock_failure_time: MinMaxAvg,
+    pub(crate) lock_release_time: MinMaxAvg,
+    pub(crate) lock_hold_time: MinMaxAvg,
 }
 
 impl Stats {
@@ -248,14 +249,14 @@ mod tests {
 
     #[test]
     fn probe_tracks_min_avg_max() {
-        let probe = Probe::default();
-        assert_eq!(probe.snapshot(), ProbeSnapshot::default());
+        let probe = MinMaxAvg::default();
+        assert_eq!(probe.snapshot(), MinMaxAvgSnapshot::default());
         for v in [30, 10, 20] {
             probe.record(v);
         }
         assert_eq!(
             probe.snapshot(),
-            ProbeSnapshot {
+            MinMaxAvgSnapshot {
                 count: 3,
                 min: 10,
                 avg: 20,
