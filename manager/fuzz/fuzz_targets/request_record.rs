@@ -114,7 +114,8 @@ async fn use_record(stored: &[u8], sticky: bool) {
         .session_backup_async(false)
         .build()
         .expect("a valid configuration");
-    let manager = SessionManager::with_backends(config, vec![node.clone() as Arc<dyn NodeBackend>]);
+    let manager = SessionManager::with_backends(config, vec![node.clone() as Arc<dyn NodeBackend>])
+        .expect("one node, one backend");
     // Sticky: an id of instance b, so this instance takes the session over
     // from memcached. Non-sticky: every request loads it.
     let id = if sticky {
