@@ -187,6 +187,7 @@ mod attributes;
 pub mod backend;
 mod backup;
 mod config;
+mod detached;
 mod envelope;
 mod error;
 #[cfg(feature = "fuzzing")]

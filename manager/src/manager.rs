@@ -13,6 +13,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::backend::{InMemoryNode, MemcachedNode, NodeBackend};
 use crate::backup::{self, BackupQueue};
 use crate::config::Config;
+use crate::detached::run_detached;
 use crate::envelope::{self, SessionRecord};
 use crate::error::{ConfigError, Error};
 use crate::local_store::LocalSessions;
@@ -369,20 +370,16 @@ impl Shared {
         false
     }
 
-    /// Backs `sessions` up now and waits up to `sessionBackupTimeout`; the
-    /// writes go on in the background after that (bounded by `operationTimeout`).
-    /// [`backup_now`](Self::backup_now) in a task of its own, awaited: a
-    /// request dropped while it waits (client hang-up, outer timeout) does
-    /// not abort the backups of what it changed or ended.
+    /// [`backup_now`](Self::backup_now), run detached: a request dropped
+    /// while it waits (client hang-up, outer timeout) does not abort the
+    /// backups of what it changed or ended.
     pub(crate) async fn backup_to_completion(self: &Arc<Self>, sessions: Vec<Arc<SessionState>>) {
         let shared = Arc::clone(self);
-        if let Err(join) = tokio::spawn(async move { shared.backup_now(sessions).await }).await
-            && let Ok(panic) = join.try_into_panic()
-        {
-            std::panic::resume_unwind(panic);
-        }
+        run_detached(async move { shared.backup_now(sessions).await }).await;
     }
 
+    /// Backs `sessions` up now and waits up to `sessionBackupTimeout`; the
+    /// writes go on in the background after that (bounded by `operationTimeout`).
     pub(crate) async fn backup_now(self: &Arc<Self>, sessions: Vec<Arc<SessionState>>) {
         let started = Instant::now();
         let deadline = started

@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backend::{Expiry, Item, Versioned};
+use crate::detached::run_detached;
 use crate::error::Error;
 use crate::manager::Shared;
 use crate::nodes::NodeIndex;
@@ -100,16 +101,10 @@ pub(crate) async fn acquire(
     key: String,
     read: Option<(String, Expiry)>,
 ) -> Result<Option<(HeldLock, Option<Option<Versioned>>)>, Error> {
-    let attempt = tokio::spawn(acquire_here(Arc::clone(shared), node, key, read));
-    match attempt.await {
-        Ok(outcome) => outcome,
-        // Never swallow a panic; a task cancelled by a runtime shutting
-        // down got no lock.
-        Err(join) => match join.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(_) => Ok(None),
-        },
-    }
+    // A task cancelled by a runtime shutting down got no lock.
+    run_detached(acquire_here(Arc::clone(shared), node, key, read))
+        .await
+        .unwrap_or(Ok(None))
 }
 
 async fn acquire_here(

@@ -75,6 +75,7 @@ use tokio::time::Instant;
 use self::lock::HeldLock;
 use crate::backend::Versioned;
 use crate::backend::{Expiry, Item, WriteMode, WriteOutcome};
+use crate::detached::run_detached;
 use crate::envelope::{self, Format, SessionRecord, Stored};
 use crate::error::Error;
 use crate::locking_mode::LockFailure;
@@ -659,24 +660,17 @@ pub(crate) async fn release(
     run_to_completion(async move { count_out(&shared, &key, writes_at_join, changed).await }).await
 }
 
-/// Runs `work` in its own task and waits for it: cancelling the caller
-/// does not cancel the work.
+/// [`run_detached`] for a session write: a runtime shutting down before it
+/// finished leaves its outcome unknown.
 async fn run_to_completion<T: Send + 'static>(
     work: impl Future<Output = Result<T, Error>> + Send + 'static,
 ) -> Result<T, Error> {
-    match tokio::spawn(work).await {
-        Ok(outcome) => outcome,
-        Err(join) => match join.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            // Only a runtime shutting down cancels it.
-            Err(_) => Err(Error::Backend {
-                node: "-".to_owned(),
-                source: crate::error::BackendError::Ambiguous(
-                    "the runtime shut down during a session write".to_owned(),
-                ),
-            }),
-        },
-    }
+    run_detached(work).await.unwrap_or_else(|| {
+        Err(Error::Backend {
+            node: "-".to_owned(),
+            source: crate::error::BackendError::Ambiguous("the runtime shut down during a session write".to_owned()),
+        })
+    })
 }
 
 /// [`count_out_gated`] after taking the id's gate.
