@@ -23,7 +23,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use crate::error::Error;
 use crate::id_transport;
 use crate::manager::Shared;
-use crate::request::RequestContext;
+use crate::request::{RequestContext, RequestGuard};
+use crate::session::Session;
 
 /// The session context of a request with this method, path and headers
 /// (the id it carries, and whether `requestUriIgnorePattern` matches).
@@ -31,6 +32,29 @@ pub(crate) fn request_context(shared: &Arc<Shared>, method: &str, path: &str, he
     let ignored = shared.config.ignore_pattern.as_ref().is_some_and(|p| p.matches(path));
     let incoming = id_transport::incoming_id(shared, headers);
     RequestContext::new(shared.clone(), incoming, ignored, method, path)
+}
+
+/// The request's [`Session`], once the session its id names is found
+/// (loaded, relocated or taken over as needed).
+pub(crate) async fn open_session(context: Arc<RequestContext>) -> Result<Session, Error> {
+    context.resolve().await?;
+    Ok(Session::new(context))
+}
+
+/// Ends the request after its handler produced `response`: adds
+/// `Set-Cookie` as the session needs, or — when the session's changes
+/// could not be saved — answers with the error response instead.
+pub(crate) async fn finish<B: From<String>>(
+    shared: &Shared,
+    guard: RequestGuard,
+    mut response: http::Response<B>,
+) -> http::Response<B> {
+    match guard.finish().await {
+        Ok(action) => id_transport::apply(shared, action, response.headers_mut()),
+        // The handler ran, but its session changes were not saved: say so.
+        Err(error) => response = ErrorReply::for_error(&error).into_response(),
+    }
+    response
 }
 
 /// What the client is told when its request's session failed.

@@ -22,9 +22,8 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 
-use super::{ErrorReply, request_context};
+use super::{ErrorReply, finish, open_session, request_context};
 use crate::error::Error;
-use crate::id_transport;
 use crate::manager::{SessionManager, Shared};
 use crate::request::{RequestContext, RequestGuard};
 use crate::session::Session;
@@ -116,13 +115,8 @@ where
             request.extensions_mut().insert(SessionHandle {
                 context: guard.context().clone(),
             });
-            let mut response = inner.call(request).await?;
-            match guard.finish().await {
-                Ok(action) => id_transport::apply(&shared, action, response.headers_mut()),
-                // The handler ran, but its session changes were not saved: say so.
-                Err(error) => response = ErrorReply::for_error(&error).into_response(),
-            }
-            Ok(response)
+            let response = inner.call(request).await?;
+            Ok(finish(&shared, guard, response).await)
         })
     }
 }
@@ -150,8 +144,7 @@ impl SessionHandle {
     /// when called after the request finished (the handle is for the
     /// request only).
     pub async fn session(&self) -> Result<Session, Error> {
-        self.context.resolve().await?;
-        Ok(Session::new(self.context.clone()))
+        open_session(self.context.clone()).await
     }
 }
 

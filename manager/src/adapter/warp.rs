@@ -13,9 +13,8 @@ use warp::http::{HeaderMap, Method};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::{ErrorReply, request_context};
+use super::{ErrorReply, finish, open_session, request_context};
 use crate::error::Error;
-use crate::id_transport;
 use crate::manager::SessionManager;
 use crate::request::RequestGuard;
 use crate::session::Session;
@@ -63,8 +62,7 @@ impl SessionManager {
             let context = shared.slots.current();
             async move {
                 let context = context.ok_or_else(|| reject(Error::MissingLayer))?;
-                context.resolve().await.map_err(reject)?;
-                Ok::<_, Rejection>(Session::new(context))
+                open_session(context).await.map_err(reject)
             }
         })
     }
@@ -106,15 +104,7 @@ impl SessionManager {
             .and(routes)
             .and_then(move |guard: RequestGuard, reply: R| {
                 let shared = finish_shared.clone();
-                async move {
-                    let mut response = reply.into_response();
-                    match guard.finish().await {
-                        Ok(action) => id_transport::apply(&shared, action, response.headers_mut()),
-                        // The handler ran, but its session changes were not saved: say so.
-                        Err(error) => response = ErrorReply::for_error(&error).into_response(),
-                    }
-                    Ok::<_, Rejection>(response)
-                }
+                async move { Ok::<_, Rejection>(finish(&shared, guard, reply.into_response()).await) }
             })
             .or_else(|rejection: Rejection| async move {
                 match rejection.find::<SessionRejection>() {
