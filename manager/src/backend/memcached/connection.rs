@@ -72,25 +72,26 @@ impl Waiting {
 
     /// Fails the exchange because the connection stopped after it was
     /// (perhaps) written.
-    fn fail(self, why: &Failure) {
+    fn fail(mut self, why: &Failure) {
+        self.fail_now(why);
+    }
+
+    fn fail_now(&mut self, why: &Failure) {
         let error = match why {
             _ if self.mutating => BackendError::Ambiguous(why.message().to_owned()),
             Failure::Unreadable(message) => BackendError::Protocol(message.clone()),
             Failure::Broken(message) => BackendError::Unreachable(message.clone()),
         };
-        self.answer(Err(ExchangeError::Failed(error)));
+        if let Some(answer) = self.answer.take() {
+            let _ = answer.send(Err(ExchangeError::Failed(error)));
+        }
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        if let Some(answer) = self.answer.take() {
-            let error = if self.mutating {
-                BackendError::Ambiguous("connection closed".to_owned())
-            } else {
-                BackendError::Unreachable("connection closed".to_owned())
-            };
-            let _ = answer.send(Err(ExchangeError::Failed(error)));
+        if self.answer.is_some() {
+            self.fail_now(&Failure::Broken("connection closed".to_owned()));
         }
     }
 }

@@ -237,16 +237,22 @@ fn stored_cas(reply: Reply) -> Result<Option<u64>, BackendError> {
     }
 }
 
-/// A get's reply as a [`Versioned`]; a miss, or an empty value, is `None`.
-fn versioned(reply: Reply) -> Result<Option<Versioned>, BackendError> {
-    match reply.status {
-        Status::Value(value) if !value.is_empty() => Ok(Some(Versioned {
-            value,
-            cas: reply.cas.ok_or_else(no_cas_token)?,
-        })),
+/// A get's value: `None` for a miss or an empty value.
+fn hit_value(status: Status) -> Result<Option<Vec<u8>>, BackendError> {
+    match status {
+        Status::Value(value) if !value.is_empty() => Ok(Some(value)),
         Status::Value(_) | Status::Miss => Ok(None),
         other => Err(unexpected(&other)),
     }
+}
+
+/// A get's reply as a [`Versioned`]; a miss, or an empty value, is `None`.
+fn versioned(reply: Reply) -> Result<Option<Versioned>, BackendError> {
+    let Some(value) = hit_value(reply.status)? else {
+        return Ok(None);
+    };
+    let cas = reply.cas.ok_or_else(no_cas_token)?;
+    Ok(Some(Versioned { value, cas }))
 }
 
 fn protocol_error(message: &str) -> BackendError {
@@ -276,11 +282,7 @@ impl NodeBackend for MemcachedNode {
             value: true,
             ..GetFlags::default()
         };
-        match self.meta_get(key, flags).await?.status {
-            Status::Value(value) if !value.is_empty() => Ok(Some(value)),
-            Status::Value(_) | Status::Miss => Ok(None),
-            other => Err(unexpected(&other)),
-        }
+        hit_value(self.meta_get(key, flags).await?.status)
     }
 
     async fn get_with_cas(&self, key: &str) -> Result<Option<Versioned>, BackendError> {
@@ -294,20 +296,13 @@ impl NodeBackend for MemcachedNode {
             ..GetFlags::default()
         };
         let reply = self.meta_get(key, flags).await?;
-        match reply.status {
-            Status::Value(value) if !value.is_empty() => {
-                // `-1`: no expiry; a missing or other negative answer is
-                // read as "no expiry known", which never expires a session
-                // by mistake.
-                let ttl = reply
-                    .ttl
-                    .and_then(|secs| u64::try_from(secs).ok())
-                    .map(Duration::from_secs);
-                Ok(Some((value, ttl)))
-            }
-            Status::Value(_) | Status::Miss => Ok(None),
-            other => Err(unexpected(&other)),
-        }
+        // `-1`: no expiry; a missing or other negative answer is read as
+        // "no expiry known", which never expires a session by mistake.
+        let ttl = reply
+            .ttl
+            .and_then(|secs| u64::try_from(secs).ok())
+            .map(Duration::from_secs);
+        Ok(hit_value(reply.status)?.map(|value| (value, ttl)))
     }
 
     async fn set(&self, key: &str, value: &[u8], expiry: Expiry) -> Result<(), BackendError> {
