@@ -6,8 +6,8 @@ use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::Config;
-use crate::node::NodeId;
-use crate::session_id::SessionId;
+use crate::session::id::SessionId;
+use crate::store::node::NodeId;
 
 /// Session id parsing, with nodes `n1` and `n2` known.
 pub fn session_id(text: &str) {
@@ -19,13 +19,14 @@ pub fn session_id(text: &str) {
 
 /// The stored-session decoder.
 pub fn envelope(bytes: &[u8]) {
-    let _ = crate::envelope::decode(bytes, crate::envelope::Format::Sticky);
-    let _ = crate::envelope::decode(bytes, crate::envelope::Format::NonSticky);
+    let _ = crate::store::envelope::decode(bytes, crate::store::envelope::Format::Sticky);
+    let _ = crate::store::envelope::decode(bytes, crate::store::envelope::Format::NonSticky);
 }
 
 /// A sealed blob under a fixed key: arbitrary bytes never open.
 pub fn sealed_blob(bytes: &[u8]) {
-    let sealer = crate::seal::Sealer::parse("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").expect("a valid key");
+    let sealer =
+        crate::store::seal::Sealer::parse("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").expect("a valid key");
     assert!(sealer.open("key", bytes).is_none(), "forged a sealed blob");
 }
 
@@ -33,7 +34,7 @@ pub fn sealed_blob(bytes: &[u8]) {
 pub fn config_setting(input: &str) {
     let (name, value) = input.split_once('\n').unwrap_or((input, ""));
     let _ = Config::builder().set(name, value).and_then(|b| b.build());
-    let _ = crate::node::parse_nodes(value, name);
+    let _ = crate::store::node::parse_nodes(value, name);
 }
 
 /// The session id extraction from raw `Cookie` header bytes.
@@ -43,7 +44,7 @@ pub fn cookie_header(bytes: &[u8]) {
     };
     let mut headers = HeaderMap::new();
     headers.append(COOKIE, value);
-    for candidate in crate::id_transport::cookie_values(&headers, "SESSIONID") {
+    for candidate in crate::request::id_transport::cookie_values(&headers, "SESSIONID") {
         session_id(candidate);
     }
 }
@@ -51,5 +52,5 @@ pub fn cookie_header(bytes: &[u8]) {
 /// The memcached reply parser on arbitrary bytes from the socket: every
 /// reply it accepts consumed some bytes and no more than it was given.
 pub fn memcached_reply(bytes: &[u8]) {
-    crate::backend::parse_replies_for_fuzzing(bytes);
+    crate::store::backend::parse_replies_for_fuzzing(bytes);
 }

@@ -183,43 +183,31 @@
 #![cfg_attr(not(any(feature = "warp", feature = "tower")), allow(dead_code))]
 
 mod adapter;
-mod attributes;
-pub mod backend;
-mod backup;
 mod config;
 mod detached;
-mod envelope;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod id_transport;
-mod local_store;
-mod locking_mode;
 mod manager;
-mod node;
-mod nodes;
 mod non_sticky;
 mod request;
-mod seal;
 mod session;
-mod session_id;
-mod session_state;
 mod stats;
 mod sticky;
-mod unsynced;
-mod uri_pattern;
+mod store;
 
 #[cfg(feature = "axum")]
 pub use crate::adapter::tower::SessionRejection;
 #[cfg(feature = "tower")]
 pub use crate::adapter::tower::{SessionHandle, SessionLayer, SessionService};
+pub use crate::config::locking_mode::{LockFailure, LockingMode};
+pub use crate::config::uri_pattern::UriPattern;
 pub use crate::config::{Config, ConfigBuilder};
 pub use crate::error::{BackendError, ConfigError, Error};
-pub use crate::locking_mode::{LockFailure, LockingMode};
 pub use crate::manager::SessionManager;
-pub use crate::node::{NodeId, NodeSpec};
-pub use crate::session::Session;
+pub use crate::session::handle::Session;
 pub use crate::stats::{CounterSnapshot, MinMaxAvgSnapshot, Statistics};
-pub use crate::uri_pattern::UriPattern;
+pub use crate::store::backend;
+pub use crate::store::node::{NodeId, NodeSpec};
 pub use cookie::SameSite;

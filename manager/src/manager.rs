@@ -10,21 +10,21 @@ use parking_lot::Mutex;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::backend::{InMemoryNode, MemcachedNode, NodeBackend};
-use crate::backup::{self, BackupQueue};
 use crate::config::Config;
 use crate::detached::run_detached;
-use crate::envelope::{self, SessionRecord};
 use crate::error::{ConfigError, Error};
-use crate::local_store::LocalSessions;
-use crate::node::NodeSpec;
-use crate::nodes::{NodeIndex, Nodes, ProbeOutcome};
 use crate::non_sticky::InFlightSessions;
 use crate::non_sticky::lock_policy::LockPolicy;
-use crate::request::RequestSlots;
-use crate::session_id::{RANDOM_LEN, SessionId};
-use crate::session_state::SessionState;
+use crate::request::context::RequestSlots;
+use crate::session::id::{RANDOM_LEN, SessionId};
+use crate::session::state::SessionState;
 use crate::stats::{Statistics, Stats};
+use crate::sticky::backup::{self, BackupQueue};
+use crate::sticky::local_sessions::LocalSessions;
+use crate::store::backend::{InMemoryNode, MemcachedNode, NodeBackend};
+use crate::store::envelope::{self, SessionRecord};
+use crate::store::node::NodeSpec;
+use crate::store::nodes::{NodeIndex, Nodes, ProbeOutcome};
 
 /// The session manager. Cheap to clone; clones share everything.
 ///
@@ -61,7 +61,7 @@ pub(crate) struct Shared {
     /// Non-sticky: writes that could not be done when due, retried by the prober.
     pub(crate) repairs: crate::non_sticky::repairs::Repairs,
     /// Sticky: sessions whose last backup failed or was deferred.
-    pub(crate) unsynced: crate::unsynced::Unsynced,
+    pub(crate) unsynced: crate::sticky::unsynced::Unsynced,
     /// Bounds the synchronous backup writes in flight.
     pub(crate) sync_writes: Arc<tokio::sync::Semaphore>,
     /// Serializes, per session id, the loads and takeovers of this process.
@@ -145,7 +145,7 @@ impl SessionManager {
                 inflight: InFlightSessions::default(),
                 repairs: crate::non_sticky::repairs::Repairs::default(),
                 sync_writes: Arc::new(tokio::sync::Semaphore::new(MAX_SYNC_WRITES)),
-                unsynced: crate::unsynced::Unsynced::default(),
+                unsynced: crate::sticky::unsynced::Unsynced::default(),
                 lock_policy: LockPolicy::default(),
                 id_gates: Mutex::new(HashMap::new()),
                 instance_token,
@@ -499,7 +499,7 @@ async fn probe_nodes(shared: Weak<Shared>, interval: Duration) {
             return;
         };
         crate::non_sticky::repairs::spawn_retry(&strong);
-        crate::unsynced::retry(&strong);
+        crate::sticky::unsynced::retry(&strong);
         drop(strong);
         for index in lost_data {
             let Some(shared) = shared.upgrade() else {
@@ -552,7 +552,7 @@ impl Drop for IdGateGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::InMemoryNode;
+    use crate::store::backend::InMemoryNode;
 
     /// With every synchronous write slot taken (writes stuck on a frozen
     /// node, say), a request's sync backup does not spawn another task: it

@@ -22,11 +22,11 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 
-use super::{ErrorReply, finish, open_session, request_context};
 use crate::error::Error;
 use crate::manager::{SessionManager, Shared};
-use crate::request::{RequestContext, RequestGuard};
-use crate::session::Session;
+use crate::request::context::{RequestContext, RequestGuard};
+use crate::request::{ErrorReply, finish, open_session, request_context};
+use crate::session::handle::Session;
 
 /// A tower [`Layer`](tower_layer::Layer) that gives every request of the
 /// wrapped service its session: made by [`SessionManager::layer`]. Apply

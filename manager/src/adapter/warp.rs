@@ -13,11 +13,11 @@ use warp::http::{HeaderMap, Method};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::{ErrorReply, finish, open_session, request_context};
 use crate::error::Error;
 use crate::manager::SessionManager;
-use crate::request::RequestGuard;
-use crate::session::Session;
+use crate::request::context::RequestGuard;
+use crate::request::{ErrorReply, finish, open_session, request_context};
+use crate::session::handle::Session;
 
 /// A session error travelling as a warp rejection; turned into a response
 /// by [`SessionManager::wrap`], so applications never see it.

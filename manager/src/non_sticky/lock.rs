@@ -28,12 +28,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::{Expiry, Item, Versioned};
 use crate::detached::run_detached;
 use crate::error::Error;
 use crate::manager::Shared;
-use crate::nodes::NodeIndex;
 use crate::stats::Stats;
+use crate::store::backend::{Expiry, Item, Versioned};
+use crate::store::nodes::NodeIndex;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);

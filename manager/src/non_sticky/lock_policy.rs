@@ -43,7 +43,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::locking_mode::LockingMode;
+use crate::config::locking_mode::LockingMode;
 
 /// `auto` keeps at most this many read-only verdicts.
 const MAX_READ_ONLY: usize = 10_000;

@@ -73,17 +73,17 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use self::lock::HeldLock;
-use crate::backend::Versioned;
-use crate::backend::{Expiry, Item, WriteMode, WriteOutcome};
+use crate::config::locking_mode::LockFailure;
 use crate::detached::run_detached;
-use crate::envelope::{self, Format, SessionRecord, Stored};
 use crate::error::Error;
-use crate::locking_mode::LockFailure;
 use crate::manager::Shared;
-use crate::nodes::NodeIndex;
-use crate::session_id::SessionId;
-use crate::session_state::{SessionState, StoredMark, unix_ms};
+use crate::session::id::SessionId;
+use crate::session::state::{SessionState, StoredMark, unix_ms};
 use crate::stats::Stats;
+use crate::store::backend::Versioned;
+use crate::store::backend::{Expiry, Item, WriteMode, WriteOutcome};
+use crate::store::envelope::{self, Format, SessionRecord, Stored};
+use crate::store::nodes::NodeIndex;
 
 pub(crate) mod lock;
 pub(crate) mod lock_policy;

@@ -34,10 +34,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::backend::Expiry;
 use crate::manager::Shared;
-use crate::nodes::NodeIndex;
 use crate::stats::Stats;
+use crate::store::backend::Expiry;
+use crate::store::nodes::NodeIndex;
 
 /// Most repairs kept at once.
 pub(crate) const CAPACITY: usize = 100_000;
@@ -183,9 +183,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::backend::{InMemoryNode, NodeBackend};
     use crate::config::Config;
     use crate::manager::SessionManager;
+    use crate::store::backend::{InMemoryNode, NodeBackend};
 
     #[tokio::test(start_paused = true)]
     async fn repairs_wait_for_their_node_expire_and_stay_bounded() {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every blob, to recognise foreign values cheaply.
 const MAGIC: [u8; 2] = [0xA5, 0x53];
 
-pub(crate) use crate::attributes::Attributes;
+pub(crate) use crate::session::attributes::Attributes;
 
 /// Session metadata and attributes as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

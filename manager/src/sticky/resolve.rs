@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::Expiry;
 use crate::error::Error;
 use crate::manager::Shared;
-use crate::session_id::SessionId;
-use crate::session_state::{SessionState, StoredMark};
+use crate::session::id::SessionId;
+use crate::session::state::{SessionState, StoredMark};
 use crate::stats::Stats;
+use crate::store::backend::Expiry;
 
 /// How long a takeover claim blocks other instances from taking over the
 /// same session.
@@ -50,7 +50,7 @@ fn find_local(shared: &Arc<Shared>, id: &SessionId) -> Option<Arc<SessionState>>
         let current = inner.id.clone();
         drop(inner);
         shared.sessions.remove(current.as_str());
-        crate::backup::end_sticky(shared, &session);
+        crate::sticky::backup::end_sticky(shared, &session);
         Stats::count(&shared.stats.counters.sessions_expired);
         shared.schedule_backup(&session);
         return None;
@@ -138,13 +138,13 @@ async fn claimed_by_us(shared: &Shared, index: usize, claim: &str) -> bool {
 
 /// Whether a sticky copy with `remaining` TTL is of a session idle for
 /// longer than its interval: its TTL was set to the session's remaining
-/// inactivity time plus [`ttl_margin`](crate::session_state::ttl_margin)
+/// inactivity time plus [`ttl_margin`](crate::session::state::ttl_margin)
 /// when it was last written or touched.
-fn idle_past_its_interval(record: &crate::envelope::SessionRecord, remaining: Option<Duration>) -> bool {
+fn idle_past_its_interval(record: &crate::store::envelope::SessionRecord, remaining: Option<Duration>) -> bool {
     let (Some(remaining), true) = (remaining, record.max_inactive_secs > 0) else {
         return false;
     };
-    let margin = crate::session_state::ttl_margin(Duration::from_secs(record.max_inactive_secs));
+    let margin = crate::session::state::ttl_margin(Duration::from_secs(record.max_inactive_secs));
     // A read touches the copy only once its lead fell below half the
     // margin, so the TTL may lag the last access by up to that much: only
     // less than half the margin left is surely idle past the interval.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
-use crate::session_state::SessionState;
+use crate::session::state::SessionState;
 
 /// How long a moved id keeps forwarding to the new one.
 const FORWARD_FOR: Duration = Duration::from_secs(60);
@@ -181,7 +181,7 @@ impl LocalSessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session_id::SessionId;
+    use crate::session::id::SessionId;
 
     #[tokio::test(start_paused = true)]
     async fn forwards_are_bounded_and_removal_is_not_quadratic() {

@@ -13,11 +13,14 @@ use cookie::SameSite;
 use http::HeaderName;
 use http::header::{COOKIE, SET_COOKIE};
 
+pub(crate) mod locking_mode;
+pub(crate) mod uri_pattern;
+
+use crate::config::locking_mode::{LockFailure, LockingMode};
+use crate::config::uri_pattern::UriPattern;
 use crate::error::ConfigError;
-use crate::locking_mode::{LockFailure, LockingMode};
-use crate::node::{self, NodeSpec};
-use crate::seal::{Sealer, StorageKeyHasher};
-use crate::uri_pattern::UriPattern;
+use crate::store::node::{self, NodeSpec};
+use crate::store::seal::{Sealer, StorageKeyHasher};
 
 /// Longest accepted `storageKeyPrefix`, so that every key stays far below
 /// memcached's 250-byte limit.

@@ -17,7 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::config::MAX_ROUTE_LEN;
-use crate::node::NodeId;
+use crate::store::node::NodeId;
 
 /// Random bytes per id (192 bits).
 const RANDOM_BYTES: usize = 24;

@@ -18,12 +18,12 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::backend::{Expiry, Item};
-use crate::envelope;
 use crate::manager::Shared;
-use crate::session_id::SessionId;
-use crate::session_state::{BackupNeed, SessionState, StoredMark, ttl_margin};
+use crate::session::id::SessionId;
+use crate::session::state::{BackupNeed, SessionState, StoredMark, ttl_margin};
 use crate::stats::Stats;
+use crate::store::backend::{Expiry, Item};
+use crate::store::envelope;
 
 /// The sender side of the async backup queue.
 pub(crate) struct BackupQueue {

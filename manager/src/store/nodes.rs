@@ -20,10 +20,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::backend::{Expiry, NodeBackend};
 use crate::error::{BackendError, Error};
-use crate::node::{NodeId, NodeSpec};
-use crate::session_id::SessionId;
+use crate::session::id::SessionId;
+use crate::store::backend::{Expiry, NodeBackend};
+use crate::store::node::{NodeId, NodeSpec};
 
 /// Index of a node in the configured order.
 pub(crate) type NodeIndex = usize;
@@ -71,7 +71,7 @@ impl Node {
     /// Remembers that the node's state or data changed now.
     fn note_change(&self) {
         self.changed_at_ms.fetch_max(
-            crate::session_state::unix_ms(std::time::SystemTime::now()),
+            crate::session::state::unix_ms(std::time::SystemTime::now()),
             Ordering::AcqRel,
         );
     }
@@ -295,8 +295,8 @@ fn random_below(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::InMemoryNode;
-    use crate::node::parse_nodes;
+    use crate::store::backend::InMemoryNode;
+    use crate::store::node::parse_nodes;
 
     fn nodes(spec: &str, failover: &str) -> (Nodes, Vec<Arc<InMemoryNode>>) {
         let specs = parse_nodes(spec, failover).unwrap();

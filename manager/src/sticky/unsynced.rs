@@ -66,7 +66,7 @@ pub(crate) fn retry(shared: &Arc<Shared>) {
             // Ended, or no longer held here: nothing to back up.
             continue;
         };
-        crate::sticky::relocate_if_needed(shared, &session);
+        crate::sticky::resolve::relocate_if_needed(shared, &session);
         let current = session.id();
         let available = shared
             .node_index(&current)

@@ -21,8 +21,8 @@ use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
 use crate::manager::Shared;
-use crate::request::IncomingId;
-use crate::session_id::SessionId;
+use crate::request::context::IncomingId;
+use crate::session::id::SessionId;
 use crate::stats::Stats;
 
 /// Browsers cap cookie lifetimes at 400 days.

@@ -16,11 +16,11 @@ use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
 use crate::error::Error;
-use crate::id_transport::IdAction;
 use crate::manager::Shared;
 use crate::non_sticky::{self, Claim};
-use crate::session_id::SessionId;
-use crate::session_state::{BackupNeed, SessionState};
+use crate::request::id_transport::IdAction;
+use crate::session::id::SessionId;
+use crate::session::state::{BackupNeed, SessionState};
 use crate::stats::Stats;
 use crate::sticky;
 
@@ -132,7 +132,7 @@ impl RequestContext {
                 let shared = &self.shared;
                 let (found, claim) = match &self.incoming {
                     IncomingId::Valid(id) if shared.config.sticky => {
-                        (sticky::resolve(shared, id, self.ignored).await?, None)
+                        (sticky::resolve::resolve(shared, id, self.ignored).await?, None)
                     }
                     // Non-sticky sessions live in memcached: ignored requests see none.
                     IncomingId::Valid(_) if self.ignored => (None, None),

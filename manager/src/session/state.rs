@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::backend::Expiry;
-use crate::envelope::{Attributes, RecordRef, SessionRecord};
-use crate::session_id::SessionId;
+use crate::session::id::SessionId;
+use crate::store::backend::Expiry;
+use crate::store::envelope::{Attributes, RecordRef, SessionRecord};
 
 /// Old ids whose keys still have to be deleted are capped, so a node that
 /// stays down cannot make the list grow.
@@ -295,7 +295,7 @@ impl SessionInner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::NodeId;
+    use crate::store::node::NodeId;
 
     fn session(max_inactive: Option<Duration>) -> SessionInner {
         let id = SessionId::generate(Some(&NodeId::parse("n1").unwrap()), None);
@@ -405,7 +405,7 @@ mod tests {
     }
 
     fn envelope_len(s: &SessionInner) -> usize {
-        crate::envelope::encode(s.record(), crate::envelope::Format::Sticky).len()
+        crate::store::envelope::encode(s.record(), crate::store::envelope::Format::Sticky).len()
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,9 +7,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::request::RequestContext;
-use crate::session_id::SessionId;
-use crate::session_state::{SessionInner, SessionState};
+use crate::request::context::RequestContext;
+use crate::session::id::SessionId;
+use crate::session::state::{SessionInner, SessionState};
 use crate::stats::Stats;
 
 fn encode_value<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Box<[u8]>, Error> {
@@ -226,7 +226,7 @@ impl Session {
         let shared = &self.context.shared;
         shared.sessions.remove(id.as_str());
         if shared.config.sticky {
-            crate::backup::end_sticky(shared, &session);
+            crate::sticky::backup::end_sticky(shared, &session);
         }
         Stats::count(&shared.stats.counters.sessions_invalidated);
         state.invalidated.push(session);
@@ -253,8 +253,8 @@ impl Session {
         };
         shared.sessions.rekey(old.as_str(), new.as_str(), false);
         if shared.config.sticky {
-            let lifetime = crate::backup::configured_copy_lifetime(shared);
-            crate::backup::end_sticky_ids(shared, std::slice::from_ref(&old), lifetime);
+            let lifetime = crate::sticky::backup::configured_copy_lifetime(shared);
+            crate::sticky::backup::end_sticky_ids(shared, std::slice::from_ref(&old), lifetime);
         }
         self.note_change(true);
         Stats::count(&shared.stats.counters.ids_cycled);

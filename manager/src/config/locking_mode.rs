@@ -4,8 +4,8 @@ use std::fmt;
 
 use regex::Regex;
 
+use crate::config::uri_pattern::UriPattern;
 use crate::error::ConfigError;
-use crate::uri_pattern::UriPattern;
 
 /// Which requests take the session lock (non-sticky mode only; sticky mode
 /// never locks because the primary copy lives in one process).
