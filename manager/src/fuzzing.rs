@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::config::Config;
 use crate::session::id::SessionId;
-use crate::store::node::NodeId;
+use crate::session::node_id::NodeId;
 
 /// Session id parsing, with nodes `n1` and `n2` known.
 pub fn session_id(text: &str) {

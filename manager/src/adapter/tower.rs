@@ -25,8 +25,8 @@ use http::{Request, Response};
 use crate::error::Error;
 use crate::manager::{SessionManager, Shared};
 use crate::request::context::{RequestContext, RequestGuard};
+use crate::request::session::Session;
 use crate::request::{ErrorReply, finish, open_session, request_context};
-use crate::session::handle::Session;
 
 /// A tower [`Layer`](tower_layer::Layer) that gives every request of the
 /// wrapped service its session: made by [`SessionManager::layer`]. Apply

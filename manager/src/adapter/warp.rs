@@ -16,8 +16,8 @@ use warp::{Filter, Rejection, Reply};
 use crate::error::Error;
 use crate::manager::SessionManager;
 use crate::request::context::RequestGuard;
+use crate::request::session::Session;
 use crate::request::{ErrorReply, finish, open_session, request_context};
-use crate::session::handle::Session;
 
 /// A session error travelling as a warp rejection; turned into a response
 /// by [`SessionManager::wrap`], so applications never see it.

@@ -19,14 +19,13 @@ pub(crate) mod uri_pattern;
 use crate::config::locking_mode::{LockFailure, LockingMode};
 use crate::config::uri_pattern::UriPattern;
 use crate::error::ConfigError;
+use crate::session::id::MAX_ROUTE_LEN;
 use crate::store::node::{self, NodeSpec};
 use crate::store::seal::{Sealer, StorageKeyHasher};
 
 /// Longest accepted `storageKeyPrefix`, so that every key stays far below
 /// memcached's 250-byte limit.
 pub(crate) const MAX_KEY_PREFIX_LEN: usize = 64;
-/// Longest accepted route (instance name).
-pub(crate) const MAX_ROUTE_LEN: usize = 64;
 
 /// Validated configuration of a [`SessionManager`](crate::SessionManager).
 #[derive(Clone, Debug)]

@@ -12,6 +12,7 @@
 
 pub(crate) mod context;
 pub(crate) mod id_transport;
+pub(crate) mod session;
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use crate::error::Error;
 use crate::manager::Shared;
 use crate::request::context::{RequestContext, RequestGuard};
-use crate::session::handle::Session;
+use crate::request::session::Session;
 
 /// The session context of a request with this method, path and headers
 /// (the id it carries, and whether `requestUriIgnorePattern` matches).

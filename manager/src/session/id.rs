@@ -16,8 +16,10 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::config::MAX_ROUTE_LEN;
-use crate::store::node::NodeId;
+use crate::session::node_id::NodeId;
+
+/// Longest accepted route (instance name).
+pub(crate) const MAX_ROUTE_LEN: usize = 64;
 
 /// Random bytes per id (192 bits).
 const RANDOM_BYTES: usize = 24;

@@ -3,6 +3,7 @@
 //! ([`id`]) and its attributes ([`attributes`]).
 
 pub(crate) mod attributes;
-pub(crate) mod handle;
 pub(crate) mod id;
+pub(crate) mod node_id;
+pub(crate) mod record;
 pub(crate) mod state;

@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::session::attributes::Attributes;
 use crate::session::id::SessionId;
-use crate::store::backend::Expiry;
-use crate::store::envelope::{Attributes, RecordRef, SessionRecord};
+use crate::session::record::{RecordRef, SessionRecord};
 
 /// Old ids whose keys still have to be deleted are capped, so a node that
 /// stays down cannot make the list grow.
@@ -237,13 +237,14 @@ impl SessionInner {
         }
     }
 
-    /// The TTL for a full write at `now`: remaining inactivity plus margin.
-    /// An interval reaching beyond the clock's range (a configured or stored
-    /// `maxInactiveInterval` of ~2^63 s) is "never", not an overflow.
-    pub(crate) fn write_expiry(&self, now: Instant) -> Expiry {
+    /// The TTL for a full write at `now`: remaining inactivity plus margin;
+    /// `None`: never expires. An interval reaching beyond the clock's range
+    /// (a configured or stored `maxInactiveInterval` of ~2^63 s) is "never",
+    /// not an overflow.
+    pub(crate) fn write_ttl(&self, now: Instant) -> Option<Duration> {
         match self.max_inactive.map(|max| (max, self.last_accessed.checked_add(max))) {
-            None | Some((_, None)) => Expiry::Never,
-            Some((max, Some(local_deadline))) => Expiry::After(
+            None | Some((_, None)) => None,
+            Some((max, Some(local_deadline))) => Some(
                 local_deadline
                     .saturating_duration_since(now)
                     .saturating_add(ttl_margin(max)),
@@ -295,7 +296,7 @@ impl SessionInner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::node::NodeId;
+    use crate::session::node_id::NodeId;
 
     fn session(max_inactive: Option<Duration>) -> SessionInner {
         let id = SessionId::generate(Some(&NodeId::parse("n1").unwrap()), None);
@@ -304,10 +305,7 @@ mod tests {
 
     fn stored_now(inner: &mut SessionInner, epoch: u64) {
         let now = Instant::now();
-        let expires_at = match inner.write_expiry(now) {
-            Expiry::Never => None,
-            Expiry::After(d) => Some(now + d),
-        };
+        let expires_at = inner.write_ttl(now).map(|d| now + d);
         inner.stored = Some(StoredMark {
             id: inner.id.clone(),
             version: inner.version,
@@ -352,17 +350,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ttl_follows_remaining_inactivity_plus_margin() {
         let s = session(Some(Duration::from_secs(1800)));
-        assert_eq!(
-            s.write_expiry(Instant::now()),
-            Expiry::After(Duration::from_secs(1800 + 300))
-        );
+        assert_eq!(s.write_ttl(Instant::now()), Some(Duration::from_secs(1800 + 300)));
         let never = session(None);
-        assert_eq!(never.write_expiry(Instant::now()), Expiry::Never);
+        assert_eq!(never.write_ttl(Instant::now()), None);
         assert!(!never.is_expired(Instant::now() + Duration::from_secs(86_400 * 365)));
         let long = session(Some(Duration::from_secs(40 * 86_400)));
         assert_eq!(
-            long.write_expiry(Instant::now()),
-            Expiry::After(Duration::from_secs(40 * 86_400 + 300)),
+            long.write_ttl(Instant::now()),
+            Some(Duration::from_secs(40 * 86_400 + 300)),
             "over 30 days: the backend sends it as an absolute time"
         );
     }
@@ -373,7 +368,7 @@ mod tests {
     async fn an_interval_beyond_the_clock_is_never_an_overflow() {
         for secs in [1 << 63, u64::MAX, (1 << 63) - 1] {
             let mut s = session(Some(Duration::from_secs(secs)));
-            assert_eq!(s.write_expiry(Instant::now()), Expiry::Never, "{secs}");
+            assert_eq!(s.write_ttl(Instant::now()), None, "{secs}");
             stored_now(&mut s, 0);
             assert_eq!(s.backup_need(Some(0)), BackupNeed::Nothing, "{secs}");
             s.stored.as_mut().unwrap().expires_at = Some(Instant::now());

@@ -296,7 +296,7 @@ fn plan(shared: &Shared, session: &SessionState) -> Plan {
         BackupNeed::Touch | BackupNeed::Write if !node_up => Plan::Deferred,
         BackupNeed::Touch => Plan::Touch {
             id: inner.id.clone(),
-            expiry: inner.write_expiry(now),
+            expiry: ttl_expiry(inner.write_ttl(now)),
         },
         BackupNeed::Write => {
             let started = Instant::now();
@@ -311,7 +311,7 @@ fn plan(shared: &Shared, session: &SessionState) -> Plan {
                 bytes,
                 version: inner.version,
                 epoch: node.map_or(0, |n| n.epoch()),
-                expiry: inner.write_expiry(now),
+                expiry: ttl_expiry(inner.write_ttl(now)),
             }
         }
         BackupNeed::DeleteObsolete => Plan::Delete {
@@ -326,6 +326,11 @@ fn plan(shared: &Shared, session: &SessionState) -> Plan {
             Plan::Delete { ids, invalidated: true }
         }
     }
+}
+
+/// The memcached expiry of a TTL (`None`: never expires).
+fn ttl_expiry(ttl: Option<Duration>) -> Expiry {
+    ttl.map_or(Expiry::Never, Expiry::After)
 }
 
 fn expires_at(expiry: Expiry, from: Instant) -> Option<Instant> {

@@ -21,30 +21,7 @@ use serde::{Deserialize, Serialize};
 /// First bytes of every blob, to recognise foreign values cheaply.
 const MAGIC: [u8; 2] = [0xA5, 0x53];
 
-pub(crate) use crate::session::attributes::Attributes;
-
-/// Session metadata and attributes as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SessionRecord {
-    /// Creation time, unix milliseconds.
-    pub(crate) created_at_ms: u64,
-    /// Last access known when the record was written, unix milliseconds.
-    pub(crate) last_accessed_ms: u64,
-    /// Inactivity timeout in seconds; 0 = never expires.
-    pub(crate) max_inactive_secs: u64,
-    /// The attributes.
-    pub(crate) attributes: Attributes,
-}
-
-/// Borrowed twin of [`SessionRecord`] for encoding without cloning the
-/// attributes; field order and types must match (tested by roundtrip).
-#[derive(Serialize)]
-pub(crate) struct RecordRef<'a> {
-    pub(crate) created_at_ms: u64,
-    pub(crate) last_accessed_ms: u64,
-    pub(crate) max_inactive_secs: u64,
-    pub(crate) attributes: &'a Attributes,
-}
+pub(crate) use crate::session::record::{RecordRef, SessionRecord};
 
 #[derive(Serialize)]
 enum EnvelopeRef<'a> {
@@ -142,6 +119,7 @@ pub(crate) fn decode(bytes: &[u8], format: Format) -> Result<Stored, DecodeError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::attributes::Attributes;
 
     fn record() -> SessionRecord {
         let mut attributes = Attributes::default();

@@ -22,8 +22,9 @@ use tokio::time::Instant;
 
 use crate::error::{BackendError, Error};
 use crate::session::id::SessionId;
+use crate::session::node_id::NodeId;
 use crate::store::backend::{Expiry, NodeBackend};
-use crate::store::node::{NodeId, NodeSpec};
+use crate::store::node::NodeSpec;
 
 /// Index of a node in the configured order.
 pub(crate) type NodeIndex = usize;
