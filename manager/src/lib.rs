@@ -189,6 +189,8 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod id_gates;
+mod inner;
 mod manager;
 mod non_sticky;
 mod request;

@@ -23,7 +23,8 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 
 use crate::error::Error;
-use crate::manager::{SessionManager, Shared};
+use crate::inner::ManagerInner;
+use crate::manager::SessionManager;
 use crate::request::context::{RequestContext, RequestGuard};
 use crate::request::session::Session;
 use crate::request::{ErrorReply, finish, open_session, request_context};
@@ -41,7 +42,7 @@ use crate::request::{ErrorReply, finish, open_session, request_context};
 /// or `500` itself when a session's changes could not be saved.
 #[derive(Clone)]
 pub struct SessionLayer {
-    shared: Arc<Shared>,
+    manager: Arc<ManagerInner>,
 }
 
 impl std::fmt::Debug for SessionLayer {
@@ -54,7 +55,7 @@ impl SessionManager {
     /// The tower layer for this manager (feature `tower`).
     pub fn layer(&self) -> SessionLayer {
         SessionLayer {
-            shared: self.shared.clone(),
+            manager: self.inner.clone(),
         }
     }
 }
@@ -65,7 +66,7 @@ impl<S> tower_layer::Layer<S> for SessionLayer {
     fn layer(&self, inner: S) -> SessionService<S> {
         SessionService {
             inner,
-            shared: self.shared.clone(),
+            manager: self.manager.clone(),
         }
     }
 }
@@ -74,7 +75,7 @@ impl<S> tower_layer::Layer<S> for SessionLayer {
 #[derive(Clone)]
 pub struct SessionService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    manager: Arc<ManagerInner>,
 }
 
 impl<S> std::fmt::Debug for SessionService<S> {
@@ -103,10 +104,10 @@ where
         // The clone that was polled ready serves this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
+        let manager = self.manager.clone();
         Box::pin(async move {
             let context = request_context(
-                &shared,
+                &manager,
                 request.method().as_str(),
                 request.uri().path(),
                 request.headers(),
@@ -116,7 +117,7 @@ where
                 context: guard.context().clone(),
             });
             let response = inner.call(request).await?;
-            Ok(finish(&shared, guard, response).await)
+            Ok(finish(&manager, guard, response).await)
         })
     }
 }

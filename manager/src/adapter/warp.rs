@@ -57,9 +57,9 @@ impl SessionManager {
     pub fn session(
         &self,
     ) -> impl Filter<Extract = (Session,), Error = Rejection> + Clone + Send + Sync + 'static + use<> {
-        let shared = self.shared.clone();
+        let requests = self.requests.clone();
         warp::any().and_then(move || {
-            let context = shared.slots.current();
+            let context = requests.current();
             async move {
                 let context = context.ok_or_else(|| reject(Error::MissingLayer))?;
                 open_session(context).await.map_err(reject)
@@ -88,23 +88,25 @@ impl SessionManager {
         F: Filter<Extract = (R,), Error = Rejection> + Clone + Send + Sync + 'static,
         R: Reply,
     {
-        let shared = self.shared.clone();
+        let manager = self.inner.clone();
+        let requests = self.requests.clone();
         let begin = warp::method()
             .and(warp::path::full())
             .and(warp::header::headers_cloned())
             .and_then(move |method: Method, path: FullPath, headers: HeaderMap| {
-                let shared = shared.clone();
+                let manager = manager.clone();
+                let requests = requests.clone();
                 async move {
-                    let context = request_context(&shared, method.as_str(), path.as_str(), &headers);
-                    RequestGuard::begin(context).map_err(reject)
+                    let context = request_context(&manager, method.as_str(), path.as_str(), &headers);
+                    RequestGuard::begin(&requests, context).map_err(reject)
                 }
             });
-        let finish_shared = self.shared.clone();
+        let finish_manager = self.inner.clone();
         begin
             .and(routes)
             .and_then(move |guard: RequestGuard, reply: R| {
-                let shared = finish_shared.clone();
-                async move { Ok::<_, Rejection>(finish(&shared, guard, reply.into_response()).await) }
+                let manager = finish_manager.clone();
+                async move { Ok::<_, Rejection>(finish(&manager, guard, reply.into_response()).await) }
             })
             .or_else(|rejection: Rejection| async move {
                 match rejection.find::<SessionRejection>() {

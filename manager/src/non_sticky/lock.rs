@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::detached::run_detached;
 use crate::error::Error;
-use crate::manager::Shared;
+use crate::non_sticky::NonSticky;
 use crate::stats::Stats;
 use crate::store::backend::{Expiry, Item, Versioned};
 use crate::store::nodes::NodeIndex;
@@ -40,7 +40,7 @@ const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What the holder, its renewal task and its release share.
 struct LockState {
-    shared: Weak<Shared>,
+    non_sticky: Weak<NonSticky>,
     node: NodeIndex,
     key: String,
     /// The lock's value (this instance's token).
@@ -96,26 +96,26 @@ impl Drop for HeldLock {
 /// the session until `lockExpiration`); the task finishes the attempt and,
 /// with nobody waiting for it, its lock is dropped and so released.
 pub(crate) async fn acquire(
-    shared: &Arc<Shared>,
+    non_sticky: &Arc<NonSticky>,
     node: NodeIndex,
     key: String,
     read: Option<(String, Expiry)>,
 ) -> Result<Option<(HeldLock, Option<Option<Versioned>>)>, Error> {
     // A task cancelled by a runtime shutting down got no lock.
-    run_detached(acquire_here(Arc::clone(shared), node, key, read))
+    run_detached(acquire_here(Arc::clone(non_sticky), node, key, read))
         .await
         .unwrap_or(Ok(None))
 }
 
 async fn acquire_here(
-    shared: Arc<Shared>,
+    non_sticky: Arc<NonSticky>,
     node: NodeIndex,
     key: String,
     read: Option<(String, Expiry)>,
 ) -> Result<Option<(HeldLock, Option<Option<Versioned>>)>, Error> {
-    let shared = &shared;
-    let config = &shared.config;
-    let counters = &shared.stats.counters;
+    let non_sticky = &non_sticky;
+    let config = &non_sticky.config;
+    let counters = &non_sticky.stats.counters;
     let started = Instant::now();
     let deadline = started + config.operation_timeout;
     let mut backoff = FIRST_BACKOFF;
@@ -125,7 +125,7 @@ async fn acquire_here(
     static ACQUISITIONS: AtomicU64 = AtomicU64::new(0);
     let value = format!(
         "{}:{}",
-        shared.instance_token,
+        non_sticky.instance_token,
         ACQUISITIONS.fetch_add(1, Ordering::Relaxed)
     )
     .into_bytes();
@@ -138,13 +138,15 @@ async fn acquire_here(
             expiry,
         };
         let acquired = match &read {
-            None => shared
+            None => non_sticky
+                .store
                 .nodes
                 .get(node)
                 .call(|b| b.add_with_cas(&key, value, expiry))
                 .await
                 .map(|cas| (cas, None)),
-            Some((read_key, read_expiry)) => shared
+            Some((read_key, read_expiry)) => non_sticky
+                .store
                 .nodes
                 .get(node)
                 .call(|b| b.add_then_get_and_touch(lock, read_key, *read_expiry))
@@ -153,10 +155,10 @@ async fn acquire_here(
         };
         match acquired {
             Ok((Some(cas), got)) => {
-                shared.stats.lock_acquire_time.record_duration(started.elapsed());
+                non_sticky.stats.lock_acquire_time.record_duration(started.elapsed());
                 Stats::count(&counters.locks_acquired);
                 let state = Arc::new(LockState {
-                    shared: Arc::downgrade(shared),
+                    non_sticky: Arc::downgrade(non_sticky),
                     node,
                     key,
                     value: value.to_vec(),
@@ -180,7 +182,7 @@ async fn acquire_here(
                         // The add may still land (a frozen node that
                         // thaws): remove it then, rather than leave the
                         // session locked until lockExpiration.
-                        tokio::spawn(remove_if_landed(Arc::downgrade(shared), node, key, value.to_vec()));
+                        tokio::spawn(remove_if_landed(Arc::downgrade(non_sticky), node, key, value.to_vec()));
                     }
                 }
                 return Err(error);
@@ -188,7 +190,7 @@ async fn acquire_here(
         }
         let now = Instant::now();
         if now >= deadline {
-            shared.stats.lock_failure_time.record_duration(started.elapsed());
+            non_sticky.stats.lock_failure_time.record_duration(started.elapsed());
             Stats::count(&counters.lock_failures);
             return Ok(None);
         }
@@ -200,20 +202,25 @@ async fn acquire_here(
 /// Watches for a lock whose `add` timed out to appear with our value, and
 /// deletes it (CAS-guarded) when it does; gives up once it would have
 /// expired anyway.
-async fn remove_if_landed(shared: Weak<Shared>, node: NodeIndex, key: String, value: Vec<u8>) {
+async fn remove_if_landed(non_sticky: Weak<NonSticky>, node: NodeIndex, key: String, value: Vec<u8>) {
     const EVERY: Duration = Duration::from_millis(200);
-    let Some(expiration) = shared.upgrade().map(|s| s.config.lock_expiration) else {
+    let Some(expiration) = non_sticky.upgrade().map(|s| s.config.lock_expiration) else {
         return;
     };
     let give_up = Instant::now() + expiration;
     while Instant::now() < give_up {
         tokio::time::sleep(EVERY).await;
-        let Some(shared) = shared.upgrade() else {
+        let Some(non_sticky) = non_sticky.upgrade() else {
             return;
         };
-        match shared.nodes.get(node).call(|b| b.get_with_cas(&key)).await {
+        match non_sticky.store.nodes.get(node).call(|b| b.get_with_cas(&key)).await {
             Ok(Some(found)) if found.value == value => {
-                let _ = shared.nodes.get(node).call(|b| b.delete_if_cas(&key, found.cas)).await;
+                let _ = non_sticky
+                    .store
+                    .nodes
+                    .get(node)
+                    .call(|b| b.delete_if_cas(&key, found.cas))
+                    .await;
                 tracing::info!("removed a session lock whose acquisition had timed out");
                 return;
             }
@@ -231,7 +238,7 @@ async fn renew(state: Weak<LockState>) {
     loop {
         let Some(every) = state
             .upgrade()
-            .and_then(|s| s.shared.upgrade())
+            .and_then(|s| s.non_sticky.upgrade())
             .map(|s| s.config.lock_expiration / 3)
         else {
             return;
@@ -241,15 +248,15 @@ async fn renew(state: Weak<LockState>) {
         let Some(state) = state.upgrade() else {
             return;
         };
-        let Some(shared) = state.shared.upgrade() else {
+        let Some(non_sticky) = state.non_sticky.upgrade() else {
             return;
         };
         let mut cas = state.cas.lock().await;
         let Some(current) = *cas else {
             return;
         };
-        let expiry = Expiry::After(shared.config.lock_expiration);
-        let node = shared.nodes.get(state.node);
+        let expiry = Expiry::After(non_sticky.config.lock_expiration);
+        let node = non_sticky.store.nodes.get(state.node);
         let sent = Instant::now();
         match node
             .call(|b| b.replace_if_cas(&state.key, &state.value, current, expiry))
@@ -257,12 +264,12 @@ async fn renew(state: Weak<LockState>) {
         {
             Ok(Some(renewed)) => {
                 *cas = Some(renewed);
-                *state.valid_until.lock() = sent + shared.config.lock_expiration;
+                *state.valid_until.lock() = sent + non_sticky.config.lock_expiration;
             }
             Ok(None) => {
                 *cas = None;
                 state.lost.store(true, Ordering::Release);
-                Stats::count(&shared.stats.counters.locks_lost);
+                Stats::count(&non_sticky.stats.counters.locks_lost);
                 tracing::error!(node = %node.label(), "session lock expired during a request; its changes will not be saved");
                 return;
             }
@@ -284,7 +291,7 @@ pub(crate) async fn release(lock: HeldLock) {
 
 /// Deletes the lock if it is still ours, waiting for a renewal in flight.
 async fn let_go(state: &LockState) {
-    let Some(shared) = state.shared.upgrade() else {
+    let Some(non_sticky) = state.non_sticky.upgrade() else {
         return;
     };
     let Some(cas) = state.cas.lock().await.take() else {
@@ -295,15 +302,19 @@ async fn let_go(state: &LockState) {
         renewal.abort();
     }
     let started = Instant::now();
-    let released = shared
+    let released = non_sticky
+        .store
         .nodes
         .get(state.node)
         .call(|b| b.delete_if_cas(&state.key, cas))
         .await;
-    shared.stats.lock_release_time.record_duration(started.elapsed());
-    shared.stats.lock_hold_time.record_duration(state.acquired_at.elapsed());
+    non_sticky.stats.lock_release_time.record_duration(started.elapsed());
+    non_sticky
+        .stats
+        .lock_hold_time
+        .record_duration(state.acquired_at.elapsed());
     match released {
-        Ok(_) => Stats::count(&shared.stats.counters.locks_released),
+        Ok(_) => Stats::count(&non_sticky.stats.counters.locks_released),
         Err(error) => {
             tracing::warn!(%error, "releasing a session lock failed; it expires by itself")
         }

@@ -40,7 +40,7 @@
 //!   written over the primary and every backup slot round the ring, and
 //!   the backup slots' tombstones again a few `operationTimeout`s later (a
 //!   concurrent backup write may still be on its way); what cannot be
-//!   written now is queued as a repair ([`repairs`]).
+//!   written now is queued as a repair ([`crate::store::repairs`]).
 //! * With a **single node** there is no backup: read-only 1, modifying 2.
 //!
 //! **Expiry.** A session expires when its primary copy's TTL runs out.
@@ -73,21 +73,53 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use self::lock::HeldLock;
+use self::lock_policy::LockPolicy;
+use crate::config::Config;
 use crate::config::locking_mode::LockFailure;
 use crate::detached::run_detached;
 use crate::error::Error;
-use crate::manager::Shared;
+use crate::id_gates::IdGates;
 use crate::session::id::SessionId;
 use crate::session::state::{SessionState, StoredMark, unix_ms};
 use crate::stats::Stats;
+use crate::store::Store;
 use crate::store::backend::Versioned;
-use crate::store::backend::{Expiry, Item, WriteMode, WriteOutcome};
+use crate::store::backend::{Expiry, WriteMode, WriteOutcome};
 use crate::store::envelope::{self, Format, SessionRecord, Stored};
 use crate::store::nodes::NodeIndex;
 
 pub(crate) mod lock;
 pub(crate) mod lock_policy;
-pub(crate) mod repairs;
+
+/// Non-sticky mode's state: the sessions this instance's requests are
+/// using right now, and which requests lock.
+pub(crate) struct NonSticky {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) stats: Arc<Stats>,
+    /// Sessions in use by this instance's requests.
+    pub(crate) inflight: InFlightSessions,
+    /// Which requests lock (`lockingMode`, learnt with `auto`).
+    pub(crate) lock_policy: LockPolicy,
+    /// Serializes, per session id, the loads and write-backs of this process.
+    pub(crate) id_gates: IdGates,
+    /// Random name of this manager instance (the value of its locks).
+    pub(crate) instance_token: String,
+}
+
+impl NonSticky {
+    pub(crate) fn new(config: Arc<Config>, store: Arc<Store>, stats: Arc<Stats>, instance_token: String) -> Self {
+        Self {
+            config,
+            store,
+            stats,
+            inflight: InFlightSessions::default(),
+            lock_policy: LockPolicy::default(),
+            id_gates: IdGates::default(),
+            instance_token,
+        }
+    }
+}
 
 /// What a load found out about a session's copies.
 #[derive(Clone, Copy, Debug, Default)]
@@ -129,10 +161,10 @@ struct InFlight {
     users: usize,
     lock: Option<HeldLock>,
     load: LoadInfo,
-    /// Writes of the shared copy made (or perhaps made: unconfirmed) by
+    /// Writes of the non_sticky copy made (or perhaps made: unconfirmed) by
     /// users that finished before the last one.
     writes: u64,
-    /// A write of the shared copy was refused (another request changed the
+    /// A write of the non_sticky copy was refused (another request changed the
     /// session): the copy holds changes that must never be stored.
     poisoned: bool,
 }
@@ -154,7 +186,7 @@ impl InFlightSessions {
 /// is counted out in the background, so its in-flight entry and lock never
 /// linger.
 pub(crate) struct Claim {
-    shared: Arc<Shared>,
+    non_sticky: Arc<NonSticky>,
     /// The id the session was loaded under (its key in the in-flight map).
     key: Box<str>,
     session: Arc<SessionState>,
@@ -166,9 +198,9 @@ pub(crate) struct Claim {
 }
 
 impl Claim {
-    fn new(shared: &Arc<Shared>, key: &SessionId, session: Arc<SessionState>, writes_at_join: u64) -> Claim {
+    fn new(non_sticky: &Arc<NonSticky>, key: &SessionId, session: Arc<SessionState>, writes_at_join: u64) -> Claim {
         Claim {
-            shared: Arc::clone(shared),
+            non_sticky: Arc::clone(non_sticky),
             key: key.as_str().into(),
             session,
             writes_at_join,
@@ -187,13 +219,13 @@ impl Drop for Claim {
             return;
         }
         self.released = true;
-        let shared = Arc::clone(&self.shared);
+        let non_sticky = Arc::clone(&self.non_sticky);
         let key = std::mem::take(&mut self.key);
         let writes_at_join = self.writes_at_join;
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    if let Err(error) = count_out(&shared, &key, writes_at_join, false).await {
+                    if let Err(error) = count_out(&non_sticky, &key, writes_at_join, false).await {
                         tracing::warn!(%error, "finishing the session of a cancelled request");
                     }
                 });
@@ -201,7 +233,7 @@ impl Drop for Claim {
             // No runtime (shutting down): count out here; the lock, if this
             // was the last user, is released by its own drop or expires.
             Err(_) => {
-                let mut map = shared.inflight.by_id.lock();
+                let mut map = non_sticky.inflight.by_id.lock();
                 match map.get_mut(&*key) {
                     Some(entry) if entry.users > 1 => entry.users -= 1,
                     Some(_) => drop(map.remove(&*key)),
@@ -247,13 +279,17 @@ fn rewrite_due(max_inactive: Option<Duration>, written_ms: u64, now_ms: u64) -> 
 
 /// Finds the session `id` for a request, sharing it with the requests of
 /// this instance already using it; takes the lock first when `wants_lock`.
-pub(crate) async fn resolve(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) -> Result<Option<Claim>, Error> {
-    let _one_at_a_time = shared.enter_id_gate(id.as_str()).await;
-    join_or_load(shared, id, wants_lock).await
+pub(crate) async fn resolve(
+    non_sticky: &Arc<NonSticky>,
+    id: &SessionId,
+    wants_lock: bool,
+) -> Result<Option<Claim>, Error> {
+    let _one_at_a_time = non_sticky.id_gates.enter(id.as_str()).await;
+    join_or_load(non_sticky, id, wants_lock).await
 }
 
-async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) -> Result<Option<Claim>, Error> {
-    let present = shared.inflight.by_id.lock().get(id.as_str()).map(|entry| {
+async fn join_or_load(non_sticky: &Arc<NonSticky>, id: &SessionId, wants_lock: bool) -> Result<Option<Claim>, Error> {
+    let present = non_sticky.inflight.by_id.lock().get(id.as_str()).map(|entry| {
         let inner = entry.session.inner.lock();
         // Logged out, or given a new id (login) by a request still sharing
         // it: the old id is dead, here as in memcached.
@@ -261,37 +297,37 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
         (entry.lock.is_some(), gone)
     });
     if let Some((_, true)) = present {
-        Stats::count(&shared.stats.counters.unknown_session_ids);
+        Stats::count(&non_sticky.stats.counters.unknown_session_ids);
         return Ok(None);
     }
     if let Some((locked, false)) = present {
-        // Loaded without the lock: take it now, but keep the shared copy as
+        // Loaded without the lock: take it now, but keep the non_sticky copy as
         // it was loaded. Co-users may have read it already; if another
         // request changed the session since, every write of this copy is
         // refused by its CAS token (never refreshed from a newer read).
         let lock = match wants_lock && !locked {
             false => None,
-            true => lock_for(shared, id).await?.0,
+            true => lock_for(non_sticky, id).await?.0,
         };
-        let mut map = shared.inflight.by_id.lock();
+        let mut map = non_sticky.inflight.by_id.lock();
         if let Some(entry) = map.get_mut(id.as_str()) {
             if lock.is_some() {
                 entry.lock = lock;
             }
             entry.users += 1;
-            return Ok(Some(Claim::new(shared, id, entry.session.clone(), entry.writes)));
+            return Ok(Some(Claim::new(non_sticky, id, entry.session.clone(), entry.writes)));
         }
         // The entry cannot vanish while we hold the gate; fall through defensively.
     }
     let (lock, first_read) = if wants_lock {
-        lock_for(shared, id).await?
+        lock_for(non_sticky, id).await?
     } else {
         (None, None)
     };
-    match load(shared, id, first_read).await {
+    match load(non_sticky, id, first_read).await {
         Ok(Some((session, load))) => {
             let session = Arc::new(session);
-            shared.inflight.by_id.lock().insert(
+            non_sticky.inflight.by_id.lock().insert(
                 id.as_str().into(),
                 InFlight {
                     session: session.clone(),
@@ -302,7 +338,7 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
                     poisoned: false,
                 },
             );
-            Ok(Some(Claim::new(shared, id, session, 0)))
+            Ok(Some(Claim::new(non_sticky, id, session, 0)))
         }
         other => {
             if let Some(lock) = lock {
@@ -316,24 +352,32 @@ async fn join_or_load(shared: &Arc<Shared>, id: &SessionId, wants_lock: bool) ->
 /// Takes the lock of `id`'s session, applying `lockFailure` when it cannot.
 /// When the lock lives on the session's own node, the session is read in
 /// the same round trip, under the lock: that read comes back too.
-async fn lock_for(shared: &Arc<Shared>, id: &SessionId) -> Result<(Option<HeldLock>, Option<PrimaryRead>), Error> {
-    let Some(primary) = shared.node_index(id) else {
+async fn lock_for(
+    non_sticky: &Arc<NonSticky>,
+    id: &SessionId,
+) -> Result<(Option<HeldLock>, Option<PrimaryRead>), Error> {
+    let Some(primary) = non_sticky.store.nodes.node_of(id) else {
         return Ok((None, None));
     };
     let mut outcome = Ok(None);
     // A node found dead while locking is marked down: lock on the next
     // (where the session is about to be relocated).
-    for _ in 0..shared.nodes.iter().count() {
-        let Some(home) = shared.nodes.home_of(primary) else {
+    for _ in 0..non_sticky.store.nodes.iter().count() {
+        let Some(home) = non_sticky.store.nodes.home_of(primary) else {
             return Ok((None, None));
         };
-        let read = (home == primary).then(|| (shared.session_key(id), primary_expiry(shared.config.max_inactive)));
-        outcome = lock::acquire(shared, home, shared.lock_key(id), read).await;
+        let read = (home == primary).then(|| {
+            (
+                non_sticky.store.keys.session(id),
+                primary_expiry(non_sticky.config.max_inactive),
+            )
+        });
+        outcome = lock::acquire(non_sticky, home, non_sticky.store.keys.lock(id), read).await;
         if !matches!(&outcome, Err(error) if error.is_unavailable()) {
             break;
         }
     }
-    match (outcome, shared.config.lock_failure) {
+    match (outcome, non_sticky.config.lock_failure) {
         (Ok(Some((lock, read))), _) => Ok((Some(lock), read.map(PrimaryRead))),
         (Ok(None), LockFailure::Fail) => Err(Error::LockUnavailable),
         (Err(error), LockFailure::Fail) => Err(error),
@@ -385,14 +429,14 @@ enum Found {
 
 /// Interprets a copy of `id` read from `key` on `node`: anything not a
 /// session or forward record of this format is "nothing".
-fn interpret(shared: &Shared, key: &str, read: Option<Versioned>, node: NodeIndex) -> Found {
+fn interpret(non_sticky: &NonSticky, key: &str, read: Option<Versioned>, node: NodeIndex) -> Found {
     let Some(read) = read else {
         return Found::Nothing;
     };
-    match shared.read_stored(key, &read.value, node, Format::NonSticky) {
+    match non_sticky.store.read_stored(key, &read.value, node, Format::NonSticky) {
         Some(Stored::Session(record)) => Found::Session(record, Some(read.cas)),
         Some(Stored::Gone) => Found::Gone,
-        Some(Stored::Moved(to)) => match SessionId::parse(&to, |node| shared.nodes.is_known(node)) {
+        Some(Stored::Moved(to)) => match SessionId::parse(&to, |node| non_sticky.store.nodes.is_known(node)) {
             Some(to) => Found::Moved(to),
             None => Found::Nothing,
         },
@@ -404,21 +448,21 @@ fn interpret(shared: &Shared, key: &str, read: Option<Versioned>, node: NodeInde
 /// primary is down or lost it. `first_read`: the primary copy, already
 /// read in the lock's round trip.
 async fn load(
-    shared: &Arc<Shared>,
+    non_sticky: &Arc<NonSticky>,
     id: &SessionId,
     first_read: Option<PrimaryRead>,
 ) -> Result<Option<(SessionState, LoadInfo)>, Error> {
-    match load_once(shared, id, first_read).await? {
+    match load_once(non_sticky, id, first_read).await? {
         Loaded::Session(found) => Ok(Some(*found)),
         Loaded::Missing => Ok(None),
         // Relocated by another request: one hop to where it lives now (a
         // forward found there again is not followed: no loops).
         Loaded::Moved(to) => {
-            Stats::count(&shared.stats.counters.forwards_followed);
-            match load_once(shared, &to, None).await? {
+            Stats::count(&non_sticky.stats.counters.forwards_followed);
+            match load_once(non_sticky, &to, None).await? {
                 Loaded::Session(found) => Ok(Some(*found)),
                 Loaded::Missing | Loaded::Moved(_) => {
-                    Stats::count(&shared.stats.counters.unknown_session_ids);
+                    Stats::count(&non_sticky.stats.counters.unknown_session_ids);
                     Ok(None)
                 }
             }
@@ -433,21 +477,25 @@ enum Loaded {
     Missing,
 }
 
-async fn load_once(shared: &Arc<Shared>, id: &SessionId, first_read: Option<PrimaryRead>) -> Result<Loaded, Error> {
-    let counters = &shared.stats.counters;
-    let Some(primary) = shared.node_index(id) else {
+async fn load_once(
+    non_sticky: &Arc<NonSticky>,
+    id: &SessionId,
+    first_read: Option<PrimaryRead>,
+) -> Result<Loaded, Error> {
+    let counters = &non_sticky.stats.counters;
+    let Some(primary) = non_sticky.store.nodes.node_of(id) else {
         Stats::count(&counters.unknown_session_ids);
         return Ok(Loaded::Missing);
     };
-    let max_inactive = shared.config.max_inactive;
+    let max_inactive = non_sticky.config.max_inactive;
     let started = Instant::now();
     // Why the session could not be read where it may be; when neither its
     // node nor its backup's node answered (down, frozen), the session may
     // well exist, and "no session" would be a lie: 503 instead.
     let unanswered: Error;
-    if shared.nodes.get(primary).is_available() {
-        let node = shared.nodes.get(primary);
-        let data_key = shared.session_key(id);
+    if non_sticky.store.nodes.get(primary).is_available() {
+        let node = non_sticky.store.nodes.get(primary);
+        let data_key = non_sticky.store.keys.session(id);
         let read = match first_read {
             Some(PrimaryRead(read)) => Ok(read),
             None => {
@@ -455,17 +503,17 @@ async fn load_once(shared: &Arc<Shared>, id: &SessionId, first_read: Option<Prim
                     .await
             }
         };
-        shared.stats.load_time.record_duration(started.elapsed());
+        non_sticky.stats.load_time.record_duration(started.elapsed());
         match read {
-            Ok(read) if read.is_some() => match interpret(shared, &data_key, read, primary) {
+            Ok(read) if read.is_some() => match interpret(non_sticky, &data_key, read, primary) {
                 Found::Session(record, cas) => {
-                    let backup_stale = record.last_accessed_ms <= shared.nodes.last_change_ms();
+                    let backup_stale = record.last_accessed_ms <= non_sticky.store.nodes.last_change_ms();
                     if backup_stale {
                         // Written before a node went down or came back: this
                         // copy may be one its node kept while the session
                         // was relocated or logged out elsewhere. The backup
                         // slot tells (a forward record or nothing there).
-                        if let Some(verdict) = superseded(shared, id, primary, &data_key, cas).await {
+                        if let Some(verdict) = superseded(non_sticky, id, primary, &data_key, cas).await {
                             return Ok(verdict);
                         }
                     }
@@ -488,12 +536,12 @@ async fn load_once(shared: &Arc<Shared>, id: &SessionId, first_read: Option<Prim
                 // Not on its node: expired, never existed, or its node
                 // restarted empty — the backup tells (it outlives the
                 // primary by at most a quarter interval: the margin).
-                let Some(backup) = shared.nodes.next_available(primary) else {
+                let Some(backup) = non_sticky.store.nodes.next_available(primary) else {
                     Stats::count(&counters.load_misses);
                     Stats::count(&counters.unknown_session_ids);
                     return Ok(Loaded::Missing);
                 };
-                return match read_backup(shared, id, backup).await {
+                return match read_backup(non_sticky, id, backup).await {
                     Ok(Found::Session(record, _)) => {
                         Stats::count(&counters.backup_node_loads);
                         Stats::count(&counters.loads);
@@ -527,25 +575,28 @@ async fn load_once(shared: &Arc<Shared>, id: &SessionId, first_read: Option<Prim
             }
         }
     } else {
-        unanswered = unavailable(shared, primary);
+        unanswered = non_sticky.store.unavailable(primary);
     }
     // Only the node after the primary in the ring (where the backup is
     // written while it is up) answering "not here" settles it.
-    let designated_backup = shared.nodes.ring_after(primary).next();
+    let designated_backup = non_sticky.store.nodes.ring_after(primary).next();
     let mut answered = false;
-    for candidate in shared.nodes.ring_after(primary) {
-        if !shared.nodes.get(candidate).is_available() {
+    for candidate in non_sticky.store.nodes.ring_after(primary) {
+        if !non_sticky.store.nodes.get(candidate).is_available() {
             continue;
         }
-        match read_backup(shared, id, candidate).await {
+        match read_backup(non_sticky, id, candidate).await {
             Ok(Found::Session(record, _)) => {
-                let relocated = id.with_location(shared.nodes.get(candidate).spec.id.as_ref(), shared.config.route());
+                let relocated = id.with_location(
+                    non_sticky.store.nodes.get(candidate).spec.id.as_ref(),
+                    non_sticky.config.route(),
+                );
                 Stats::count(&counters.backup_node_loads);
                 Stats::count(&counters.loads);
                 Stats::count(&counters.relocations);
                 tracing::info!(
-                    from = %shared.nodes.get(primary).label(),
-                    to = %shared.nodes.get(candidate).label(),
+                    from = %non_sticky.store.nodes.get(primary).label(),
+                    to = %non_sticky.store.nodes.get(candidate).label(),
                     "primary node down; session read from its backup and relocated"
                 );
                 let load = LoadInfo {
@@ -583,14 +634,14 @@ async fn load_once(shared: &Arc<Shared>, id: &SessionId, first_read: Option<Prim
 /// it converges without waiting for the relocating instance's repair.
 /// `None`: the copy stands (also when the backup's node does not answer).
 async fn superseded(
-    shared: &Shared,
+    non_sticky: &NonSticky,
     id: &SessionId,
     primary: NodeIndex,
     data_key: &str,
     cas: Option<u64>,
 ) -> Option<Loaded> {
-    let backup = shared.nodes.next_available(primary)?;
-    let (verdict, marker) = match read_backup(shared, id, backup).await {
+    let backup = non_sticky.store.nodes.next_available(primary)?;
+    let (verdict, marker) = match read_backup(non_sticky, id, backup).await {
         Ok(Found::Moved(to)) => {
             let marker = envelope::encode_moved(to.as_str());
             (Loaded::Moved(to), marker)
@@ -599,56 +650,43 @@ async fn superseded(
         _ => return None,
     };
     if let Some(cas) = cas {
-        let expiry = forward_expiry(shared.config.max_inactive);
-        let _ = write_copy(
-            shared,
-            primary,
-            data_key.to_owned(),
-            &marker,
-            expiry,
-            WriteMode::IfCas(cas),
-        )
-        .await;
+        let expiry = forward_expiry(non_sticky.config.max_inactive);
+        let _ = non_sticky
+            .store
+            .write_copy(primary, data_key.to_owned(), &marker, expiry, WriteMode::IfCas(cas))
+            .await;
     }
     tracing::info!("a stale primary copy was superseded by its backup slot's record");
     Some(verdict)
 }
 
-/// "Node `index` is unavailable", as a request error (`503`).
-fn unavailable(shared: &Shared, index: NodeIndex) -> Error {
-    Error::Backend {
-        node: shared.nodes.get(index).label(),
-        source: crate::error::BackendError::Unreachable("the node is marked unavailable".to_owned()),
-    }
-}
-
 /// Reads the backup copy of `id` on `node` (one `mg`, TTL not slid: the
 /// session is about to be rewritten).
-async fn read_backup(shared: &Shared, id: &SessionId, node: NodeIndex) -> Result<Found, Error> {
-    let key = shared.backup_key(id);
-    let read = shared.nodes.get(node).call(|b| b.get_with_cas(&key)).await?;
-    Ok(interpret(shared, &key, read, node))
+async fn read_backup(non_sticky: &NonSticky, id: &SessionId, node: NodeIndex) -> Result<Found, Error> {
+    let key = non_sticky.store.keys.backup(id);
+    let read = non_sticky.store.nodes.get(node).call(|b| b.get_with_cas(&key)).await?;
+    Ok(interpret(non_sticky, &key, read, node))
 }
 
 /// Ends one request's use of an in-flight session. A request that
-/// changed the session writes it (with every change made to the shared
+/// changed the session writes it (with every change made to the non_sticky
 /// copy so far) before it answers — acknowledged means stored, also when
 /// other requests of this instance share the session; the last user also
 /// writes whatever is still due, deletes it if invalidated and releases
 /// the lock. `Err(LockLost)` when the lock expired under the request:
 /// nothing is written, so no concurrent writer is overwritten.
 pub(crate) async fn release(
-    shared: &Arc<Shared>,
+    non_sticky: &Arc<NonSticky>,
     mut claim: Claim,
     method: &str,
     path: &str,
     changed: bool,
 ) -> Result<(), Error> {
     if !changed {
-        Stats::count(&shared.stats.counters.read_only_requests);
+        Stats::count(&non_sticky.stats.counters.read_only_requests);
     }
-    if matches!(shared.config.locking_mode, crate::LockingMode::Auto) {
-        shared.lock_policy.learn(method, path, changed);
+    if matches!(non_sticky.config.locking_mode, crate::LockingMode::Auto) {
+        non_sticky.lock_policy.learn(method, path, changed);
     }
     // The write runs in a task of its own: a client hanging up mid-way
     // cannot leave the primary written and the backup not (or a relocation
@@ -656,8 +694,8 @@ pub(crate) async fn release(
     claim.released = true;
     let key = std::mem::take(&mut claim.key);
     let writes_at_join = claim.writes_at_join;
-    let shared = Arc::clone(shared);
-    run_to_completion(async move { count_out(&shared, &key, writes_at_join, changed).await }).await
+    let non_sticky = Arc::clone(non_sticky);
+    run_to_completion(async move { count_out(&non_sticky, &key, writes_at_join, changed).await }).await
 }
 
 /// [`run_detached`] for a session write: a runtime shutting down before it
@@ -674,31 +712,36 @@ async fn run_to_completion<T: Send + 'static>(
 }
 
 /// [`count_out_gated`] after taking the id's gate.
-async fn count_out(shared: &Arc<Shared>, key: &str, writes_at_join: u64, changed: bool) -> Result<(), Error> {
-    let _one_at_a_time = shared.enter_id_gate(key).await;
-    count_out_gated(shared, key, writes_at_join, changed).await
+async fn count_out(non_sticky: &Arc<NonSticky>, key: &str, writes_at_join: u64, changed: bool) -> Result<(), Error> {
+    let _one_at_a_time = non_sticky.id_gates.enter(key).await;
+    count_out_gated(non_sticky, key, writes_at_join, changed).await
 }
 
 /// Takes one user out of the in-flight entry `key` (the caller holds the
 /// id's gate, so no other request of this instance loads the session while
 /// it is being written) and writes what its request needs: a user that
-/// `changed` the session writes the shared copy before it answers; the
+/// `changed` the session writes the non_sticky copy before it answers; the
 /// last user finishes the session. When a co-user's write since this user
 /// joined may have carried its change, a failure is reported as "may have
 /// been saved" (`504`), never as "nothing saved" (`503`).
-async fn count_out_gated(shared: &Arc<Shared>, key: &str, writes_at_join: u64, changed: bool) -> Result<(), Error> {
+async fn count_out_gated(
+    non_sticky: &Arc<NonSticky>,
+    key: &str,
+    writes_at_join: u64,
+    changed: bool,
+) -> Result<(), Error> {
     /// What this user has to do once counted out.
     enum Then {
         Nothing,
-        /// The shared copy was refused already: so is this change.
+        /// The non_sticky copy was refused already: so is this change.
         Refused,
-        /// Write the shared copy others still use (their lock stays).
+        /// Write the non_sticky copy others still use (their lock stays).
         Write(Arc<SessionState>, LoadInfo, bool),
         /// The last user: finish the session.
         Finish(InFlight),
     }
     let (then, co_user_wrote) = {
-        let mut map = shared.inflight.by_id.lock();
+        let mut map = non_sticky.inflight.by_id.lock();
         match map.get_mut(key) {
             None => (Then::Nothing, false),
             Some(entry) if entry.users > 1 => {
@@ -725,16 +768,16 @@ async fn count_out_gated(shared: &Arc<Shared>, key: &str, writes_at_join: u64, c
         Then::Refused => Err(Error::Conflict),
         Then::Write(_, _, true) => {
             // Answered "nothing saved": the change must never be stored by
-            // a later write of the shared copy either.
-            if let Some(entry) = shared.inflight.by_id.lock().get_mut(key) {
+            // a later write of the non_sticky copy either.
+            if let Some(entry) = non_sticky.inflight.by_id.lock().get_mut(key) {
                 entry.poisoned = true;
             }
             Err(Error::LockLost)
         }
         Then::Write(session, load, false) => {
             let version = session.inner.lock().version;
-            let written = store(shared, &session, load, None).await;
-            let mut map = shared.inflight.by_id.lock();
+            let written = store(non_sticky, &session, load, None).await;
+            let mut map = non_sticky.inflight.by_id.lock();
             let entry = map.get_mut(key);
             match (written, entry) {
                 (Ok(cas), Some(entry)) => {
@@ -756,14 +799,14 @@ async fn count_out_gated(shared: &Arc<Shared>, key: &str, writes_at_join: u64, c
                 }
                 (Err(error), Some(entry)) => {
                     // Answered "nothing saved" (503): a later write of the
-                    // shared copy must not store the change after all.
+                    // non_sticky copy must not store the change after all.
                     entry.poisoned = true;
                     Err(error)
                 }
                 (written, None) => written.map(drop),
             }
         }
-        Then::Finish(entry) => finish_session(shared, entry, changed).await,
+        Then::Finish(entry) => finish_session(non_sticky, entry, changed).await,
     };
     match result {
         Err(error) if changed && co_user_wrote => Err(maybe_saved(error)),
@@ -786,7 +829,7 @@ fn maybe_saved(error: Error) -> Error {
     }
 }
 
-async fn finish_session(shared: &Arc<Shared>, entry: InFlight, changed: bool) -> Result<(), Error> {
+async fn finish_session(non_sticky: &Arc<NonSticky>, entry: InFlight, changed: bool) -> Result<(), Error> {
     let lost = entry.lock.as_ref().is_some_and(HeldLock::is_lost);
     let result = if entry.poisoned {
         // A write of this copy was refused: it holds changes that must not
@@ -800,7 +843,9 @@ async fn finish_session(shared: &Arc<Shared>, entry: InFlight, changed: bool) ->
         Ok(())
     } else {
         // The lock is let go of inside, in the backup's round trip.
-        return store(shared, &entry.session, entry.load, entry.lock).await.map(drop);
+        return store(non_sticky, &entry.session, entry.load, entry.lock)
+            .await
+            .map(drop);
     };
     if let Some(lock) = entry.lock {
         lock::release(lock).await;
@@ -810,13 +855,13 @@ async fn finish_session(shared: &Arc<Shared>, entry: InFlight, changed: bool) ->
 
 /// Writes a session created by this request (in a task of its own, so a
 /// hang-up cannot leave it half written).
-pub(crate) async fn store_new(shared: &Arc<Shared>, session: &Arc<SessionState>) -> Result<(), Error> {
+pub(crate) async fn store_new(non_sticky: &Arc<NonSticky>, session: &Arc<SessionState>) -> Result<(), Error> {
     let load = LoadInfo {
         new: true,
         ..LoadInfo::default()
     };
-    let (shared, session) = (Arc::clone(shared), Arc::clone(session));
-    run_to_completion(async move { store(&shared, &session, load, None).await.map(drop) }).await
+    let (non_sticky, session) = (Arc::clone(non_sticky), Arc::clone(session));
+    run_to_completion(async move { store(&non_sticky, &session, load, None).await.map(drop) }).await
 }
 
 /// Brings memcached in line with the session: delete it (invalidated),
@@ -828,17 +873,17 @@ pub(crate) async fn store_new(shared: &Arc<Shared>, session: &Arc<SessionState>)
 /// `Err` when the change is not durable: no node to write to, the primary
 /// refused it (stale: [`Error::Conflict`]), or the primary write failed.
 async fn store(
-    shared: &Arc<Shared>,
+    non_sticky: &Arc<NonSticky>,
     session: &SessionState,
     load: LoadInfo,
     lock: Option<HeldLock>,
 ) -> Result<Option<(u64, u64)>, Error> {
     let mut lock = lock;
-    let mut outcome = write_session(shared, session, load, &mut lock).await;
+    let mut outcome = write_session(non_sticky, session, load, &mut lock).await;
     if outcome
         .as_ref()
-        .is_err_and(|error| primary_lost_under_write(shared, session, error))
-        && relocate_now(shared, session)
+        .is_err_and(|error| primary_lost_under_write(non_sticky, session, error))
+        && relocate_now(non_sticky, session)
     {
         // The write died with its node (killed, or frozen past
         // operationTimeout): whatever may have landed there is either gone
@@ -851,7 +896,7 @@ async fn store(
             primary_missing: true,
             ..load
         };
-        outcome = write_session(shared, session, relocated, &mut lock).await;
+        outcome = write_session(non_sticky, session, relocated, &mut lock).await;
     }
     if let Some(lock) = lock {
         lock::release(lock).await;
@@ -861,7 +906,7 @@ async fn store(
 
 /// Whether `error` is a primary write of a changed session that failed
 /// because its node went away (it is marked unavailable now).
-fn primary_lost_under_write(shared: &Shared, session: &SessionState, error: &Error) -> bool {
+fn primary_lost_under_write(non_sticky: &NonSticky, session: &SessionState, error: &Error) -> bool {
     let node_failed = match error {
         Error::Backend { source, .. } | Error::OutcomeUnknown { source, .. } => source.is_unavailable(),
         _ => false,
@@ -869,41 +914,48 @@ fn primary_lost_under_write(shared: &Shared, session: &SessionState, error: &Err
     let inner = session.inner.lock();
     node_failed
         && !inner.invalidated
-        && shared
-            .node_index(&inner.id)
-            .is_some_and(|primary| !shared.nodes.get(primary).is_available())
+        && non_sticky
+            .store
+            .nodes
+            .node_of(&inner.id)
+            .is_some_and(|primary| !non_sticky.store.nodes.get(primary).is_available())
 }
 
 /// Gives the session an id located on the next available node (its old
 /// id becomes obsolete: forward records are left for it). `false` when no
 /// node is available.
-fn relocate_now(shared: &Shared, session: &SessionState) -> bool {
+fn relocate_now(non_sticky: &NonSticky, session: &SessionState) -> bool {
     let mut inner = session.inner.lock();
     let old = inner.id.clone();
-    let Some(candidate) = shared
-        .node_index(&old)
-        .and_then(|primary| shared.nodes.next_available(primary))
+    let Some(candidate) = non_sticky
+        .store
+        .nodes
+        .node_of(&old)
+        .and_then(|primary| non_sticky.store.nodes.next_available(primary))
     else {
         return false;
     };
-    inner.id = old.with_location(shared.nodes.get(candidate).spec.id.as_ref(), shared.config.route());
+    inner.id = old.with_location(
+        non_sticky.store.nodes.get(candidate).spec.id.as_ref(),
+        non_sticky.config.route(),
+    );
     inner.mark_obsolete(old);
-    Stats::count(&shared.stats.counters.relocations);
+    Stats::count(&non_sticky.stats.counters.relocations);
     tracing::info!(
-        to = %shared.nodes.get(candidate).label(),
+        to = %non_sticky.store.nodes.get(candidate).label(),
         "primary node failed under a write; the session is written where it moves"
     );
     true
 }
 
 async fn write_session(
-    shared: &Arc<Shared>,
+    non_sticky: &Arc<NonSticky>,
     session: &SessionState,
     load: LoadInfo,
     lock: &mut Option<HeldLock>,
 ) -> Result<Option<(u64, u64)>, Error> {
-    let counters = &shared.stats.counters;
-    let max_inactive = shared.config.max_inactive;
+    let counters = &non_sticky.stats.counters;
+    let max_inactive = non_sticky.config.max_inactive;
     let (id, invalidated, changed, obsolete) = {
         let inner = session.inner.lock();
         let changed = inner.version != load.version_written;
@@ -914,7 +966,7 @@ async fn write_session(
         // gone; otherwise it could come back with its node (504: retry).
         let mut outcome = Ok(());
         for old in obsolete.iter().chain(std::iter::once(&id)) {
-            let deleted = delete_session_keys(shared, old).await;
+            let deleted = delete_session_keys(non_sticky, old).await;
             // Copies under ids the session left (relocated off a dead
             // node) are best effort; its current copy must go.
             if let (Err(error), true) = (deleted, *old == id) {
@@ -941,7 +993,7 @@ async fn write_session(
     if (load.primary_missing && !relocated) || (load.backup_stale && !changed) {
         Stats::count(&counters.backups_recreated);
     }
-    let Some(primary) = shared.node_index(&id) else {
+    let Some(primary) = non_sticky.store.nodes.node_of(&id) else {
         // Created while no node was available: nowhere to keep it.
         Stats::count(&counters.backups_failed);
         return Err(Error::Backend {
@@ -954,11 +1006,11 @@ async fn write_session(
         inner.last_accessed_ms = now_ms;
         let started = Instant::now();
         let bytes = envelope::encode(inner.record(), Format::NonSticky);
-        shared.stats.serialization_time.record_duration(started.elapsed());
+        non_sticky.stats.serialization_time.record_duration(started.elapsed());
         bytes
     };
-    shared.stats.session_size.record(bytes.len() as u64);
-    let data_key = shared.session_key(&id);
+    non_sticky.stats.session_size.record(bytes.len() as u64);
+    let data_key = non_sticky.store.keys.session(&id);
     // Never over a newer copy: conditional on the token it was read with.
     let primary_mode = match load.cas {
         Some((tag, cas)) if tag == key_tag(&data_key) => WriteMode::IfCas(cas),
@@ -968,15 +1020,16 @@ async fn write_session(
     // The primary first, conditionally; the backup only once the primary
     // kept this write, so a refused or unconfirmed write never reaches the
     // backup (where a later failover would find it).
-    let primary_written = write_copy(
-        shared,
-        primary,
-        data_key.clone(),
-        &bytes,
-        primary_expiry(max_inactive),
-        primary_mode,
-    )
-    .await;
+    let primary_written = non_sticky
+        .store
+        .write_copy(
+            primary,
+            data_key.clone(),
+            &bytes,
+            primary_expiry(max_inactive),
+            primary_mode,
+        )
+        .await;
     let outcome = match primary_written {
         Ok(WriteOutcome::Refused) if !changed && !load.new => {
             // A rewrite or relocation of an unchanged session that another
@@ -991,11 +1044,14 @@ async fn write_session(
         }
         Ok(WriteOutcome::Stored(cas)) => {
             let backup_written = async {
-                match shared.nodes.next_available(primary) {
+                match non_sticky.store.nodes.next_available(primary) {
                     None => Ok(WriteOutcome::Stored(0)),
                     Some(backup) => {
-                        let key = shared.backup_key(&id);
-                        write_copy(shared, backup, key, &bytes, backup_expiry(max_inactive), WriteMode::Set).await
+                        let key = non_sticky.store.keys.backup(&id);
+                        non_sticky
+                            .store
+                            .write_copy(backup, key, &bytes, backup_expiry(max_inactive), WriteMode::Set)
+                            .await
                     }
                 }
             };
@@ -1027,14 +1083,14 @@ async fn write_session(
             Err(outcome_unknown(error))
         }
     };
-    shared.stats.backup_time.record_duration(started.elapsed());
+    non_sticky.stats.backup_time.record_duration(started.elapsed());
     if outcome.as_ref().is_ok_and(Option::is_some) {
         for old in obsolete.iter().filter(|old| **old != id) {
             // Best effort: the session moved on to `id`.
             if old.random_part() == id.random_part() {
-                leave_forward(shared, old, &id).await;
+                leave_forward(non_sticky, old, &id).await;
             } else {
-                let _ = delete_session_keys(shared, old).await;
+                let _ = delete_session_keys(non_sticky, old).await;
             }
         }
     }
@@ -1047,28 +1103,26 @@ async fn write_session(
 /// The old primary copy, on a node that is down or unreachable from here,
 /// gets its forward record as soon as the node answers (a repair), so it
 /// can never serve a stale copy to a request carrying the old id.
-async fn leave_forward(shared: &Shared, old: &SessionId, to: &SessionId) {
-    let Some(old_primary) = shared.node_index(old) else {
+async fn leave_forward(non_sticky: &NonSticky, old: &SessionId, to: &SessionId) {
+    let Some(old_primary) = non_sticky.store.nodes.node_of(old) else {
         return;
     };
     let forward = envelope::encode_moved(to.as_str());
-    let expiry = forward_expiry(shared.config.max_inactive);
-    let primary_key = shared.session_key(old);
-    let old_backup = shared.nodes.next_available(old_primary);
+    let expiry = forward_expiry(non_sticky.config.max_inactive);
+    let primary_key = non_sticky.store.keys.session(old);
+    let old_backup = non_sticky.store.nodes.next_available(old_primary);
     let (primary_written, backup_written) = tokio::join!(
-        write_or_repair(
-            shared,
-            old_primary,
-            primary_key,
-            &forward,
-            expiry,
-            repair_deadline(shared)
-        ),
+        non_sticky
+            .store
+            .write_or_repair(old_primary, primary_key, &forward, expiry, repair_deadline(non_sticky)),
         async {
             match old_backup {
                 Some(node) => {
-                    let key = shared.backup_key(old);
-                    write_or_repair(shared, node, key, &forward, expiry, repair_deadline(shared)).await
+                    let key = non_sticky.store.keys.backup(old);
+                    non_sticky
+                        .store
+                        .write_or_repair(node, key, &forward, expiry, repair_deadline(non_sticky))
+                        .await
                 }
                 None => Ok(()),
             }
@@ -1079,36 +1133,9 @@ async fn leave_forward(shared: &Shared, old: &SessionId, to: &SessionId) {
     }
 }
 
-/// Writes `bytes` to `key` on `node` now (sealed for the key when
-/// configured), or, when the node is down or the write fails, queues it as
-/// a repair until `until` (as long as a copy it must cover could live).
-pub(crate) async fn write_or_repair(
-    shared: &Shared,
-    node: NodeIndex,
-    key: String,
-    bytes: &[u8],
-    expiry: Expiry,
-    until: Instant,
-) -> Result<(), Error> {
-    let outcome = if shared.nodes.get(node).is_available() {
-        write_copy(shared, node, key.clone(), bytes, expiry, WriteMode::Set)
-            .await
-            .map(drop)
-    } else {
-        Err(unavailable(shared, node))
-    };
-    if outcome.is_err() {
-        let sealed = shared.seal(&key, bytes).into_owned();
-        shared
-            .repairs
-            .remember(shared, node, key, repairs::Action::Set(sealed, expiry), until);
-    }
-    outcome
-}
-
 /// Until when a repair matters: as long as the copy it targets could live.
-fn repair_deadline(shared: &Shared) -> Instant {
-    let lifetime = match forward_expiry(shared.config.max_inactive) {
+fn repair_deadline(non_sticky: &NonSticky) -> Instant {
+    let lifetime = match forward_expiry(non_sticky.config.max_inactive) {
         Expiry::After(lifetime) => lifetime,
         Expiry::Never => FORWARD_WITHOUT_EXPIRY,
     };
@@ -1136,25 +1163,6 @@ fn outcome_unknown(error: Error) -> Error {
     }
 }
 
-/// Writes one copy of a session (or a forward record) to `node` as `mode`
-/// says; sealed for its key when configured.
-async fn write_copy(
-    shared: &Shared,
-    node: NodeIndex,
-    key: String,
-    bytes: &[u8],
-    expiry: Expiry,
-    mode: WriteMode,
-) -> Result<WriteOutcome, Error> {
-    let sealed = shared.seal(&key, bytes);
-    let item = Item {
-        key: &key,
-        value: &sealed,
-        expiry,
-    };
-    shared.nodes.get(node).call(|b| b.store_as(item, mode)).await
-}
-
 /// Ends the stored life of `id`: its primary copy and every backup slot
 /// round the ring are replaced by tombstones (living as long as a backup
 /// could), and the backup slots again a few `operationTimeout`s later (a
@@ -1165,50 +1173,52 @@ async fn write_copy(
 /// back is recognised by the tombstone in its backup slot. `Err` when the
 /// primary's tombstone may not be there yet: its node is down, or the
 /// write failed.
-pub(crate) async fn delete_session_keys(shared: &Shared, id: &SessionId) -> Result<(), Error> {
-    let Some(primary) = shared.node_index(id) else {
+pub(crate) async fn delete_session_keys(non_sticky: &NonSticky, id: &SessionId) -> Result<(), Error> {
+    let Some(primary) = non_sticky.store.nodes.node_of(id) else {
         return Ok(());
     };
     let primary_delete = async {
-        let key = shared.session_key(id);
-        let expiry = forward_expiry(shared.config.max_inactive);
-        write_or_repair(
-            shared,
-            primary,
-            key,
-            &envelope::encode_gone(),
-            expiry,
-            repair_deadline(shared),
-        )
-        .await?;
-        Stats::count(&shared.stats.counters.deletes);
+        let key = non_sticky.store.keys.session(id);
+        let expiry = forward_expiry(non_sticky.config.max_inactive);
+        non_sticky
+            .store
+            .write_or_repair(
+                primary,
+                key,
+                &envelope::encode_gone(),
+                expiry,
+                repair_deadline(non_sticky),
+            )
+            .await?;
+        Stats::count(&non_sticky.stats.counters.deletes);
         Ok(())
     };
     let backup_delete = async {
-        let key = shared.backup_key(id);
+        let key = non_sticky.store.keys.backup(id);
         let gone = envelope::encode_gone();
-        let expiry = forward_expiry(shared.config.max_inactive);
+        let expiry = forward_expiry(non_sticky.config.max_inactive);
         // A backup write of a concurrent request may still be on its way:
         // write the tombstone again once that has surely landed or failed.
-        let deadline = repair_deadline(shared);
+        let deadline = repair_deadline(non_sticky);
         let again = Instant::now()
-            .checked_add(shared.config.operation_timeout.saturating_mul(3))
+            .checked_add(non_sticky.config.operation_timeout.saturating_mul(3))
             .unwrap_or(deadline);
-        let sealed = shared.seal(&key, &gone).into_owned();
+        let sealed = non_sticky.store.codec.seal(&key, &gone).into_owned();
         // Every node a backup may be on (an earlier outage may have put one
         // further round the ring); those down now are repaired when back.
-        for node in shared.nodes.ring_after(primary) {
-            if write_or_repair(shared, node, key.clone(), &gone, expiry, deadline)
+        for node in non_sticky.store.nodes.ring_after(primary) {
+            if non_sticky
+                .store
+                .write_or_repair(node, key.clone(), &gone, expiry, deadline)
                 .await
                 .is_ok()
             {
-                Stats::count(&shared.stats.counters.deletes);
+                Stats::count(&non_sticky.stats.counters.deletes);
             }
-            shared.repairs.remember_from(
-                shared,
+            non_sticky.store.remember_repair_from(
                 node,
                 key.clone(),
-                repairs::Action::Set(sealed.clone(), expiry),
+                crate::store::repairs::Action::Set(sealed.clone(), expiry),
                 again,
                 deadline,
             );
@@ -1221,22 +1231,23 @@ pub(crate) async fn delete_session_keys(shared: &Shared, id: &SessionId) -> Resu
 /// Slides the inactivity clock of a session a request carried but did not
 /// use (MSM refreshes validity on every request with a session id), and
 /// its backup's TTL with it.
-pub(crate) async fn refresh_validity(shared: &Shared, id: &SessionId) {
-    let Some(primary) = shared.node_index(id) else {
+pub(crate) async fn refresh_validity(non_sticky: &NonSticky, id: &SessionId) {
+    let Some(primary) = non_sticky.store.nodes.node_of(id) else {
         return;
     };
-    let max_inactive = shared.config.max_inactive;
+    let max_inactive = non_sticky.config.max_inactive;
     let primary_touch = async {
-        let node = shared.nodes.get(primary);
+        let node = non_sticky.store.nodes.get(primary);
         if node.is_available() {
-            let key = shared.session_key(id);
+            let key = non_sticky.store.keys.session(id);
             let _ = node.call(|b| b.touch(&key, primary_expiry(max_inactive))).await;
         }
     };
     let backup_touch = async {
-        if let Some(backup) = shared.nodes.next_available(primary) {
-            let key = shared.backup_key(id);
-            let _ = shared
+        if let Some(backup) = non_sticky.store.nodes.next_available(primary) {
+            let key = non_sticky.store.keys.backup(id);
+            let _ = non_sticky
+                .store
                 .nodes
                 .get(backup)
                 .call(|b| b.touch(&key, backup_expiry(max_inactive)))

@@ -16,13 +16,15 @@ use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
 use crate::error::Error;
-use crate::manager::Shared;
+use crate::inner::{ManagerInner, Mode};
+use crate::non_sticky::NonSticky;
 use crate::non_sticky::{self, Claim};
 use crate::request::id_transport::IdAction;
 use crate::session::id::SessionId;
 use crate::session::state::{BackupNeed, SessionState};
 use crate::stats::Stats;
 use crate::sticky;
+use crate::sticky::Sticky;
 
 /// Filed only by the warp adapter (tower passes the context in the
 /// request's extensions).
@@ -69,7 +71,7 @@ pub(crate) enum IncomingId {
 
 /// Per-request session state.
 pub(crate) struct RequestContext {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) manager: Arc<ManagerInner>,
     pub(crate) incoming: IncomingId,
     /// The path matched `requestUriIgnorePattern`: no memcached traffic.
     pub(crate) ignored: bool,
@@ -95,20 +97,20 @@ pub(crate) struct RequestState {
     finished: bool,
 }
 
-/// Whether requests of this manager may lock (non-sticky mode).
-fn shared_locks(shared: &Shared) -> bool {
-    !shared.config.sticky
-}
-
 impl RequestContext {
-    pub(crate) fn new(shared: Arc<Shared>, incoming: IncomingId, ignored: bool, method: &str, path: &str) -> Self {
-        let (method, path) = if shared_locks(&shared) {
-            (method.into(), path.into())
-        } else {
-            (Box::default(), Box::default())
+    pub(crate) fn new(
+        manager: Arc<ManagerInner>,
+        incoming: IncomingId,
+        ignored: bool,
+        method: &str,
+        path: &str,
+    ) -> Self {
+        let (method, path) = match manager.mode {
+            Mode::NonSticky(_) => (method.into(), path.into()),
+            Mode::Sticky(_) => (Box::default(), Box::default()),
         };
         Self {
-            shared,
+            manager,
             incoming,
             ignored,
             method,
@@ -129,22 +131,22 @@ impl RequestContext {
         }
         self.resolved
             .get_or_try_init(|| async {
-                let shared = &self.shared;
-                let (found, claim) = match &self.incoming {
-                    IncomingId::Valid(id) if shared.config.sticky => {
-                        (sticky::resolve::resolve(shared, id, self.ignored).await?, None)
+                let (found, claim) = match (&self.incoming, &self.manager.mode) {
+                    (IncomingId::Valid(id), Mode::Sticky(sticky)) => {
+                        (sticky::resolve::resolve(sticky, id, self.ignored).await?, None)
                     }
                     // Non-sticky sessions live in memcached: ignored requests see none.
-                    IncomingId::Valid(_) if self.ignored => (None, None),
-                    IncomingId::Valid(id) => {
-                        let wants_lock =
-                            shared
-                                .lock_policy
-                                .should_lock(&shared.config.locking_mode, &self.method, &self.path);
-                        let claim = non_sticky::resolve(shared, id, wants_lock).await?;
+                    (IncomingId::Valid(_), Mode::NonSticky(_)) if self.ignored => (None, None),
+                    (IncomingId::Valid(id), Mode::NonSticky(non_sticky)) => {
+                        let wants_lock = non_sticky.lock_policy.should_lock(
+                            &non_sticky.config.locking_mode,
+                            &self.method,
+                            &self.path,
+                        );
+                        let claim = non_sticky::resolve(non_sticky, id, wants_lock).await?;
                         (claim.as_ref().map(|c| c.session().clone()), claim)
                     }
-                    IncomingId::None | IncomingId::Invalid => (None, None),
+                    (IncomingId::None | IncomingId::Invalid, _) => (None, None),
                 };
                 let mut state = self.state.lock();
                 state.claim = claim;
@@ -168,25 +170,29 @@ impl RequestContext {
     /// Non-sticky end of request: releases this request's claim (the last
     /// user writes), writes a session created here, and slides the TTLs of
     /// the copies of a session id that was carried but not used.
-    async fn finish_non_sticky(&self, claim: Option<Claim>, session: Option<&Arc<SessionState>>) -> Result<(), Error> {
-        let shared = &self.shared;
+    async fn finish_non_sticky(
+        &self,
+        non_sticky: &Arc<NonSticky>,
+        claim: Option<Claim>,
+        session: Option<&Arc<SessionState>>,
+    ) -> Result<(), Error> {
         let claimed = claim.as_ref().map(|c| c.session().clone());
         let released = match claim {
             Some(claim) => {
                 let changed = self.changed.load(std::sync::atomic::Ordering::Relaxed);
-                non_sticky::release(shared, claim, &self.method, &self.path, changed).await
+                non_sticky::release(non_sticky, claim, &self.method, &self.path, changed).await
             }
             None => Ok(()),
         };
         if let Some(session) = session.filter(|_| !self.ignored) {
             let is_claimed = claimed.as_ref().is_some_and(|c| Arc::ptr_eq(c, session));
             if !is_claimed {
-                non_sticky::store_new(shared, session).await?;
+                non_sticky::store_new(non_sticky, session).await?;
             }
         }
         if claimed.is_none() && self.resolved.get().is_none() && !self.ignored {
             if let IncomingId::Valid(id) = &self.incoming {
-                non_sticky::refresh_validity(shared, id).await;
+                non_sticky::refresh_validity(non_sticky, id).await;
             }
         }
         released
@@ -198,24 +204,24 @@ pub(crate) struct RequestGuard {
     context: Arc<RequestContext>,
     /// Where the context is filed for the `session()` filter (warp); `None`
     /// when the adapter hands it over itself (tower: request extensions).
-    key: Option<SlotKey>,
+    filed: Option<(Arc<RequestSlots>, SlotKey)>,
 }
 
 impl RequestGuard {
     /// Registers a request's context for the current task.
     #[cfg(feature = "warp")]
-    pub(crate) fn begin(context: RequestContext) -> Result<Self, Error> {
+    pub(crate) fn begin(slots: &Arc<RequestSlots>, context: RequestContext) -> Result<Self, Error> {
         let key = SlotKey::current();
         let context = Arc::new(context);
-        let mut slots = context.shared.slots.slots.lock();
-        if slots.contains_key(&key) {
+        let mut filed = slots.slots.lock();
+        if filed.contains_key(&key) {
             return Err(Error::ConcurrentRequestsInOneTask);
         }
-        slots.insert(key, context.clone());
-        drop(slots);
+        filed.insert(key, context.clone());
+        drop(filed);
         Ok(Self {
             context,
-            key: Some(key),
+            filed: Some((Arc::clone(slots), key)),
         })
     }
 
@@ -224,7 +230,7 @@ impl RequestGuard {
     pub(crate) fn begin_unfiled(context: RequestContext) -> Self {
         Self {
             context: Arc::new(context),
-            key: None,
+            filed: None,
         }
     }
 
@@ -239,8 +245,8 @@ impl RequestGuard {
     /// request's session changes were not saved (non-sticky lock lost).
     pub(crate) async fn finish(self) -> Result<IdAction, Error> {
         let context = self.context.clone();
-        let shared = &context.shared;
-        let counters = &shared.stats.counters;
+        let manager = &context.manager;
+        let counters = &manager.stats.counters;
         let (session, invalidated, claim) = {
             let mut state = context.state.lock();
             state.finished = true;
@@ -259,17 +265,20 @@ impl RequestGuard {
             Stats::count(&counters.requests_ignored);
         }
         let any_invalidated = !invalidated.is_empty();
-        if shared.config.sticky {
-            if !context.ignored {
-                back_up_sticky(shared, session.as_ref(), invalidated).await;
+        match &manager.mode {
+            Mode::Sticky(sticky) => {
+                if !context.ignored {
+                    back_up_sticky(sticky, session.as_ref(), invalidated).await;
+                }
             }
-        } else {
-            context.finish_non_sticky(claim, session.as_ref()).await?;
-        }
-        if context.ignored && !shared.config.sticky {
-            // Non-sticky ignored requests never touch memcached, so a
-            // session created by one is not stored: do not announce it.
-            return Ok(IdAction::None);
+            Mode::NonSticky(non_sticky) => {
+                context.finish_non_sticky(non_sticky, claim, session.as_ref()).await?;
+                if context.ignored {
+                    // Non-sticky ignored requests never touch memcached, so a
+                    // session created by one is not stored: do not announce it.
+                    return Ok(IdAction::None);
+                }
+            }
         }
         Ok(cookie_action(&context, session.as_ref(), any_invalidated))
     }
@@ -277,7 +286,7 @@ impl RequestGuard {
 
 /// Sticky mode: queue (async) or perform (sync) the backups this request needs.
 async fn back_up_sticky(
-    shared: &Arc<Shared>,
+    sticky: &Arc<Sticky>,
     session: Option<&Arc<SessionState>>,
     invalidated: Vec<Arc<SessionState>>,
 ) {
@@ -285,16 +294,17 @@ async fn back_up_sticky(
     // backup: once a logout is answered, no other instance may take the
     // old id over from a copy still in memcached.
     if !invalidated.is_empty() {
-        shared.backup_to_completion(invalidated).await;
+        sticky.backup_to_completion(invalidated).await;
     }
     let mut to_sync = Vec::new();
     if let Some(session) = session {
         let need = {
             let inner = session.inner.lock();
-            inner.backup_need(shared.node_index(&inner.id).map(|i| shared.nodes.get(i).epoch()))
+            let nodes = &sticky.store.nodes;
+            inner.backup_need(nodes.node_of(&inner.id).map(|i| nodes.get(i).epoch()))
         };
         if need == BackupNeed::Nothing {
-            Stats::count(&shared.stats.counters.backups_skipped);
+            Stats::count(&sticky.stats.counters.backups_skipped);
         } else {
             to_sync.push(session.clone());
         }
@@ -302,12 +312,12 @@ async fn back_up_sticky(
     if to_sync.is_empty() {
         return;
     }
-    if shared.config.backup_async {
+    if sticky.config.backup_async {
         for session in &to_sync {
-            shared.schedule_backup(session);
+            sticky.schedule_backup(session);
         }
     } else {
-        shared.backup_to_completion(to_sync).await;
+        sticky.backup_to_completion(to_sync).await;
     }
 }
 
@@ -316,10 +326,10 @@ async fn back_up_sticky(
 fn cookie_action(context: &RequestContext, session: Option<&Arc<SessionState>>, any_invalidated: bool) -> IdAction {
     match session {
         Some(session) => {
-            let mut inner = session.inner.lock();
-            inner.announced = true;
+            session.mark_announced();
+            let inner = session.inner.lock();
             if context.incoming_text() == Some(inner.id.as_str()) {
-                let persistent = context.shared.config.cookie.persistent;
+                let persistent = context.manager.config.cookie.persistent;
                 // Only a persistent cookie is re-sent for an unchanged id.
                 if persistent {
                     IdAction::Keep(inner.id.to_string())
@@ -337,11 +347,10 @@ fn cookie_action(context: &RequestContext, session: Option<&Arc<SessionState>>, 
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let shared = &self.context.shared;
-        if let Some(key) = &self.key {
-            let mut slots = shared.slots.slots.lock();
-            if slots.get(key).is_some_and(|c| Arc::ptr_eq(c, &self.context)) {
-                slots.remove(key);
+        if let Some((slots, key)) = &self.filed {
+            let mut filed = slots.slots.lock();
+            if filed.get(key).is_some_and(|c| Arc::ptr_eq(c, &self.context)) {
+                filed.remove(key);
             }
         }
         let mut state = self.context.state.lock();
@@ -349,28 +358,32 @@ impl Drop for RequestGuard {
             return;
         }
         // Rejected or cancelled.
-        if !shared.config.sticky {
-            // Finish in the background: the last user writes and unlocks. A
-            // session created here was never announced: nothing to store.
-            let claim = state.claim.take();
-            drop(state);
-            let context = self.context.clone();
-            // Outside a runtime (it is shutting down) nothing can run; the
-            // claim's own drop and the lock's TTL clean up.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    if let Err(error) = context.finish_non_sticky(claim, None).await {
-                        tracing::warn!(%error, "finishing an abandoned request");
-                    }
-                });
+        let sticky = match &self.context.manager.mode {
+            Mode::Sticky(sticky) => sticky,
+            Mode::NonSticky(non_sticky) => {
+                // Finish in the background: the last user writes and unlocks. A
+                // session created here was never announced: nothing to store.
+                let claim = state.claim.take();
+                drop(state);
+                let context = self.context.clone();
+                let non_sticky = Arc::clone(non_sticky);
+                // Outside a runtime (it is shutting down) nothing can run; the
+                // claim's own drop and the lock's TTL clean up.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        if let Err(error) = context.finish_non_sticky(&non_sticky, claim, None).await {
+                            tracing::warn!(%error, "finishing an abandoned request");
+                        }
+                    });
+                }
+                return;
             }
-            return;
-        }
+        };
         // Keep memcached in step with what the handler changed; a session
         // created here was never announced to the client, so nobody can
         // reach it: drop it.
         for session in state.invalidated.drain(..) {
-            shared.schedule_backup(&session);
+            sticky.schedule_backup(&session);
         }
         if let Some(session) = state.session.take() {
             let (announced, id) = {
@@ -378,9 +391,9 @@ impl Drop for RequestGuard {
                 (inner.announced, inner.id.clone())
             };
             if announced {
-                shared.schedule_backup(&session);
+                sticky.schedule_backup(&session);
             } else {
-                shared.sessions.remove(id.as_str());
+                sticky.sessions.remove(id.as_str());
             }
         }
     }

@@ -20,7 +20,7 @@ use cookie::Cookie;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
-use crate::manager::Shared;
+use crate::inner::ManagerInner;
 use crate::request::context::IncomingId;
 use crate::session::id::SessionId;
 use crate::stats::Stats;
@@ -56,8 +56,8 @@ pub(crate) fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl I
 }
 
 /// The session id the client sent (see the module docs for the order).
-pub(crate) fn incoming_id(shared: &Shared, headers: &HeaderMap) -> IncomingId {
-    let config = &shared.config;
+pub(crate) fn incoming_id(manager: &ManagerInner, headers: &HeaderMap) -> IncomingId {
+    let config = &manager.config;
     let from_header = config
         .id_header
         .iter()
@@ -72,12 +72,12 @@ pub(crate) fn incoming_id(shared: &Shared, headers: &HeaderMap) -> IncomingId {
     let mut seen = false;
     for value in from_header.chain(from_cookie) {
         seen = true;
-        if let Some(id) = SessionId::parse(value, |node| shared.nodes.is_known(node)) {
+        if let Some(id) = SessionId::parse(value, |node| manager.store.nodes.is_known(node)) {
             return IncomingId::Valid(id);
         }
     }
     if seen {
-        Stats::count(&shared.stats.counters.invalid_session_ids);
+        Stats::count(&manager.stats.counters.invalid_session_ids);
         tracing::debug!("ignoring a malformed or foreign session id");
         IncomingId::Invalid
     } else {
@@ -86,8 +86,8 @@ pub(crate) fn incoming_id(shared: &Shared, headers: &HeaderMap) -> IncomingId {
 }
 
 /// Writes what `action` needs into the response headers.
-pub(crate) fn apply(shared: &Shared, action: IdAction, headers: &mut HeaderMap) {
-    let config = &shared.config;
+pub(crate) fn apply(manager: &ManagerInner, action: IdAction, headers: &mut HeaderMap) {
+    let config = &manager.config;
     let (cookie_value, header_value) = match &action {
         IdAction::None => return,
         IdAction::Keep(id) => (config.cookie.persistent.then_some(id.as_str()), None),
@@ -102,18 +102,22 @@ pub(crate) fn apply(shared: &Shared, action: IdAction, headers: &mut HeaderMap) 
     if !config.cookie.enabled {
         return;
     }
-    if let Some(value) = cookie_value.and_then(|id| set_cookie(shared, id, action == IdAction::Remove)) {
+    if let Some(value) = cookie_value.and_then(|id| set_cookie(manager, id, action == IdAction::Remove)) {
         headers.append(SET_COOKIE, value);
     }
 }
 
-fn set_cookie(shared: &Shared, id: &str, removal: bool) -> Option<HeaderValue> {
-    let config = &shared.config.cookie;
+fn set_cookie(manager: &ManagerInner, id: &str, removal: bool) -> Option<HeaderValue> {
+    let config = &manager.config.cookie;
     let mut cookie = Cookie::new(config.name.as_str(), id);
     if removal {
         cookie.make_removal();
     } else if config.persistent {
-        let age = shared.config.max_inactive.unwrap_or(MAX_COOKIE_AGE).min(MAX_COOKIE_AGE);
+        let age = manager
+            .config
+            .max_inactive
+            .unwrap_or(MAX_COOKIE_AGE)
+            .min(MAX_COOKIE_AGE);
         cookie.set_max_age(cookie::time::Duration::seconds(age.as_secs() as i64));
     }
     cookie.set_path(config.path.as_str());

@@ -20,16 +20,21 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::error::Error;
-use crate::manager::Shared;
+use crate::inner::ManagerInner;
 use crate::request::context::{RequestContext, RequestGuard};
 use crate::request::session::Session;
 
 /// The session context of a request with this method, path and headers
 /// (the id it carries, and whether `requestUriIgnorePattern` matches).
-pub(crate) fn request_context(shared: &Arc<Shared>, method: &str, path: &str, headers: &HeaderMap) -> RequestContext {
-    let ignored = shared.config.ignore_pattern.as_ref().is_some_and(|p| p.matches(path));
-    let incoming = id_transport::incoming_id(shared, headers);
-    RequestContext::new(shared.clone(), incoming, ignored, method, path)
+pub(crate) fn request_context(
+    manager: &Arc<ManagerInner>,
+    method: &str,
+    path: &str,
+    headers: &HeaderMap,
+) -> RequestContext {
+    let ignored = manager.config.ignore_pattern.as_ref().is_some_and(|p| p.matches(path));
+    let incoming = id_transport::incoming_id(manager, headers);
+    RequestContext::new(manager.clone(), incoming, ignored, method, path)
 }
 
 /// The request's [`Session`], once the session its id names is found
@@ -43,12 +48,12 @@ pub(crate) async fn open_session(context: Arc<RequestContext>) -> Result<Session
 /// `Set-Cookie` as the session needs, or — when the session's changes
 /// could not be saved — answers with the error response instead.
 pub(crate) async fn finish<B: From<String>>(
-    shared: &Shared,
+    manager: &ManagerInner,
     guard: RequestGuard,
     mut response: http::Response<B>,
 ) -> http::Response<B> {
     match guard.finish().await {
-        Ok(action) => id_transport::apply(shared, action, response.headers_mut()),
+        Ok(action) => id_transport::apply(manager, action, response.headers_mut()),
         // The handler ran, but its session changes were not saved: say so.
         Err(error) => response = ErrorReply::for_error(&error).into_response(),
     }

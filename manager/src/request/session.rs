@@ -10,7 +10,6 @@ use crate::error::Error;
 use crate::request::context::RequestContext;
 use crate::session::id::SessionId;
 use crate::session::state::{SessionInner, SessionState};
-use crate::stats::Stats;
 
 fn encode_value<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Box<[u8]>, Error> {
     postcard::to_allocvec(value)
@@ -65,7 +64,7 @@ impl Session {
         let mut state = self.context.state.lock();
         state
             .session
-            .get_or_insert_with(|| self.context.shared.create_session())
+            .get_or_insert_with(|| self.context.manager.create_session())
             .clone()
     }
 
@@ -175,7 +174,7 @@ impl Session {
 
     /// `maxSessionSize`: refuses a value that would make the session too large.
     fn check_size(&self, inner: &SessionInner, key: &str, bytes: &[u8]) -> Result<(), Error> {
-        let limit = self.context.shared.config.max_session_size;
+        let limit = self.context.manager.config.max_session_size;
         let size = inner.size_with(key, bytes);
         if size > limit {
             return Err(Error::SessionTooLarge {
@@ -217,18 +216,8 @@ impl Session {
         let Some(session) = state.session.take() else {
             return;
         };
-        let id = {
-            let mut inner = session.inner.lock();
-            inner.invalidated = true;
-            inner.id.clone()
-        };
         self.note_change(true);
-        let shared = &self.context.shared;
-        shared.sessions.remove(id.as_str());
-        if shared.config.sticky {
-            crate::sticky::backup::end_sticky(shared, &session);
-        }
-        Stats::count(&shared.stats.counters.sessions_invalidated);
+        self.context.manager.invalidate(&session);
         state.invalidated.push(session);
     }
 
@@ -238,26 +227,8 @@ impl Session {
     /// or `None` when there is no session.
     pub fn cycle_id(&self) -> Option<String> {
         let session = self.current()?;
-        let shared = &self.context.shared;
-        let (old, new) = {
-            let mut inner = session.inner.lock();
-            let old = inner.id.clone();
-            let node = if shared.nodes.should_relocate(&old) {
-                shared.nodes.choose()
-            } else {
-                old.node()
-            };
-            let new = SessionId::generate(node, shared.config.route());
-            inner.change_id(new.clone());
-            (old, new)
-        };
-        shared.sessions.rekey(old.as_str(), new.as_str(), false);
-        if shared.config.sticky {
-            let lifetime = crate::sticky::backup::configured_copy_lifetime(shared);
-            crate::sticky::backup::end_sticky_ids(shared, std::slice::from_ref(&old), lifetime);
-        }
+        let new = self.context.manager.cycle_id(&session);
         self.note_change(true);
-        Stats::count(&shared.stats.counters.ids_cycled);
         Some(new.to_string())
     }
 }

@@ -147,6 +147,23 @@ impl SessionState {
     pub(crate) fn id(&self) -> SessionId {
         self.inner.lock().id.clone()
     }
+
+    /// Ends the session (logout or expiry) and returns the id it had;
+    /// `None` when it had already ended.
+    pub(crate) fn end(&self) -> Option<SessionId> {
+        let mut inner = self.inner.lock();
+        if inner.invalidated {
+            return None;
+        }
+        inner.invalidated = true;
+        Some(inner.id.clone())
+    }
+
+    /// Records that the client has been told this session's id (it was
+    /// created by a request that answered, or arrived with the request).
+    pub(crate) fn mark_announced(&self) {
+        self.inner.lock().announced = true;
+    }
 }
 
 impl SessionInner {

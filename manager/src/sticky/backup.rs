@@ -18,10 +18,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::manager::Shared;
 use crate::session::id::SessionId;
 use crate::session::state::{BackupNeed, SessionState, StoredMark, ttl_margin};
 use crate::stats::Stats;
+use crate::sticky::Sticky;
 use crate::store::backend::{Expiry, Item};
 use crate::store::envelope;
 
@@ -34,9 +34,9 @@ pub(crate) struct BackupQueue {
 impl BackupQueue {
     /// Creates the queue and its dispatcher task, which runs at most
     /// `concurrency` backups at once.
-    pub(crate) fn start(shared: Weak<Shared>, capacity: usize, concurrency: usize) -> (Self, JoinHandle<()>) {
+    pub(crate) fn start(sticky: Weak<Sticky>, capacity: usize, concurrency: usize) -> (Self, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(capacity);
-        let dispatcher = tokio::spawn(dispatch(shared, receiver, concurrency));
+        let dispatcher = tokio::spawn(dispatch(sticky, receiver, concurrency));
         let queue = Self {
             sender: parking_lot::Mutex::new(Some(sender)),
             capacity,
@@ -81,7 +81,7 @@ impl BackupQueue {
 /// Most sessions written in one pipelined exchange per node.
 const MAX_BATCH: usize = 64;
 
-async fn dispatch(shared: Weak<Shared>, mut receiver: mpsc::Receiver<Arc<SessionState>>, concurrency: usize) {
+async fn dispatch(sticky: Weak<Sticky>, mut receiver: mpsc::Receiver<Arc<SessionState>>, concurrency: usize) {
     let permits = Arc::new(Semaphore::new(concurrency));
     while let Some(first) = receiver.recv().await {
         // Whatever queued up meanwhile goes out together: under load one
@@ -96,11 +96,11 @@ async fn dispatch(shared: Weak<Shared>, mut receiver: mpsc::Receiver<Arc<Session
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let Some(shared) = shared.upgrade() else {
+        let Some(sticky) = sticky.upgrade() else {
             break;
         };
         tokio::spawn(async move {
-            update_stored_copies(&shared, batch).await;
+            update_stored_copies(&sticky, batch).await;
             drop(permit);
         });
     }
@@ -122,9 +122,9 @@ struct BatchedWrite<'a> {
 /// [`update_stored_copy`] for many sessions: their full writes go to memcached
 /// in one pipelined exchange per node; anything else (touches, deletes,
 /// sessions whose I/O lock is busy) takes the one-by-one path.
-async fn update_stored_copies(shared: &Shared, batch: Vec<Arc<SessionState>>) {
+async fn update_stored_copies(sticky: &Sticky, batch: Vec<Arc<SessionState>>) {
     if batch.len() == 1 {
-        update_stored_copy(shared, &batch[0]).await;
+        update_stored_copy(sticky, &batch[0]).await;
         return;
     }
     let mut singles: Vec<&SessionState> = Vec::new();
@@ -136,7 +136,7 @@ async fn update_stored_copies(shared: &Shared, batch: Vec<Arc<SessionState>>) {
             continue;
         };
         session.backup_queued.store(false, Ordering::Release);
-        match plan(shared, session) {
+        match plan(sticky, session) {
             Plan::Write {
                 id,
                 bytes,
@@ -144,10 +144,10 @@ async fn update_stored_copies(shared: &Shared, batch: Vec<Arc<SessionState>>) {
                 epoch,
                 expiry,
             } => {
-                let Some(node) = shared.nodes.node_of(&id) else {
+                let Some(node) = sticky.store.nodes.node_of(&id) else {
                     continue;
                 };
-                let key = shared.session_key(&id);
+                let key = sticky.store.keys.session(&id);
                 guards.push(guard);
                 writes.push((
                     node,
@@ -175,16 +175,16 @@ async fn update_stored_copies(shared: &Shared, batch: Vec<Arc<SessionState>>) {
         let end = rest.iter().position(|(n, _)| n != node).unwrap_or(rest.len());
         let (group, tail) = rest.split_at(end);
         rest = tail;
-        write_group(shared, *node, group).await;
+        write_group(sticky, *node, group).await;
     }
     drop(guards);
     for session in singles {
-        update_stored_copy(shared, session).await;
+        update_stored_copy(sticky, session).await;
     }
 }
 
 /// One exchange writing every session of `group` to `node`.
-async fn write_group(shared: &Shared, node: usize, group: &[(usize, BatchedWrite<'_>)]) {
+async fn write_group(sticky: &Sticky, node: usize, group: &[(usize, BatchedWrite<'_>)]) {
     let items: Vec<Item<'_>> = group
         .iter()
         .map(|(_, w)| Item {
@@ -195,7 +195,8 @@ async fn write_group(shared: &Shared, node: usize, group: &[(usize, BatchedWrite
         .collect();
     let started = Instant::now();
     let items = &items;
-    let written = shared
+    let written = sticky
+        .store
         .nodes
         .get(node)
         .call(|b| async move { Ok::<_, crate::error::BackendError>(b.set_many(items).await) })
@@ -204,12 +205,12 @@ async fn write_group(shared: &Shared, node: usize, group: &[(usize, BatchedWrite
         Ok(outcomes) => outcomes,
         Err(error) => items.iter().map(|_| Err(error_source(&error))).collect(),
     };
-    shared.stats.backup_time.record_duration(started.elapsed());
+    sticky.stats.backup_time.record_duration(started.elapsed());
     for ((_, write), outcome) in group.iter().zip(outcomes) {
         match outcome {
             Ok(()) => {
                 let obsolete = record_written(
-                    shared,
+                    sticky,
                     write.session,
                     &write.id,
                     write.version,
@@ -218,16 +219,16 @@ async fn write_group(shared: &Shared, node: usize, group: &[(usize, BatchedWrite
                     started,
                 );
                 if obsolete {
-                    delete_keys(shared, write.session, false).await;
+                    delete_keys(sticky, write.session, false).await;
                 }
             }
             Err(error) => {
-                Stats::count(&shared.stats.counters.backups_failed);
+                Stats::count(&sticky.stats.counters.backups_failed);
                 if error.is_unavailable() {
-                    shared.nodes.get(node).observe(false, started);
+                    sticky.store.nodes.get(node).observe(false, started);
                 }
-                tracing::warn!(%error, node = %shared.nodes.get(node).label(), "session backup failed");
-                shared.unsynced.note(shared, write.id.as_str());
+                tracing::warn!(%error, node = %sticky.store.nodes.get(node).label(), "session backup failed");
+                sticky.unsynced.note(&sticky.stats, write.id.as_str());
             }
         }
     }
@@ -242,7 +243,7 @@ fn error_source(error: &crate::error::Error) -> crate::error::BackendError {
 
 /// Notes a successful write; `true` when old keys are left to delete.
 fn record_written(
-    shared: &Shared,
+    sticky: &Sticky,
     session: &SessionState,
     id: &SessionId,
     version: u64,
@@ -250,7 +251,7 @@ fn record_written(
     expiry: Expiry,
     started: Instant,
 ) -> bool {
-    Stats::count(&shared.stats.counters.backups_written);
+    Stats::count(&sticky.stats.counters.backups_written);
     let mut inner = session.inner.lock();
     inner.stored = Some(StoredMark {
         id: id.clone(),
@@ -285,10 +286,10 @@ enum Plan {
     },
 }
 
-fn plan(shared: &Shared, session: &SessionState) -> Plan {
+fn plan(sticky: &Sticky, session: &SessionState) -> Plan {
     let now = Instant::now();
     let inner = session.inner.lock();
-    let node = shared.nodes.node_of(&inner.id).map(|i| shared.nodes.get(i));
+    let node = sticky.store.nodes.node_of(&inner.id).map(|i| sticky.store.nodes.get(i));
     let need = inner.backup_need(node.map(|n| n.epoch()));
     let node_up = node.is_some_and(|n| n.is_available());
     match need {
@@ -300,12 +301,12 @@ fn plan(shared: &Shared, session: &SessionState) -> Plan {
         },
         BackupNeed::Write => {
             let started = Instant::now();
-            let bytes = shared.seal_owned(
-                &shared.session_key(&inner.id),
+            let bytes = sticky.store.codec.seal_owned(
+                &sticky.store.keys.session(&inner.id),
                 envelope::encode(inner.record(), envelope::Format::Sticky),
             );
-            shared.stats.serialization_time.record_duration(started.elapsed());
-            shared.stats.session_size.record(bytes.len() as u64);
+            sticky.stats.serialization_time.record_duration(started.elapsed());
+            sticky.stats.session_size.record(bytes.len() as u64);
             Plan::Write {
                 id: inner.id.clone(),
                 bytes,
@@ -345,24 +346,24 @@ fn expires_at(expiry: Expiry, from: Instant) -> Option<Instant> {
 /// its TTL, or deletes it and its old keys, as needed. Runs one session at
 /// a time (per-session I/O lock), so a delete is never overtaken by an
 /// older write.
-pub(crate) async fn update_stored_copy(shared: &Shared, session: &SessionState) {
+pub(crate) async fn update_stored_copy(sticky: &Sticky, session: &SessionState) {
     let _io = session.io.lock().await;
     session.backup_queued.store(false, Ordering::Release);
-    let counters = &shared.stats.counters;
+    let counters = &sticky.stats.counters;
     // Two rounds at most: a touch that finds the key gone turns into a write.
     for _ in 0..2 {
-        match plan(shared, session) {
+        match plan(sticky, session) {
             Plan::Nothing => return,
             Plan::Deferred => {
                 Stats::count(&counters.backups_deferred);
-                shared.unsynced.note(shared, session.id().as_str());
+                sticky.unsynced.note(&sticky.stats, session.id().as_str());
                 return;
             }
             Plan::Touch { id, expiry } => {
-                let Some(node) = shared.nodes.node_of(&id).map(|i| shared.nodes.get(i)) else {
+                let Some(node) = sticky.store.nodes.node_of(&id).map(|i| sticky.store.nodes.get(i)) else {
                     return;
                 };
-                let key = shared.session_key(&id);
+                let key = sticky.store.keys.session(&id);
                 let started = Instant::now();
                 match node.call(|b| b.touch(&key, expiry)).await {
                     Ok(true) => {
@@ -381,7 +382,7 @@ pub(crate) async fn update_stored_copy(shared: &Shared, session: &SessionState) 
                     Err(error) => {
                         Stats::count(&counters.backups_failed);
                         tracing::warn!(%error, "extending a session's TTL failed");
-                        shared.unsynced.note(shared, id.as_str());
+                        sticky.unsynced.note(&sticky.stats, id.as_str());
                         return;
                     }
                 }
@@ -393,23 +394,23 @@ pub(crate) async fn update_stored_copy(shared: &Shared, session: &SessionState) 
                 epoch,
                 expiry,
             } => {
-                let Some(node) = shared.nodes.node_of(&id).map(|i| shared.nodes.get(i)) else {
+                let Some(node) = sticky.store.nodes.node_of(&id).map(|i| sticky.store.nodes.get(i)) else {
                     return;
                 };
-                let key = shared.session_key(&id);
+                let key = sticky.store.keys.session(&id);
                 let started = Instant::now();
                 let result = node.call(|b| b.set(&key, &bytes, expiry)).await;
-                shared.stats.backup_time.record_duration(started.elapsed());
+                sticky.stats.backup_time.record_duration(started.elapsed());
                 match result {
                     Ok(()) => {
-                        if record_written(shared, session, &id, version, epoch, expiry, started) {
-                            delete_keys(shared, session, false).await;
+                        if record_written(sticky, session, &id, version, epoch, expiry, started) {
+                            delete_keys(sticky, session, false).await;
                         }
                     }
                     Err(error) => {
                         Stats::count(&counters.backups_failed);
                         tracing::warn!(%error, "session backup failed");
-                        shared.unsynced.note(shared, id.as_str());
+                        sticky.unsynced.note(&sticky.stats, id.as_str());
                     }
                 }
                 return;
@@ -421,7 +422,7 @@ pub(crate) async fn update_stored_copy(shared: &Shared, session: &SessionState) 
                     inner.stored = None;
                     drop(inner);
                 }
-                delete_keys(shared, session, invalidated).await;
+                delete_keys(sticky, session, invalidated).await;
                 return;
             }
         }
@@ -440,7 +441,7 @@ fn copy_lifetime(max_inactive: Option<Duration>) -> Duration {
 /// gets a tombstone in memcached through the repair queue — which retries
 /// until written, whatever happens to the backup queue or the request —
 /// besides the one the backup path writes at once.
-pub(crate) fn end_sticky(shared: &Shared, session: &SessionState) {
+pub(crate) fn end_sticky(sticky: &Sticky, session: &SessionState) {
     let (ids, lifetime) = {
         let inner = session.inner.lock();
         let mut ids: Vec<SessionId> = inner.obsolete_ids.clone();
@@ -450,22 +451,22 @@ pub(crate) fn end_sticky(shared: &Shared, session: &SessionState) {
         ids.dedup();
         (ids, copy_lifetime(inner.max_inactive))
     };
-    end_sticky_ids(shared, &ids, lifetime);
+    end_sticky_ids(sticky, &ids, lifetime);
 }
 
 /// [`end_sticky`] for ids a live session left (`cycle_id`).
-pub(crate) fn end_sticky_ids(shared: &Shared, ids: &[SessionId], lifetime: Duration) {
+pub(crate) fn end_sticky_ids(sticky: &Sticky, ids: &[SessionId], lifetime: Duration) {
     let until = from_now(lifetime);
     let expiry = Expiry::After(lifetime);
     for id in ids {
-        shared.sessions.end(id.as_str(), until);
-        let Some(index) = shared.nodes.node_of(id) else {
+        sticky.sessions.end(id.as_str(), until);
+        let Some(index) = sticky.store.nodes.node_of(id) else {
             continue;
         };
-        let key = shared.session_key(id);
-        let sealed = shared.seal_owned(&key, envelope::encode_gone());
-        let tombstone = crate::non_sticky::repairs::Action::Set(sealed, expiry);
-        shared.repairs.remember(shared, index, key, tombstone, until);
+        let key = sticky.store.keys.session(id);
+        let sealed = sticky.store.codec.seal_owned(&key, envelope::encode_gone());
+        let tombstone = crate::store::repairs::Action::Set(sealed, expiry);
+        sticky.store.remember_repair(index, key, tombstone, until);
     }
 }
 
@@ -476,28 +477,29 @@ fn from_now(lifetime: Duration) -> Instant {
 }
 
 /// The copy lifetime of sessions under this configuration.
-pub(crate) fn configured_copy_lifetime(shared: &Shared) -> Duration {
-    copy_lifetime(shared.config.max_inactive)
+pub(crate) fn configured_copy_lifetime(sticky: &Sticky) -> Duration {
+    copy_lifetime(sticky.config.max_inactive)
 }
 
 /// Writes a tombstone over the sticky copy `key` of `id` now, or queues it
 /// as a repair when its node is down or the write fails.
-async fn tombstone(shared: &Shared, id: &SessionId, key: String) {
-    let Some(index) = shared.nodes.node_of(id) else {
+async fn tombstone(sticky: &Sticky, id: &SessionId, key: String) {
+    let Some(index) = sticky.store.nodes.node_of(id) else {
         return;
     };
-    let lifetime = configured_copy_lifetime(shared);
+    let lifetime = configured_copy_lifetime(sticky);
     let gone = envelope::encode_gone();
-    let written =
-        crate::non_sticky::write_or_repair(shared, index, key, &gone, Expiry::After(lifetime), from_now(lifetime));
+    let written = sticky
+        .store
+        .write_or_repair(index, key, &gone, Expiry::After(lifetime), from_now(lifetime));
     if written.await.is_ok() {
-        Stats::count(&shared.stats.counters.deletes);
+        Stats::count(&sticky.stats.counters.deletes);
     }
 }
 
 /// Deletes the keys of `obsolete_ids`; ids whose delete failed because the
 /// node is down stay for the next attempt (capped), the rest are dropped.
-async fn delete_keys(shared: &Shared, session: &SessionState, invalidated: bool) {
+async fn delete_keys(sticky: &Sticky, session: &SessionState, invalidated: bool) {
     let (ids, current_random): (Vec<SessionId>, String) = {
         let inner = session.inner.lock();
         // A live session never deletes its own current key.
@@ -512,15 +514,15 @@ async fn delete_keys(shared: &Shared, session: &SessionState, invalidated: bool)
     };
     let mut failed = Vec::new();
     for id in ids {
-        let Some(node) = shared.nodes.node_of(&id).map(|i| shared.nodes.get(i)) else {
+        let Some(node) = sticky.store.nodes.node_of(&id).map(|i| sticky.store.nodes.get(i)) else {
             continue;
         };
-        let key = shared.session_key(&id);
+        let key = sticky.store.keys.session(&id);
         if invalidated || id.random_part() != current_random {
             // Ended (logout, expiry) or left by cycle_id: a tombstone, not
             // a delete, and retried as a repair until it is written — so
             // no instance can ever take the session over again.
-            tombstone(shared, &id, key).await;
+            tombstone(sticky, &id, key).await;
             continue;
         }
         if !node.is_available() {
@@ -530,7 +532,7 @@ async fn delete_keys(shared: &Shared, session: &SessionState, invalidated: bool)
             continue;
         }
         match node.call(|b| b.delete(&key)).await {
-            Ok(_) => Stats::count(&shared.stats.counters.deletes),
+            Ok(_) => Stats::count(&sticky.stats.counters.deletes),
             Err(error) => {
                 tracing::debug!(%error, "deleting an old session key failed");
                 if error.is_unavailable() {

@@ -7,10 +7,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::manager::Shared;
 use crate::session::id::SessionId;
 use crate::session::state::{SessionState, StoredMark};
 use crate::stats::Stats;
+use crate::sticky::Sticky;
 use crate::store::backend::Expiry;
 
 /// How long a takeover claim blocks other instances from taking over the
@@ -20,26 +20,26 @@ const TAKEOVER_CLAIM_TTL: Duration = Duration::from_secs(30);
 /// The session named by `id`, held here or loaded from memcached.
 /// `local_only`: ignored requests never touch memcached.
 pub(crate) async fn resolve(
-    shared: &Arc<Shared>,
+    sticky: &Arc<Sticky>,
     id: &SessionId,
     local_only: bool,
 ) -> Result<Option<Arc<SessionState>>, Error> {
-    if let Some(session) = find_local(shared, id) {
+    if let Some(session) = find_local(sticky, id) {
         if !local_only {
-            relocate_if_needed(shared, &session);
+            relocate_if_needed(sticky, &session);
         }
         return Ok(Some(session));
     }
     if local_only {
         return Ok(None);
     }
-    take_over(shared, id).await
+    take_over(sticky, id).await
 }
 
 /// A live session held here under `id` (or a forward of it); expired ones
 /// are expired on the spot.
-fn find_local(shared: &Arc<Shared>, id: &SessionId) -> Option<Arc<SessionState>> {
-    let session = shared.sessions.get(id.as_str())?;
+fn find_local(sticky: &Arc<Sticky>, id: &SessionId) -> Option<Arc<SessionState>> {
+    let session = sticky.sessions.get(id.as_str())?;
     let now = Instant::now();
     let mut inner = session.inner.lock();
     if inner.invalidated {
@@ -49,10 +49,10 @@ fn find_local(shared: &Arc<Shared>, id: &SessionId) -> Option<Arc<SessionState>>
         inner.invalidated = true;
         let current = inner.id.clone();
         drop(inner);
-        shared.sessions.remove(current.as_str());
-        crate::sticky::backup::end_sticky(shared, &session);
-        Stats::count(&shared.stats.counters.sessions_expired);
-        shared.schedule_backup(&session);
+        sticky.sessions.remove(current.as_str());
+        crate::sticky::backup::end_sticky(sticky, &session);
+        Stats::count(&sticky.stats.counters.sessions_expired);
+        sticky.schedule_backup(&session);
         return None;
     }
     inner.touch_access(now);
@@ -65,23 +65,23 @@ fn find_local(shared: &Arc<Shared>, id: &SessionId) -> Option<Arc<SessionState>>
 /// a failover node while a regular one is back, or when it has no node and
 /// one is available. With nothing available the id stays as it is (no
 /// cookie churn); the session lives on in memory.
-pub(crate) fn relocate_if_needed(shared: &Arc<Shared>, session: &Arc<SessionState>) {
+pub(crate) fn relocate_if_needed(sticky: &Arc<Sticky>, session: &Arc<SessionState>) {
     let mut inner = session.inner.lock();
-    if !shared.nodes.should_relocate(&inner.id) {
+    if !sticky.store.nodes.should_relocate(&inner.id) {
         return;
     }
-    let Some(target) = shared.nodes.choose() else {
+    let Some(target) = sticky.store.nodes.choose() else {
         return;
     };
     let old = inner.id.clone();
     if old.node() == Some(target) {
         return;
     }
-    let new = old.with_location(Some(target), shared.config.route());
+    let new = old.with_location(Some(target), sticky.config.route());
     inner.change_id(new.clone());
     drop(inner);
-    shared.sessions.rekey(old.as_str(), new.as_str(), true);
-    Stats::count(&shared.stats.counters.relocations);
+    sticky.sessions.rekey(old.as_str(), new.as_str(), true);
+    Stats::count(&sticky.stats.counters.relocations);
     tracing::info!(
         from = old.node().map_or("none", |n| n.as_str()),
         to = %target,
@@ -95,27 +95,27 @@ pub(crate) fn relocate_if_needed(shared: &Arc<Shared>, session: &Arc<SessionStat
 /// concurrent takeover of the same id by another instance makes this one
 /// fail with [`Error::TakeoverInProgress`]. Within this process, concurrent
 /// requests for the same id wait for one takeover and share its result.
-async fn take_over(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<Arc<SessionState>>, Error> {
-    let Some(index) = shared.node_index(id) else {
-        Stats::count(&shared.stats.counters.unknown_session_ids);
+async fn take_over(sticky: &Arc<Sticky>, id: &SessionId) -> Result<Option<Arc<SessionState>>, Error> {
+    let Some(index) = sticky.store.nodes.node_of(id) else {
+        Stats::count(&sticky.stats.counters.unknown_session_ids);
         return Ok(None);
     };
-    let node = shared.nodes.get(index);
+    let node = sticky.store.nodes.get(index);
     if !node.is_available() {
         tracing::info!(node = %node.label(), "session's node is down and the session is not held here; it is lost");
-        Stats::count(&shared.stats.counters.unknown_session_ids);
+        Stats::count(&sticky.stats.counters.unknown_session_ids);
         return Ok(None);
     }
-    let _one_at_a_time = shared.enter_id_gate(id.as_str()).await;
-    match find_local(shared, id) {
+    let _one_at_a_time = sticky.id_gates.enter(id.as_str()).await;
+    match find_local(sticky, id) {
         Some(found) => Ok(Some(found)),
         // Ended here (logout, expiry, cycled id) while its memcached copy
         // may not be gone yet: it never comes back.
-        None if shared.sessions.has_ended(id.as_str()) => {
-            Stats::count(&shared.stats.counters.unknown_session_ids);
+        None if sticky.sessions.has_ended(id.as_str()) => {
+            Stats::count(&sticky.stats.counters.unknown_session_ids);
             Ok(None)
         }
-        None => load_and_claim(shared, id, index).await,
+        None => load_and_claim(sticky, id, index).await,
     }
 }
 
@@ -123,11 +123,11 @@ async fn take_over(shared: &Arc<Shared>, id: &SessionId) -> Result<Option<Arc<Se
 /// claim left by an earlier takeover of ours (this process's takeovers of
 /// one id run one at a time), which must not make us wait on ourselves —
 /// e.g. a session taken over a1 → a2 → a1 and then back by a2.
-async fn claimed_by_us(shared: &Shared, index: usize, claim: &str) -> bool {
-    let Some(route) = shared.config.route() else {
+async fn claimed_by_us(sticky: &Sticky, index: usize, claim: &str) -> bool {
+    let Some(route) = sticky.config.route() else {
         return false;
     };
-    let Ok(Some(value)) = shared.nodes.get(index).call(|b| b.get(claim)).await else {
+    let Ok(Some(value)) = sticky.store.nodes.get(index).call(|b| b.get(claim)).await else {
         return false;
     };
     std::str::from_utf8(&value)
@@ -153,7 +153,7 @@ fn idle_past_its_interval(record: &crate::store::envelope::SessionRecord, remain
 
 /// A takeover claim to release unless the takeover succeeded.
 struct ClaimGuard {
-    shared: Arc<Shared>,
+    sticky: Arc<Sticky>,
     index: usize,
     /// The claim's key and CAS token, while it is to be released.
     key: Option<(String, u64)>,
@@ -164,35 +164,35 @@ impl Drop for ClaimGuard {
         let Some((key, cas)) = self.key.take() else {
             return;
         };
-        let shared = Arc::clone(&self.shared);
+        let sticky = Arc::clone(&self.sticky);
         let index = self.index;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = shared.nodes.get(index).call(|b| b.delete_if_cas(&key, cas)).await;
+                let _ = sticky.store.nodes.get(index).call(|b| b.delete_if_cas(&key, cas)).await;
             });
         }
     }
 }
 
 async fn load_and_claim(
-    shared: &Arc<Shared>,
+    sticky: &Arc<Sticky>,
     id: &SessionId,
     index: usize,
 ) -> Result<Option<Arc<SessionState>>, Error> {
-    let node = shared.nodes.get(index);
-    let counters = &shared.stats.counters;
-    let foreign = id.route() != shared.config.route();
+    let node = sticky.store.nodes.get(index);
+    let counters = &sticky.stats.counters;
+    let foreign = id.route() != sticky.config.route();
     let new_id = if foreign {
-        id.with_location(id.node(), shared.config.route())
+        id.with_location(id.node(), sticky.config.route())
     } else {
         id.clone()
     };
-    let claim = foreign.then(|| shared.takeover_key(id));
+    let claim = foreign.then(|| sticky.store.keys.takeover(id));
     // Released if this takeover fails or is cancelled from here on (a
     // dropped request, an error): a claim left behind would block every
     // other instance's takeover of the session for 30 s.
     let mut claim_guard = ClaimGuard {
-        shared: Arc::clone(shared),
+        sticky: Arc::clone(sticky),
         index,
         key: None,
     };
@@ -205,7 +205,7 @@ async fn load_and_claim(
         // or added by a later takeover.
         claim_guard.key = claimed.map(|cas| (claim.clone(), cas));
         let claimed = claimed.is_some();
-        if !claimed && !claimed_by_us(shared, index, claim).await {
+        if !claimed && !claimed_by_us(sticky, index, claim).await {
             Stats::count(&counters.takeover_conflicts);
             tracing::warn!(node = %node.label(), "another instance is taking this session over");
             return Err(Error::TakeoverInProgress);
@@ -218,13 +218,13 @@ async fn load_and_claim(
                 .await;
         }
     }
-    let key = shared.session_key(id);
+    let key = sticky.store.keys.session(id);
     let started = Instant::now();
     let loaded = node
         .call(|b| b.get_with_ttl(&key))
         .await
         .inspect_err(|_| Stats::count(&counters.load_failures))?;
-    shared.stats.load_time.record_duration(started.elapsed());
+    sticky.stats.load_time.record_duration(started.elapsed());
     // Nothing to take over: release the claim, or every later request with
     // this id (e.g. a garbage or expired cookie) would get 503 until it expires.
     let release_claim = || async {
@@ -239,7 +239,7 @@ async fn load_and_claim(
         claim_guard.key = None;
         return Ok(None);
     };
-    let Some(record) = shared.read_record(&key, &bytes, index) else {
+    let Some(record) = sticky.store.read_record(&key, &bytes, index) else {
         release_claim().await;
         claim_guard.key = None;
         return Ok(None);
@@ -275,21 +275,21 @@ async fn load_and_claim(
     claim_guard.key = None;
     // Ended here while it was being loaded (a logout racing this request):
     // it stays ended.
-    if !shared.sessions.insert_unless_ended(id.as_str(), session.clone()) {
+    if !sticky.sessions.insert_unless_ended(id.as_str(), session.clone()) {
         Stats::count(&counters.unknown_session_ids);
         return Ok(None);
     }
     if foreign {
         // Filed under the new id, with the old one forwarding to it.
-        shared.sessions.rekey(id.as_str(), new_id.as_str(), true);
+        sticky.sessions.rekey(id.as_str(), new_id.as_str(), true);
         Stats::count(&counters.takeovers);
         tracing::info!(
             from = id.route().unwrap_or("none"),
-            to = shared.config.route().unwrap_or("none"),
+            to = sticky.config.route().unwrap_or("none"),
             node = %node.label(),
             "took over a session from another instance"
         );
     }
-    relocate_if_needed(shared, &session);
+    relocate_if_needed(sticky, &session);
     Ok(Some(session))
 }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::manager::Shared;
 use crate::stats::Stats;
+use crate::sticky::Sticky;
 
 /// Most ids kept.
 pub(crate) const CAPACITY: usize = 1_000_000;
@@ -31,10 +31,10 @@ pub(crate) struct Unsynced {
 
 impl Unsynced {
     /// Remembers that the session `id`'s backup did not happen.
-    pub(crate) fn note(&self, shared: &Shared, id: &str) {
+    pub(crate) fn note(&self, stats: &Stats, id: &str) {
         let mut ids = self.ids.lock();
         if ids.len() >= CAPACITY && !ids.contains(id) {
-            Stats::count(&shared.stats.counters.backups_dropped);
+            Stats::count(&stats.counters.backups_dropped);
             return;
         }
         ids.insert(id.into());
@@ -57,24 +57,23 @@ impl Unsynced {
 
 /// Queues the backups of up to [`PER_ROUND`] unsynced sessions whose node
 /// (or relocation target) is available; the others wait for a later round.
-pub(crate) fn retry(shared: &Arc<Shared>) {
-    if !shared.config.sticky {
-        return;
-    }
-    for id in shared.unsynced.take(PER_ROUND) {
-        let Some(session) = shared.sessions.get(&id) else {
+pub(crate) fn retry(sticky: &Arc<Sticky>) {
+    for id in sticky.unsynced.take(PER_ROUND) {
+        let Some(session) = sticky.sessions.get(&id) else {
             // Ended, or no longer held here: nothing to back up.
             continue;
         };
-        crate::sticky::resolve::relocate_if_needed(shared, &session);
+        crate::sticky::resolve::relocate_if_needed(sticky, &session);
         let current = session.id();
-        let available = shared
-            .node_index(&current)
-            .is_some_and(|index| shared.nodes.get(index).is_available());
+        let available = sticky
+            .store
+            .nodes
+            .node_of(&current)
+            .is_some_and(|index| sticky.store.nodes.get(index).is_available());
         if available {
-            shared.schedule_backup(&session);
+            sticky.schedule_backup(&session);
         } else {
-            shared.unsynced.note(shared, current.as_str());
+            sticky.unsynced.note(&sticky.stats, current.as_str());
         }
     }
 }

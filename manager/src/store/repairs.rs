@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::manager::Shared;
 use crate::stats::Stats;
+use crate::store::Store;
 use crate::store::backend::Expiry;
 use crate::store::nodes::NodeIndex;
 
@@ -72,14 +72,10 @@ pub(crate) struct Repairs {
 impl Repairs {
     /// Remembers that `action` must be done to `key` on `node` while
     /// before `until`.
-    pub(crate) fn remember(&self, shared: &Shared, node: NodeIndex, key: String, action: Action, until: Instant) {
-        self.remember_from(shared, node, key, action, Instant::now(), until);
-    }
-
     /// [`remember`](Self::remember), not to be tried before `not_before`.
-    pub(crate) fn remember_from(
+    pub(crate) fn remember(
         &self,
-        shared: &Shared,
+        stats: &Stats,
         node: NodeIndex,
         key: String,
         action: Action,
@@ -89,7 +85,7 @@ impl Repairs {
         let mut queue = self.queue.lock();
         if queue.len() >= CAPACITY {
             queue.pop_front();
-            Stats::count(&shared.stats.counters.repairs_dropped);
+            Stats::count(&stats.counters.repairs_dropped);
             tracing::warn!("the repair queue is full; the oldest repair was dropped");
         }
         queue.push_back(Repair {
@@ -99,7 +95,7 @@ impl Repairs {
             not_before,
             until,
         });
-        Stats::count(&shared.stats.counters.repairs_queued);
+        Stats::count(&stats.counters.repairs_queued);
     }
 
     /// How many repairs wait.
@@ -107,14 +103,14 @@ impl Repairs {
         self.queue.lock().len()
     }
 
-    fn take_due(&self, shared: &Shared) -> Vec<Repair> {
+    fn take_due(&self, store: &Store) -> Vec<Repair> {
         let now = Instant::now();
         let mut queue = self.queue.lock();
         queue.retain(|repair| repair.until > now);
         let mut due = Vec::new();
         let mut waiting = VecDeque::with_capacity(queue.len());
         while let Some(repair) = queue.pop_front() {
-            if due.len() < PER_ROUND && repair.not_before <= now && shared.nodes.get(repair.node).is_available() {
+            if due.len() < PER_ROUND && repair.not_before <= now && store.nodes.get(repair.node).is_available() {
                 due.push(repair);
             } else {
                 waiting.push_back(repair);
@@ -124,40 +120,40 @@ impl Repairs {
         due
     }
 
-    fn put_back(&self, shared: &Shared, repair: Repair) {
+    fn put_back(&self, stats: &Stats, repair: Repair) {
         let mut queue = self.queue.lock();
         if queue.len() < CAPACITY {
             queue.push_back(repair);
         } else {
-            Stats::count(&shared.stats.counters.repairs_dropped);
+            Stats::count(&stats.counters.repairs_dropped);
         }
     }
 }
 
 /// Starts a [`retry`] run in its own task unless one is under way.
-pub(crate) fn spawn_retry(shared: &Arc<Shared>) {
-    if shared.repairs.len() == 0 || shared.repairs.running.swap(true, Ordering::AcqRel) {
+pub(crate) fn spawn_retry(store: &Arc<Store>) {
+    if store.repairs.len() == 0 || store.repairs.running.swap(true, Ordering::AcqRel) {
         return;
     }
-    let shared = Arc::clone(shared);
+    let store = Arc::clone(store);
     tokio::spawn(async move {
-        retry(&shared).await;
-        shared.repairs.running.store(false, Ordering::Release);
+        retry(&store).await;
+        store.repairs.running.store(false, Ordering::Release);
     });
 }
 
 /// Tries every due repair once (see the module docs).
-pub(crate) async fn retry(shared: &Shared) {
-    let due = shared.repairs.take_due(shared);
+pub(crate) async fn retry(store: &Store) {
+    let due = store.repairs.take_due(store);
     if due.is_empty() {
         return;
     }
     let mut done = 0usize;
     let mut failing = HashSet::new();
     for repair in due {
-        let node = shared.nodes.get(repair.node);
+        let node = store.nodes.get(repair.node);
         if failing.contains(&repair.node) || !node.is_available() {
-            shared.repairs.put_back(shared, repair);
+            store.repairs.put_back(&store.stats, repair);
             continue;
         }
         let outcome = match &repair.action {
@@ -166,11 +162,11 @@ pub(crate) async fn retry(shared: &Shared) {
         match outcome {
             Ok(()) => {
                 done += 1;
-                Stats::count(&shared.stats.counters.repairs_done);
+                Stats::count(&store.stats.counters.repairs_done);
             }
             Err(_) => {
                 failing.insert(repair.node);
-                shared.repairs.put_back(shared, repair);
+                store.repairs.put_back(&store.stats, repair);
             }
         }
     }
@@ -199,57 +195,54 @@ mod tests {
             .unwrap();
         let backends = nodes.iter().map(|n| Arc::clone(n) as Arc<dyn NodeBackend>).collect();
         let manager = SessionManager::with_backends(config, backends).expect("one backend per node");
-        let shared = &*manager.shared;
+        let store = &*manager.inner.store;
         nodes[1].put_raw("stale", b"x");
         nodes[1].set_down(true);
-        shared.nodes.get(1).observe(false, Instant::now());
+        store.nodes.get(1).observe(false, Instant::now());
         let until = Instant::now() + Duration::from_secs(60);
-        shared.repairs.remember(
-            shared,
+        store.remember_repair(
             1,
             "stale".to_owned(),
             Action::Set(b"gone".to_vec(), Expiry::Never),
             until,
         );
-        retry(shared).await;
+        retry(store).await;
         // Not tried while its node is down (a try would have failed and
         // marked nothing; the repair simply waits).
-        assert_eq!(shared.repairs.len(), 1);
+        assert_eq!(store.repairs.len(), 1);
         nodes[1].set_down(false);
-        shared.nodes.get(1).observe(true, Instant::now());
-        retry(shared).await;
+        store.nodes.get(1).observe(true, Instant::now());
+        retry(store).await;
         assert_eq!(
             nodes[1].get("stale").await.unwrap().unwrap(),
             b"gone",
             "done once its node is back"
         );
-        assert_eq!(shared.repairs.len(), 0);
+        assert_eq!(store.repairs.len(), 0);
 
         nodes[1].set_down(true);
-        shared.nodes.get(1).observe(false, Instant::now());
-        shared.repairs.remember(
-            shared,
+        store.nodes.get(1).observe(false, Instant::now());
+        store.remember_repair(
             1,
             "late".to_owned(),
             Action::Set(b"gone".to_vec(), Expiry::Never),
             Instant::now() + Duration::from_secs(1),
         );
         tokio::time::advance(Duration::from_secs(2)).await;
-        retry(shared).await;
-        assert_eq!(shared.repairs.len(), 0, "a repair past its data's lifetime is dropped");
+        retry(store).await;
+        assert_eq!(store.repairs.len(), 0, "a repair past its data's lifetime is dropped");
 
         for n in 0..CAPACITY + 5 {
-            shared.repairs.remember(
-                shared,
+            store.remember_repair(
                 1,
                 format!("k{n}"),
                 Action::Set(b"gone".to_vec(), Expiry::Never),
                 until + Duration::from_secs(60),
             );
         }
-        assert_eq!(shared.repairs.len(), CAPACITY);
+        assert_eq!(store.repairs.len(), CAPACITY);
         assert_eq!(
-            shared
+            store
                 .stats
                 .counters
                 .repairs_dropped

@@ -1,0 +1,274 @@
+//! [`ManagerInner`]: what a [`SessionManager`](crate::SessionManager)
+//! handle points to — the configuration, the [`Store`], the [`Mode`] with
+//! its own state, and the background tasks (node prober, expiry sweep),
+//! which hold it weakly and end when the last handle is dropped.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::MissedTickBehavior;
+
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::non_sticky::NonSticky;
+use crate::session::id::SessionId;
+use crate::session::state::SessionState;
+use crate::stats::{Statistics, Stats};
+use crate::sticky::Sticky;
+use crate::store::Store;
+use crate::store::backend::NodeBackend;
+use crate::store::codec::Codec;
+use crate::store::keys::Keys;
+use crate::store::node::NodeSpec;
+use crate::store::nodes::{Nodes, ProbeOutcome};
+
+/// Sticky or non-sticky, each with the state only it needs.
+pub(crate) enum Mode {
+    Sticky(Arc<Sticky>),
+    NonSticky(Arc<NonSticky>),
+}
+
+/// State shared by a manager's handles, its requests and its background tasks.
+pub(crate) struct ManagerInner {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) mode: Mode,
+    /// Key of this instance's sentinel on every node (detects data loss).
+    sentinel_key: String,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Sticky: the backup queue's dispatcher, awaited at shutdown.
+    dispatcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ManagerInner {
+    /// Builds the manager on one backend per node of `config` (see
+    /// `SessionManager::with_backends`) and starts its background tasks.
+    pub(crate) fn start(config: Config, backends: Vec<Arc<dyn NodeBackend>>) -> Result<Arc<Self>, ConfigError> {
+        let specs = if !config.enabled {
+            Vec::new()
+        } else {
+            config
+                .nodes()
+                .map(<[NodeSpec]>::to_vec)
+                .unwrap_or_else(|| vec![NodeSpec::embedded()])
+        };
+        if specs.len() != backends.len() {
+            return Err(ConfigError::new(
+                "memcachedNodes",
+                format!(
+                    "{} backends were given for {} configured nodes (one per node, in order)",
+                    backends.len(),
+                    specs.len()
+                ),
+            ));
+        }
+        let config = Arc::new(config);
+        let stats = Arc::new(Stats::default());
+        let keys = Keys::new(config.storage_key_prefix.clone(), config.key_hasher.clone());
+        let instance_token = SessionId::generate(None, None).as_str()[..16].to_owned();
+        let sentinel_key = keys.sentinel(&instance_token);
+        let store = Arc::new(Store::new(
+            Nodes::new(specs, backends, config.operation_timeout),
+            keys,
+            Codec::new(config.sealer.clone()),
+            Arc::clone(&stats),
+        ));
+        let (mode, dispatcher) = if config.sticky {
+            let (sticky, dispatcher) = Sticky::start(Arc::clone(&config), Arc::clone(&store), Arc::clone(&stats));
+            (Mode::Sticky(sticky), Some(dispatcher))
+        } else {
+            let non_sticky = NonSticky::new(
+                Arc::clone(&config),
+                Arc::clone(&store),
+                Arc::clone(&stats),
+                instance_token,
+            );
+            (Mode::NonSticky(Arc::new(non_sticky)), None)
+        };
+        let inner = Arc::new(Self {
+            config,
+            store,
+            stats,
+            mode,
+            sentinel_key,
+            tasks: Mutex::new(Vec::new()),
+            dispatcher: Mutex::new(dispatcher),
+        });
+        let weak = Arc::downgrade(&inner);
+        let mut tasks = Vec::new();
+        if let Mode::Sticky(sticky) = &inner.mode {
+            tasks.push(tokio::spawn(sweep_expired(
+                Arc::downgrade(sticky),
+                inner.config.expiry_sweep_interval,
+            )));
+        }
+        if !inner.store.nodes.is_empty() {
+            tasks.push(tokio::spawn(probe_nodes(weak, inner.config.node_probe_interval)));
+        }
+        *inner.tasks.lock() = tasks;
+        Ok(inner)
+    }
+
+    /// The sticky state, in sticky mode.
+    pub(crate) fn sticky(&self) -> Option<&Arc<Sticky>> {
+        match &self.mode {
+            Mode::Sticky(sticky) => Some(sticky),
+            Mode::NonSticky(_) => None,
+        }
+    }
+
+    /// A new, empty session on a freshly chosen node (held here in sticky
+    /// mode; stored by the request that made it in non-sticky mode).
+    pub(crate) fn create_session(&self) -> Arc<SessionState> {
+        let id = SessionId::generate(self.store.nodes.choose(), self.config.route());
+        if id.node().is_none() && self.store.nodes.iter().count() > 1 {
+            tracing::warn!("no memcached node available; new session kept in memory only until one is back");
+        }
+        let session = Arc::new(SessionState::new(id.clone(), self.config.max_inactive));
+        if let Some(sticky) = self.sticky() {
+            sticky.sessions.insert(id.as_str(), session.clone());
+        }
+        Stats::count(&self.stats.counters.sessions_created);
+        session
+    }
+
+    /// Ends `session` (logout). `false` when it had already ended. Its
+    /// stored copies are tombstoned at the end of the request.
+    pub(crate) fn invalidate(&self, session: &SessionState) -> bool {
+        if session.end().is_none() {
+            return false;
+        }
+        if let Some(sticky) = self.sticky() {
+            sticky.invalidate(session);
+        }
+        Stats::count(&self.stats.counters.sessions_invalidated);
+        true
+    }
+
+    /// Gives `session` a new id (on a live node when its own is not the
+    /// place for it any more), keeping its data; the old id stops working
+    /// at once here, and in memcached once the request's write is done.
+    pub(crate) fn cycle_id(&self, session: &SessionState) -> SessionId {
+        let nodes = &self.store.nodes;
+        let (old, new) = {
+            let mut inner = session.inner.lock();
+            let old = inner.id.clone();
+            let node = if nodes.should_relocate(&old) {
+                nodes.choose()
+            } else {
+                old.node()
+            };
+            let new = SessionId::generate(node, self.config.route());
+            inner.change_id(new.clone());
+            (old, new)
+        };
+        if let Some(sticky) = self.sticky() {
+            sticky.sessions.rekey(old.as_str(), new.as_str(), false);
+            let lifetime = crate::sticky::backup::configured_copy_lifetime(sticky);
+            crate::sticky::backup::end_sticky_ids(sticky, std::slice::from_ref(&old), lifetime);
+        }
+        Stats::count(&self.stats.counters.ids_cycled);
+        new
+    }
+
+    /// A snapshot of the statistics.
+    pub(crate) fn statistics(&self) -> Statistics {
+        let mut statistics = self.stats.snapshot();
+        statistics.repair_queue_len = self.store.repairs.len() as u64;
+        statistics.available_nodes = self.store.nodes.available_labels();
+        statistics.counters.node_state_changes = self.store.nodes.state_changes();
+        match &self.mode {
+            Mode::Sticky(sticky) => {
+                statistics.local_sessions = sticky.sessions.len() as u64;
+                statistics.backup_queue_len = sticky.backups.len() as u64;
+                statistics.unsynced_sessions = sticky.unsynced.len() as u64;
+            }
+            Mode::NonSticky(non_sticky) => {
+                statistics.local_sessions = non_sticky.inflight.len() as u64;
+            }
+        }
+        statistics
+    }
+
+    /// Stops the background tasks and (sticky) writes every pending backup.
+    pub(crate) async fn shut_down(&self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+        let dispatcher = self.dispatcher.lock().take();
+        if let Some(sticky) = self.sticky() {
+            sticky.shut_down(dispatcher).await;
+        }
+    }
+}
+
+impl Drop for ManagerInner {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Expires idle sessions from memory (and memcached) every `interval`.
+async fn sweep_expired(sticky: Weak<Sticky>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(sticky) = sticky.upgrade() else {
+            return;
+        };
+        sticky.sweep_expired();
+    }
+}
+
+/// Probes every node every `interval`; retries what could not be written
+/// when due; re-writes the sessions of a node that lost its data.
+async fn probe_nodes(inner: Weak<ManagerInner>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let mut probes = JoinSet::new();
+        for index in 0..strong.store.nodes.iter().count() {
+            let store = Arc::clone(&strong.store);
+            let sentinel_key = strong.sentinel_key.clone();
+            probes.spawn(async move {
+                let outcome = store.nodes.get(index).probe(&sentinel_key).await;
+                (index, outcome)
+            });
+        }
+        drop(strong);
+        let mut lost_data = Vec::new();
+        while let Some(result) = probes.join_next().await {
+            if let Ok((index, ProbeOutcome::LostData)) = result {
+                lost_data.push(index);
+            }
+        }
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        crate::store::repairs::spawn_retry(&strong.store);
+        let Some(sticky) = strong.sticky().cloned() else {
+            continue;
+        };
+        drop(strong);
+        crate::sticky::unsynced::retry(&sticky);
+        for index in lost_data {
+            let restored = sticky.restore_node(index);
+            sticky
+                .stats
+                .counters
+                .backups_restored
+                .fetch_add(restored, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(node = %sticky.store.nodes.get(index).label(), sessions = restored, "re-writing sessions to a node that lost its data");
+        }
+    }
+}
