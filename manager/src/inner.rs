@@ -167,8 +167,7 @@ impl ManagerInner {
         };
         if let Some(sticky) = self.sticky() {
             sticky.sessions.rekey(old.as_str(), new.as_str(), false);
-            let lifetime = crate::sticky::backup::configured_copy_lifetime(sticky);
-            crate::sticky::backup::end_sticky_ids(sticky, std::slice::from_ref(&old), lifetime);
+            sticky.end_ids(std::slice::from_ref(&old), sticky.backups.copy_lifetime());
         }
         Stats::count(&self.stats.counters.ids_cycled);
         new
@@ -183,8 +182,8 @@ impl ManagerInner {
         match &self.mode {
             Mode::Sticky(sticky) => {
                 statistics.local_sessions = sticky.sessions.len() as u64;
-                statistics.backup_queue_len = sticky.backups.len() as u64;
-                statistics.unsynced_sessions = sticky.unsynced.len() as u64;
+                statistics.backup_queue_len = sticky.backups.queue.len() as u64;
+                statistics.unsynced_sessions = sticky.backups.unsynced.len() as u64;
             }
             Mode::NonSticky(non_sticky) => {
                 statistics.local_sessions = non_sticky.inflight.len() as u64;
@@ -255,12 +254,12 @@ async fn probe_nodes(inner: Weak<ManagerInner>, interval: Duration) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        crate::store::repairs::spawn_retry(&strong.store);
+        strong.store.spawn_repair_retry();
         let Some(sticky) = strong.sticky().cloned() else {
             continue;
         };
         drop(strong);
-        crate::sticky::unsynced::retry(&sticky);
+        crate::sticky::relocate::retry_unsynced(&sticky);
         for index in lost_data {
             let restored = sticky.restore_node(index);
             sticky

@@ -30,17 +30,39 @@ use tokio::time::Instant;
 
 use crate::detached::run_detached;
 use crate::error::Error;
-use crate::non_sticky::NonSticky;
 use crate::stats::Stats;
+use crate::store::Store;
 use crate::store::backend::{Expiry, Item, Versioned};
 use crate::store::nodes::NodeIndex;
+
+/// What every lock of this instance shares: where locks live and how long.
+pub(crate) struct Locks {
+    store: Arc<Store>,
+    /// `lockExpiration`: a lock's TTL, renewed at a third of it.
+    expiration: Duration,
+    /// How long an acquisition is retried.
+    operation_timeout: Duration,
+    /// This instance's name, the first part of each lock's value.
+    owner: String,
+}
+
+impl Locks {
+    pub(crate) fn new(store: Arc<Store>, expiration: Duration, operation_timeout: Duration, owner: String) -> Self {
+        Self {
+            store,
+            expiration,
+            operation_timeout,
+            owner,
+        }
+    }
+}
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What the holder, its renewal task and its release share.
 struct LockState {
-    non_sticky: Weak<NonSticky>,
+    locks: Weak<Locks>,
     node: NodeIndex,
     key: String,
     /// The lock's value (this instance's token).
@@ -96,39 +118,33 @@ impl Drop for HeldLock {
 /// the session until `lockExpiration`); the task finishes the attempt and,
 /// with nobody waiting for it, its lock is dropped and so released.
 pub(crate) async fn acquire(
-    non_sticky: &Arc<NonSticky>,
+    locks: &Arc<Locks>,
     node: NodeIndex,
     key: String,
     read: Option<(String, Expiry)>,
 ) -> Result<Option<(HeldLock, Option<Option<Versioned>>)>, Error> {
     // A task cancelled by a runtime shutting down got no lock.
-    run_detached(acquire_here(Arc::clone(non_sticky), node, key, read))
+    run_detached(acquire_here(Arc::clone(locks), node, key, read))
         .await
         .unwrap_or(Ok(None))
 }
 
 async fn acquire_here(
-    non_sticky: Arc<NonSticky>,
+    locks: Arc<Locks>,
     node: NodeIndex,
     key: String,
     read: Option<(String, Expiry)>,
 ) -> Result<Option<(HeldLock, Option<Option<Versioned>>)>, Error> {
-    let non_sticky = &non_sticky;
-    let config = &non_sticky.config;
-    let counters = &non_sticky.stats.counters;
+    let locks = &locks;
+    let counters = &locks.store.stats.counters;
     let started = Instant::now();
-    let deadline = started + config.operation_timeout;
+    let deadline = started + locks.operation_timeout;
     let mut backoff = FIRST_BACKOFF;
-    let expiry = Expiry::After(config.lock_expiration);
+    let expiry = Expiry::After(locks.expiration);
     // Unique per acquisition, so a lock whose `add` timed out can later be
     // recognised as ours and removed.
     static ACQUISITIONS: AtomicU64 = AtomicU64::new(0);
-    let value = format!(
-        "{}:{}",
-        non_sticky.instance_token,
-        ACQUISITIONS.fetch_add(1, Ordering::Relaxed)
-    )
-    .into_bytes();
+    let value = format!("{}:{}", locks.owner, ACQUISITIONS.fetch_add(1, Ordering::Relaxed)).into_bytes();
     let value = value.as_slice();
     loop {
         let sent = Instant::now();
@@ -138,14 +154,14 @@ async fn acquire_here(
             expiry,
         };
         let acquired = match &read {
-            None => non_sticky
+            None => locks
                 .store
                 .nodes
                 .get(node)
                 .call(|b| b.add_with_cas(&key, value, expiry))
                 .await
                 .map(|cas| (cas, None)),
-            Some((read_key, read_expiry)) => non_sticky
+            Some((read_key, read_expiry)) => locks
                 .store
                 .nodes
                 .get(node)
@@ -155,16 +171,16 @@ async fn acquire_here(
         };
         match acquired {
             Ok((Some(cas), got)) => {
-                non_sticky.stats.lock_acquire_time.record_duration(started.elapsed());
+                locks.store.stats.lock_acquire_time.record_duration(started.elapsed());
                 Stats::count(&counters.locks_acquired);
                 let state = Arc::new(LockState {
-                    non_sticky: Arc::downgrade(non_sticky),
+                    locks: Arc::downgrade(locks),
                     node,
                     key,
                     value: value.to_vec(),
                     cas: tokio::sync::Mutex::new(Some(cas)),
                     lost: AtomicBool::new(false),
-                    valid_until: parking_lot::Mutex::new(sent + config.lock_expiration),
+                    valid_until: parking_lot::Mutex::new(sent + locks.expiration),
                     acquired_at: Instant::now(),
                     renewal: parking_lot::Mutex::new(None),
                 });
@@ -182,7 +198,7 @@ async fn acquire_here(
                         // The add may still land (a frozen node that
                         // thaws): remove it then, rather than leave the
                         // session locked until lockExpiration.
-                        tokio::spawn(remove_if_landed(Arc::downgrade(non_sticky), node, key, value.to_vec()));
+                        tokio::spawn(remove_if_landed(Arc::downgrade(locks), node, key, value.to_vec()));
                     }
                 }
                 return Err(error);
@@ -190,7 +206,7 @@ async fn acquire_here(
         }
         let now = Instant::now();
         if now >= deadline {
-            non_sticky.stats.lock_failure_time.record_duration(started.elapsed());
+            locks.store.stats.lock_failure_time.record_duration(started.elapsed());
             Stats::count(&counters.lock_failures);
             return Ok(None);
         }
@@ -202,20 +218,20 @@ async fn acquire_here(
 /// Watches for a lock whose `add` timed out to appear with our value, and
 /// deletes it (CAS-guarded) when it does; gives up once it would have
 /// expired anyway.
-async fn remove_if_landed(non_sticky: Weak<NonSticky>, node: NodeIndex, key: String, value: Vec<u8>) {
+async fn remove_if_landed(locks: Weak<Locks>, node: NodeIndex, key: String, value: Vec<u8>) {
     const EVERY: Duration = Duration::from_millis(200);
-    let Some(expiration) = non_sticky.upgrade().map(|s| s.config.lock_expiration) else {
+    let Some(expiration) = locks.upgrade().map(|s| s.expiration) else {
         return;
     };
     let give_up = Instant::now() + expiration;
     while Instant::now() < give_up {
         tokio::time::sleep(EVERY).await;
-        let Some(non_sticky) = non_sticky.upgrade() else {
+        let Some(locks) = locks.upgrade() else {
             return;
         };
-        match non_sticky.store.nodes.get(node).call(|b| b.get_with_cas(&key)).await {
+        match locks.store.nodes.get(node).call(|b| b.get_with_cas(&key)).await {
             Ok(Some(found)) if found.value == value => {
-                let _ = non_sticky
+                let _ = locks
                     .store
                     .nodes
                     .get(node)
@@ -238,8 +254,8 @@ async fn renew(state: Weak<LockState>) {
     loop {
         let Some(every) = state
             .upgrade()
-            .and_then(|s| s.non_sticky.upgrade())
-            .map(|s| s.config.lock_expiration / 3)
+            .and_then(|s| s.locks.upgrade())
+            .map(|s| s.expiration / 3)
         else {
             return;
         };
@@ -248,15 +264,15 @@ async fn renew(state: Weak<LockState>) {
         let Some(state) = state.upgrade() else {
             return;
         };
-        let Some(non_sticky) = state.non_sticky.upgrade() else {
+        let Some(locks) = state.locks.upgrade() else {
             return;
         };
         let mut cas = state.cas.lock().await;
         let Some(current) = *cas else {
             return;
         };
-        let expiry = Expiry::After(non_sticky.config.lock_expiration);
-        let node = non_sticky.store.nodes.get(state.node);
+        let expiry = Expiry::After(locks.expiration);
+        let node = locks.store.nodes.get(state.node);
         let sent = Instant::now();
         match node
             .call(|b| b.replace_if_cas(&state.key, &state.value, current, expiry))
@@ -264,12 +280,12 @@ async fn renew(state: Weak<LockState>) {
         {
             Ok(Some(renewed)) => {
                 *cas = Some(renewed);
-                *state.valid_until.lock() = sent + non_sticky.config.lock_expiration;
+                *state.valid_until.lock() = sent + locks.expiration;
             }
             Ok(None) => {
                 *cas = None;
                 state.lost.store(true, Ordering::Release);
-                Stats::count(&non_sticky.stats.counters.locks_lost);
+                Stats::count(&locks.store.stats.counters.locks_lost);
                 tracing::error!(node = %node.label(), "session lock expired during a request; its changes will not be saved");
                 return;
             }
@@ -291,7 +307,7 @@ pub(crate) async fn release(lock: HeldLock) {
 
 /// Deletes the lock if it is still ours, waiting for a renewal in flight.
 async fn let_go(state: &LockState) {
-    let Some(non_sticky) = state.non_sticky.upgrade() else {
+    let Some(locks) = state.locks.upgrade() else {
         return;
     };
     let Some(cas) = state.cas.lock().await.take() else {
@@ -302,19 +318,20 @@ async fn let_go(state: &LockState) {
         renewal.abort();
     }
     let started = Instant::now();
-    let released = non_sticky
+    let released = locks
         .store
         .nodes
         .get(state.node)
         .call(|b| b.delete_if_cas(&state.key, cas))
         .await;
-    non_sticky.stats.lock_release_time.record_duration(started.elapsed());
-    non_sticky
+    locks.store.stats.lock_release_time.record_duration(started.elapsed());
+    locks
+        .store
         .stats
         .lock_hold_time
         .record_duration(state.acquired_at.elapsed());
     match released {
-        Ok(_) => Stats::count(&non_sticky.stats.counters.locks_released),
+        Ok(_) => Stats::count(&locks.store.stats.counters.locks_released),
         Err(error) => {
             tracing::warn!(%error, "releasing a session lock failed; it expires by itself")
         }

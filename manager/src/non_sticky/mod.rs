@@ -72,7 +72,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use self::lock::HeldLock;
+use self::lock::{HeldLock, Locks};
 use self::lock_policy::LockPolicy;
 use crate::config::Config;
 use crate::config::locking_mode::LockFailure;
@@ -103,12 +103,18 @@ pub(crate) struct NonSticky {
     pub(crate) lock_policy: LockPolicy,
     /// Serializes, per session id, the loads and write-backs of this process.
     pub(crate) id_gates: IdGates,
-    /// Random name of this manager instance (the value of its locks).
-    pub(crate) instance_token: String,
+    /// Where locks are taken, renewed and released.
+    pub(crate) locks: Arc<Locks>,
 }
 
 impl NonSticky {
     pub(crate) fn new(config: Arc<Config>, store: Arc<Store>, stats: Arc<Stats>, instance_token: String) -> Self {
+        let locks = Locks::new(
+            Arc::clone(&store),
+            config.lock_expiration,
+            config.operation_timeout,
+            instance_token,
+        );
         Self {
             config,
             store,
@@ -116,7 +122,7 @@ impl NonSticky {
             inflight: InFlightSessions::default(),
             lock_policy: LockPolicy::default(),
             id_gates: IdGates::default(),
-            instance_token,
+            locks: Arc::new(locks),
         }
     }
 }
@@ -372,7 +378,7 @@ async fn lock_for(
                 primary_expiry(non_sticky.config.max_inactive),
             )
         });
-        outcome = lock::acquire(non_sticky, home, non_sticky.store.keys.lock(id), read).await;
+        outcome = lock::acquire(&non_sticky.locks, home, non_sticky.store.keys.lock(id), read).await;
         if !matches!(&outcome, Err(error) if error.is_unavailable()) {
             break;
         }
@@ -685,7 +691,10 @@ pub(crate) async fn release(
     if !changed {
         Stats::count(&non_sticky.stats.counters.read_only_requests);
     }
-    if matches!(non_sticky.config.locking_mode, crate::LockingMode::Auto) {
+    if matches!(
+        non_sticky.config.locking_mode,
+        crate::config::locking_mode::LockingMode::Auto
+    ) {
         non_sticky.lock_policy.learn(method, path, changed);
     }
     // The write runs in a task of its own: a client hanging up mid-way

@@ -19,8 +19,7 @@ use crate::error::Error;
 use crate::inner::{ManagerInner, Mode};
 use crate::non_sticky::NonSticky;
 use crate::non_sticky::{self, Claim};
-use crate::request::id_transport::IdAction;
-use crate::session::id::SessionId;
+use crate::request::id_transport::{IdAction, IncomingId};
 use crate::session::state::{BackupNeed, SessionState};
 use crate::stats::Stats;
 use crate::sticky;
@@ -58,15 +57,6 @@ impl RequestSlots {
     pub(crate) fn current(&self) -> Option<Arc<RequestContext>> {
         self.slots.lock().get(&SlotKey::current()).cloned()
     }
-}
-
-/// What the client sent as its session id.
-#[derive(Debug)]
-pub(crate) enum IncomingId {
-    None,
-    /// Present but malformed, or naming an unknown node.
-    Invalid,
-    Valid(SessionId),
 }
 
 /// Per-request session state.
@@ -294,7 +284,7 @@ async fn back_up_sticky(
     // backup: once a logout is answered, no other instance may take the
     // old id over from a copy still in memcached.
     if !invalidated.is_empty() {
-        sticky.backup_to_completion(invalidated).await;
+        sticky.backups.backup_to_completion(invalidated).await;
     }
     let mut to_sync = Vec::new();
     if let Some(session) = session {
@@ -317,7 +307,7 @@ async fn back_up_sticky(
             sticky.schedule_backup(session);
         }
     } else {
-        sticky.backup_to_completion(to_sync).await;
+        sticky.backups.backup_to_completion(to_sync).await;
     }
 }
 

@@ -21,7 +21,6 @@ use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
 use crate::inner::ManagerInner;
-use crate::request::context::IncomingId;
 use crate::session::id::SessionId;
 use crate::stats::Stats;
 
@@ -53,6 +52,15 @@ pub(crate) fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl I
             let (key, value) = pair.split_once('=')?;
             (key.trim() == name).then(|| value.trim().trim_matches('"'))
         })
+}
+
+/// What the client sent as its session id.
+#[derive(Debug)]
+pub(crate) enum IncomingId {
+    None,
+    /// Present but malformed, or naming an unknown node.
+    Invalid,
+    Valid(SessionId),
 }
 
 /// The session id the client sent (see the module docs for the order).

@@ -1,111 +1,145 @@
-//! Writing sessions to memcached: the per-session sync procedure and the
-//! bounded async queue in front of it.
-//!
-//! The queue carries session handles, not byte snapshots: a session waits
-//! in it at most once (later requests find it already queued), and the
-//! worker serializes whatever the session holds when its turn comes. So
-//! memory is bounded by the queue capacity, whatever memcached's latency,
-//! and a burst of requests on one session costs one write. When the queue
-//! is full the backup is dropped and counted; the session stays "changed"
-//! and is queued again by its next request. Nothing is lost: the primary
-//! copy is in this process.
+//! Writing sessions to memcached ([`Backups`]): what a session's stored
+//! copy needs (write, touch, tombstone, nothing), done now or through the
+//! [`BackupQueue`]; failures are remembered in [`Unsynced`] and retried.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use crate::config::Config;
+use crate::detached::run_detached;
 use crate::session::id::SessionId;
 use crate::session::state::{BackupNeed, SessionState, StoredMark, ttl_margin};
 use crate::stats::Stats;
-use crate::sticky::Sticky;
+use crate::sticky::backup_queue::{BackupQueue, WriteBatch};
+use crate::sticky::unsynced::Unsynced;
+use crate::store::Store;
 use crate::store::backend::{Expiry, Item};
 use crate::store::envelope;
 
-/// The sender side of the async backup queue.
-pub(crate) struct BackupQueue {
-    sender: parking_lot::Mutex<Option<mpsc::Sender<Arc<SessionState>>>>,
-    capacity: usize,
+/// Most synchronous backup writes in flight at once (see
+/// [`Backups::backup_now`]).
+pub(crate) const MAX_SYNC_WRITES: usize = 4096;
+
+/// The writer of sticky sessions' stored copies.
+pub(crate) struct Backups {
+    pub(crate) store: Arc<Store>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) queue: BackupQueue,
+    /// Sessions whose last backup failed or was deferred.
+    pub(crate) unsynced: Unsynced,
+    /// Bounds the synchronous backup writes in flight.
+    pub(crate) sync_writes: Arc<Semaphore>,
+    /// `maxInactiveInterval`: how long stored copies and tombstones live.
+    max_inactive: Option<Duration>,
+    /// `sessionBackupTimeout`: how long a synchronous backup may delay a response.
+    backup_timeout: Duration,
 }
 
-impl BackupQueue {
-    /// Creates the queue and its dispatcher task, which runs at most
-    /// `concurrency` backups at once.
-    pub(crate) fn start(sticky: Weak<Sticky>, capacity: usize, concurrency: usize) -> (Self, JoinHandle<()>) {
-        let (sender, receiver) = mpsc::channel(capacity);
-        let dispatcher = tokio::spawn(dispatch(sticky, receiver, concurrency));
-        let queue = Self {
-            sender: parking_lot::Mutex::new(Some(sender)),
-            capacity,
-        };
-        (queue, dispatcher)
+impl Backups {
+    /// The writer, and its queue's dispatcher task.
+    pub(crate) fn start(config: &Config, store: Arc<Store>, stats: Arc<Stats>) -> (Arc<Self>, JoinHandle<()>) {
+        let mut dispatcher = None;
+        let backups = Arc::new_cyclic(|weak: &Weak<Self>| {
+            let (queue, task) =
+                BackupQueue::start(weak.clone(), config.backup_queue_capacity, config.backup_concurrency);
+            dispatcher = Some(task);
+            Self {
+                store,
+                stats,
+                queue,
+                unsynced: Unsynced::default(),
+                sync_writes: Arc::new(Semaphore::new(MAX_SYNC_WRITES)),
+                max_inactive: config.max_inactive,
+                backup_timeout: config.backup_timeout,
+            }
+        });
+        (backups, dispatcher.expect("set by new_cyclic"))
     }
 
-    /// Sessions waiting in the queue.
-    pub(crate) fn len(&self) -> usize {
-        self.sender.lock().as_ref().map_or(0, |s| self.capacity - s.capacity())
+    /// How long a stored copy (or its tombstone) lives under this
+    /// configuration.
+    pub(crate) fn copy_lifetime(&self) -> Duration {
+        copy_lifetime(self.max_inactive)
     }
 
-    /// Queues a backup unless one is already queued. Returns `false` when the
-    /// queue is full or closed (the caller decides what to do).
-    pub(crate) fn push(&self, session: &Arc<SessionState>, stats: &Stats) -> bool {
-        if session.backup_queued.swap(true, Ordering::AcqRel) {
+    /// Queues (async mode) a backup of `session`.
+    /// `false` when the queue was full: the session then waits among the
+    /// unsynced ones and is queued again after the next prober round.
+    pub(crate) fn schedule(self: &Arc<Self>, session: &Arc<SessionState>) -> bool {
+        if self.queue.push(session, &self.stats) {
             return true;
         }
-        let sent = match self.sender.lock().as_ref() {
-            Some(sender) => match sender.try_send(session.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    Stats::count(&stats.counters.backups_dropped);
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            },
-            None => false,
-        };
-        if !sent {
-            session.backup_queued.store(false, Ordering::Release);
+        if self.queue.len() == 0 {
+            // Closed queue (after shutdown): write inline, off the request.
+            let backups = self.clone();
+            let session = session.clone();
+            tokio::spawn(async move { update_stored_copy(&backups, &session).await });
+            return true;
         }
-        sent
+        self.unsynced.note(&self.stats, session.id().as_str());
+        false
     }
 
-    /// Stops accepting work; the dispatcher drains what is queued and exits.
-    pub(crate) fn close(&self) {
-        self.sender.lock().take();
+    /// [`backup_now`](Self::backup_now), run detached: a request dropped
+    /// while it waits (client hang-up, outer timeout) does not abort the
+    /// backups of what it changed or ended.
+    pub(crate) async fn backup_to_completion(self: &Arc<Self>, sessions: Vec<Arc<SessionState>>) {
+        let backups = Arc::clone(self);
+        run_detached(async move { backups.backup_now(sessions).await }).await;
+    }
+
+    /// Backs `sessions` up now and waits up to `sessionBackupTimeout`; the
+    /// writes go on in the background after that (bounded by `operationTimeout`).
+    pub(crate) async fn backup_now(self: &Arc<Self>, sessions: Vec<Arc<SessionState>>) {
+        let started = Instant::now();
+        let deadline = started
+            .checked_add(self.backup_timeout)
+            .unwrap_or(started + Duration::from_secs(86_400));
+        let mut writes = JoinSet::new();
+        for session in sessions {
+            // At most MAX_SYNC_WRITES in flight (they outlive a request
+            // that stopped waiting for them); past the wait, the session
+            // goes to the bounded async queue instead.
+            let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.sync_writes).acquire_owned()).await;
+            let Ok(Ok(permit)) = permit else {
+                self.schedule(&session);
+                continue;
+            };
+            let backups = self.clone();
+            writes.spawn(async move {
+                update_stored_copy(&backups, &session).await;
+                drop(permit);
+            });
+        }
+        let _ = tokio::time::timeout_at(deadline, async { while writes.join_next().await.is_some() {} }).await;
+        writes.detach_all();
+        self.stats.effective_backup_time.record_duration(started.elapsed());
+    }
+
+    /// Queues a tombstone over the stored copy of `id` through the repair
+    /// queue — which retries until written, whatever happens to the backup
+    /// queue or the request — besides the one the backup path writes at
+    /// once. It lives (and is retried) until `until`.
+    pub(crate) fn tombstone_eventually(&self, id: &SessionId, lifetime: Duration, until: Instant) {
+        let Some(index) = self.store.nodes.node_of(id) else {
+            return;
+        };
+        let key = self.store.keys.session(id);
+        let sealed = self.store.codec.seal_owned(&key, envelope::encode_gone());
+        let tombstone = crate::store::repairs::Action::Set(sealed, Expiry::After(lifetime));
+        self.store.remember_repair(index, key, tombstone, until);
     }
 }
 
-/// Most sessions written in one pipelined exchange per node.
-const MAX_BATCH: usize = 64;
-
-async fn dispatch(sticky: Weak<Sticky>, mut receiver: mpsc::Receiver<Arc<SessionState>>, concurrency: usize) {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    while let Some(first) = receiver.recv().await {
-        // Whatever queued up meanwhile goes out together: under load one
-        // exchange per node carries many sessions.
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(session) => batch.push(session),
-                Err(_) => break,
-            }
-        }
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let Some(sticky) = sticky.upgrade() else {
-            break;
-        };
-        tokio::spawn(async move {
-            update_stored_copies(&sticky, batch).await;
-            drop(permit);
-        });
+impl WriteBatch for Backups {
+    async fn write_batch(self: Arc<Self>, batch: Vec<Arc<SessionState>>) {
+        update_stored_copies(&self, batch).await;
     }
-    // Wait for the backups still in flight.
-    let _all = permits.acquire_many(concurrency as u32).await;
 }
 
 /// A planned write of one session in a batch.
@@ -122,9 +156,9 @@ struct BatchedWrite<'a> {
 /// [`update_stored_copy`] for many sessions: their full writes go to memcached
 /// in one pipelined exchange per node; anything else (touches, deletes,
 /// sessions whose I/O lock is busy) takes the one-by-one path.
-async fn update_stored_copies(sticky: &Sticky, batch: Vec<Arc<SessionState>>) {
+async fn update_stored_copies(backups: &Backups, batch: Vec<Arc<SessionState>>) {
     if batch.len() == 1 {
-        update_stored_copy(sticky, &batch[0]).await;
+        update_stored_copy(backups, &batch[0]).await;
         return;
     }
     let mut singles: Vec<&SessionState> = Vec::new();
@@ -136,7 +170,7 @@ async fn update_stored_copies(sticky: &Sticky, batch: Vec<Arc<SessionState>>) {
             continue;
         };
         session.backup_queued.store(false, Ordering::Release);
-        match plan(sticky, session) {
+        match plan(backups, session) {
             Plan::Write {
                 id,
                 bytes,
@@ -144,10 +178,10 @@ async fn update_stored_copies(sticky: &Sticky, batch: Vec<Arc<SessionState>>) {
                 epoch,
                 expiry,
             } => {
-                let Some(node) = sticky.store.nodes.node_of(&id) else {
+                let Some(node) = backups.store.nodes.node_of(&id) else {
                     continue;
                 };
-                let key = sticky.store.keys.session(&id);
+                let key = backups.store.keys.session(&id);
                 guards.push(guard);
                 writes.push((
                     node,
@@ -175,16 +209,16 @@ async fn update_stored_copies(sticky: &Sticky, batch: Vec<Arc<SessionState>>) {
         let end = rest.iter().position(|(n, _)| n != node).unwrap_or(rest.len());
         let (group, tail) = rest.split_at(end);
         rest = tail;
-        write_group(sticky, *node, group).await;
+        write_group(backups, *node, group).await;
     }
     drop(guards);
     for session in singles {
-        update_stored_copy(sticky, session).await;
+        update_stored_copy(backups, session).await;
     }
 }
 
 /// One exchange writing every session of `group` to `node`.
-async fn write_group(sticky: &Sticky, node: usize, group: &[(usize, BatchedWrite<'_>)]) {
+async fn write_group(backups: &Backups, node: usize, group: &[(usize, BatchedWrite<'_>)]) {
     let items: Vec<Item<'_>> = group
         .iter()
         .map(|(_, w)| Item {
@@ -195,7 +229,7 @@ async fn write_group(sticky: &Sticky, node: usize, group: &[(usize, BatchedWrite
         .collect();
     let started = Instant::now();
     let items = &items;
-    let written = sticky
+    let written = backups
         .store
         .nodes
         .get(node)
@@ -205,12 +239,12 @@ async fn write_group(sticky: &Sticky, node: usize, group: &[(usize, BatchedWrite
         Ok(outcomes) => outcomes,
         Err(error) => items.iter().map(|_| Err(error_source(&error))).collect(),
     };
-    sticky.stats.backup_time.record_duration(started.elapsed());
+    backups.stats.backup_time.record_duration(started.elapsed());
     for ((_, write), outcome) in group.iter().zip(outcomes) {
         match outcome {
             Ok(()) => {
                 let obsolete = record_written(
-                    sticky,
+                    backups,
                     write.session,
                     &write.id,
                     write.version,
@@ -219,16 +253,16 @@ async fn write_group(sticky: &Sticky, node: usize, group: &[(usize, BatchedWrite
                     started,
                 );
                 if obsolete {
-                    delete_keys(sticky, write.session, false).await;
+                    delete_keys(backups, write.session, false).await;
                 }
             }
             Err(error) => {
-                Stats::count(&sticky.stats.counters.backups_failed);
+                Stats::count(&backups.stats.counters.backups_failed);
                 if error.is_unavailable() {
-                    sticky.store.nodes.get(node).observe(false, started);
+                    backups.store.nodes.get(node).observe(false, started);
                 }
-                tracing::warn!(%error, node = %sticky.store.nodes.get(node).label(), "session backup failed");
-                sticky.unsynced.note(&sticky.stats, write.id.as_str());
+                tracing::warn!(%error, node = %backups.store.nodes.get(node).label(), "session backup failed");
+                backups.unsynced.note(&backups.stats, write.id.as_str());
             }
         }
     }
@@ -243,7 +277,7 @@ fn error_source(error: &crate::error::Error) -> crate::error::BackendError {
 
 /// Notes a successful write; `true` when old keys are left to delete.
 fn record_written(
-    sticky: &Sticky,
+    backups: &Backups,
     session: &SessionState,
     id: &SessionId,
     version: u64,
@@ -251,7 +285,7 @@ fn record_written(
     expiry: Expiry,
     started: Instant,
 ) -> bool {
-    Stats::count(&sticky.stats.counters.backups_written);
+    Stats::count(&backups.stats.counters.backups_written);
     let mut inner = session.inner.lock();
     inner.stored = Some(StoredMark {
         id: id.clone(),
@@ -286,10 +320,14 @@ enum Plan {
     },
 }
 
-fn plan(sticky: &Sticky, session: &SessionState) -> Plan {
+fn plan(backups: &Backups, session: &SessionState) -> Plan {
     let now = Instant::now();
     let inner = session.inner.lock();
-    let node = sticky.store.nodes.node_of(&inner.id).map(|i| sticky.store.nodes.get(i));
+    let node = backups
+        .store
+        .nodes
+        .node_of(&inner.id)
+        .map(|i| backups.store.nodes.get(i));
     let need = inner.backup_need(node.map(|n| n.epoch()));
     let node_up = node.is_some_and(|n| n.is_available());
     match need {
@@ -301,12 +339,12 @@ fn plan(sticky: &Sticky, session: &SessionState) -> Plan {
         },
         BackupNeed::Write => {
             let started = Instant::now();
-            let bytes = sticky.store.codec.seal_owned(
-                &sticky.store.keys.session(&inner.id),
+            let bytes = backups.store.codec.seal_owned(
+                &backups.store.keys.session(&inner.id),
                 envelope::encode(inner.record(), envelope::Format::Sticky),
             );
-            sticky.stats.serialization_time.record_duration(started.elapsed());
-            sticky.stats.session_size.record(bytes.len() as u64);
+            backups.stats.serialization_time.record_duration(started.elapsed());
+            backups.stats.session_size.record(bytes.len() as u64);
             Plan::Write {
                 id: inner.id.clone(),
                 bytes,
@@ -346,24 +384,24 @@ fn expires_at(expiry: Expiry, from: Instant) -> Option<Instant> {
 /// its TTL, or deletes it and its old keys, as needed. Runs one session at
 /// a time (per-session I/O lock), so a delete is never overtaken by an
 /// older write.
-pub(crate) async fn update_stored_copy(sticky: &Sticky, session: &SessionState) {
+pub(crate) async fn update_stored_copy(backups: &Backups, session: &SessionState) {
     let _io = session.io.lock().await;
     session.backup_queued.store(false, Ordering::Release);
-    let counters = &sticky.stats.counters;
+    let counters = &backups.stats.counters;
     // Two rounds at most: a touch that finds the key gone turns into a write.
     for _ in 0..2 {
-        match plan(sticky, session) {
+        match plan(backups, session) {
             Plan::Nothing => return,
             Plan::Deferred => {
                 Stats::count(&counters.backups_deferred);
-                sticky.unsynced.note(&sticky.stats, session.id().as_str());
+                backups.unsynced.note(&backups.stats, session.id().as_str());
                 return;
             }
             Plan::Touch { id, expiry } => {
-                let Some(node) = sticky.store.nodes.node_of(&id).map(|i| sticky.store.nodes.get(i)) else {
+                let Some(node) = backups.store.nodes.node_of(&id).map(|i| backups.store.nodes.get(i)) else {
                     return;
                 };
-                let key = sticky.store.keys.session(&id);
+                let key = backups.store.keys.session(&id);
                 let started = Instant::now();
                 match node.call(|b| b.touch(&key, expiry)).await {
                     Ok(true) => {
@@ -382,7 +420,7 @@ pub(crate) async fn update_stored_copy(sticky: &Sticky, session: &SessionState) 
                     Err(error) => {
                         Stats::count(&counters.backups_failed);
                         tracing::warn!(%error, "extending a session's TTL failed");
-                        sticky.unsynced.note(&sticky.stats, id.as_str());
+                        backups.unsynced.note(&backups.stats, id.as_str());
                         return;
                     }
                 }
@@ -394,23 +432,23 @@ pub(crate) async fn update_stored_copy(sticky: &Sticky, session: &SessionState) 
                 epoch,
                 expiry,
             } => {
-                let Some(node) = sticky.store.nodes.node_of(&id).map(|i| sticky.store.nodes.get(i)) else {
+                let Some(node) = backups.store.nodes.node_of(&id).map(|i| backups.store.nodes.get(i)) else {
                     return;
                 };
-                let key = sticky.store.keys.session(&id);
+                let key = backups.store.keys.session(&id);
                 let started = Instant::now();
                 let result = node.call(|b| b.set(&key, &bytes, expiry)).await;
-                sticky.stats.backup_time.record_duration(started.elapsed());
+                backups.stats.backup_time.record_duration(started.elapsed());
                 match result {
                     Ok(()) => {
-                        if record_written(sticky, session, &id, version, epoch, expiry, started) {
-                            delete_keys(sticky, session, false).await;
+                        if record_written(backups, session, &id, version, epoch, expiry, started) {
+                            delete_keys(backups, session, false).await;
                         }
                     }
                     Err(error) => {
                         Stats::count(&counters.backups_failed);
                         tracing::warn!(%error, "session backup failed");
-                        sticky.unsynced.note(&sticky.stats, id.as_str());
+                        backups.unsynced.note(&backups.stats, id.as_str());
                     }
                 }
                 return;
@@ -422,7 +460,7 @@ pub(crate) async fn update_stored_copy(sticky: &Sticky, session: &SessionState) 
                     inner.stored = None;
                     drop(inner);
                 }
-                delete_keys(sticky, session, invalidated).await;
+                delete_keys(backups, session, invalidated).await;
                 return;
             }
         }
@@ -436,70 +474,43 @@ fn copy_lifetime(max_inactive: Option<Duration>) -> Duration {
     max_inactive.map_or(Duration::from_secs(86_400), |max| max.saturating_add(ttl_margin(max)))
 }
 
-/// A sticky session ended here (logout, expiry): every id it had is
-/// remembered locally (no request of this instance loads it again) and
-/// gets a tombstone in memcached through the repair queue — which retries
-/// until written, whatever happens to the backup queue or the request —
-/// besides the one the backup path writes at once.
-pub(crate) fn end_sticky(sticky: &Sticky, session: &SessionState) {
-    let (ids, lifetime) = {
-        let inner = session.inner.lock();
-        let mut ids: Vec<SessionId> = inner.obsolete_ids.clone();
-        ids.extend(inner.stored.as_ref().map(|s| s.id.clone()));
-        ids.push(inner.id.clone());
-        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        ids.dedup();
-        (ids, copy_lifetime(inner.max_inactive))
-    };
-    end_sticky_ids(sticky, &ids, lifetime);
-}
-
-/// [`end_sticky`] for ids a live session left (`cycle_id`).
-pub(crate) fn end_sticky_ids(sticky: &Sticky, ids: &[SessionId], lifetime: Duration) {
-    let until = from_now(lifetime);
-    let expiry = Expiry::After(lifetime);
-    for id in ids {
-        sticky.sessions.end(id.as_str(), until);
-        let Some(index) = sticky.store.nodes.node_of(id) else {
-            continue;
-        };
-        let key = sticky.store.keys.session(id);
-        let sealed = sticky.store.codec.seal_owned(&key, envelope::encode_gone());
-        let tombstone = crate::store::repairs::Action::Set(sealed, expiry);
-        sticky.store.remember_repair(index, key, tombstone, until);
-    }
+/// Every id a session has had that may have a stored copy: its current
+/// id, the one its copy is stored under, and those still to delete.
+pub(crate) fn ids_with_copies(session: &SessionState) -> Vec<SessionId> {
+    let inner = session.inner.lock();
+    let mut ids: Vec<SessionId> = inner.obsolete_ids.clone();
+    ids.extend(inner.stored.as_ref().map(|s| s.id.clone()));
+    ids.push(inner.id.clone());
+    ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    ids.dedup();
+    ids
 }
 
 /// `lifetime` from now (a day when that is beyond the clock's range).
-fn from_now(lifetime: Duration) -> Instant {
+pub(crate) fn from_now(lifetime: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(lifetime).unwrap_or(now + Duration::from_secs(86_400))
 }
 
-/// The copy lifetime of sessions under this configuration.
-pub(crate) fn configured_copy_lifetime(sticky: &Sticky) -> Duration {
-    copy_lifetime(sticky.config.max_inactive)
-}
-
 /// Writes a tombstone over the sticky copy `key` of `id` now, or queues it
 /// as a repair when its node is down or the write fails.
-async fn tombstone(sticky: &Sticky, id: &SessionId, key: String) {
-    let Some(index) = sticky.store.nodes.node_of(id) else {
+async fn tombstone(backups: &Backups, id: &SessionId, key: String) {
+    let Some(index) = backups.store.nodes.node_of(id) else {
         return;
     };
-    let lifetime = configured_copy_lifetime(sticky);
+    let lifetime = backups.copy_lifetime();
     let gone = envelope::encode_gone();
-    let written = sticky
+    let written = backups
         .store
         .write_or_repair(index, key, &gone, Expiry::After(lifetime), from_now(lifetime));
     if written.await.is_ok() {
-        Stats::count(&sticky.stats.counters.deletes);
+        Stats::count(&backups.stats.counters.deletes);
     }
 }
 
 /// Deletes the keys of `obsolete_ids`; ids whose delete failed because the
 /// node is down stay for the next attempt (capped), the rest are dropped.
-async fn delete_keys(sticky: &Sticky, session: &SessionState, invalidated: bool) {
+async fn delete_keys(backups: &Backups, session: &SessionState, invalidated: bool) {
     let (ids, current_random): (Vec<SessionId>, String) = {
         let inner = session.inner.lock();
         // A live session never deletes its own current key.
@@ -514,15 +525,15 @@ async fn delete_keys(sticky: &Sticky, session: &SessionState, invalidated: bool)
     };
     let mut failed = Vec::new();
     for id in ids {
-        let Some(node) = sticky.store.nodes.node_of(&id).map(|i| sticky.store.nodes.get(i)) else {
+        let Some(node) = backups.store.nodes.node_of(&id).map(|i| backups.store.nodes.get(i)) else {
             continue;
         };
-        let key = sticky.store.keys.session(&id);
+        let key = backups.store.keys.session(&id);
         if invalidated || id.random_part() != current_random {
             // Ended (logout, expiry) or left by cycle_id: a tombstone, not
             // a delete, and retried as a repair until it is written — so
             // no instance can ever take the session over again.
-            tombstone(sticky, &id, key).await;
+            tombstone(backups, &id, key).await;
             continue;
         }
         if !node.is_available() {
@@ -532,7 +543,7 @@ async fn delete_keys(sticky: &Sticky, session: &SessionState, invalidated: bool)
             continue;
         }
         match node.call(|b| b.delete(&key)).await {
-            Ok(_) => Stats::count(&sticky.stats.counters.deletes),
+            Ok(_) => Stats::count(&backups.stats.counters.deletes),
             Err(error) => {
                 tracing::debug!(%error, "deleting an old session key failed");
                 if error.is_unavailable() {

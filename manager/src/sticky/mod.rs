@@ -1,35 +1,36 @@
 //! Sticky mode: the primary copy of a session lives in this process
 //! ([`local_sessions`]); memcached holds a backup of it on the node named
 //! in its id, written after each request that changed it ([`backup`],
-//! retried through [`unsynced`]). A request for a session held elsewhere
-//! or on a dead node finds it through [`resolve`] (take over, relocate).
+//! through the [`backup_queue`], retried from [`unsynced`]). A request for
+//! a session held elsewhere or on a dead node finds it through
+//! [`resolve`] (take over) and [`relocate`].
+//!
+//! This file holds [`Sticky`], the mode's state, and the transitions that
+//! end a session here; the other files take it (or, lower down, only the
+//! [`Backups`] writer) and never the other way round.
 
 pub(crate) mod backup;
+pub(crate) mod backup_queue;
 pub(crate) mod local_sessions;
+pub(crate) mod relocate;
 pub(crate) mod resolve;
 pub(crate) mod unsynced;
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::detached::run_detached;
 use crate::id_gates::IdGates;
+use crate::session::id::SessionId;
 use crate::session::state::SessionState;
 use crate::stats::Stats;
-use crate::sticky::backup::BackupQueue;
+use crate::sticky::backup::{Backups, from_now, ids_with_copies, update_stored_copy};
 use crate::sticky::local_sessions::LocalSessions;
-use crate::sticky::unsynced::Unsynced;
 use crate::store::Store;
 use crate::store::nodes::NodeIndex;
-
-/// Most synchronous backup writes in flight at once (see
-/// [`Sticky::backup_now`]).
-pub(crate) const MAX_SYNC_WRITES: usize = 4096;
 
 /// Sticky mode's state: the sessions held here and their backups.
 pub(crate) struct Sticky {
@@ -37,11 +38,7 @@ pub(crate) struct Sticky {
     pub(crate) store: Arc<Store>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) sessions: LocalSessions,
-    pub(crate) backups: BackupQueue,
-    /// Sessions whose last backup failed or was deferred.
-    pub(crate) unsynced: Unsynced,
-    /// Bounds the synchronous backup writes in flight.
-    pub(crate) sync_writes: Arc<Semaphore>,
+    pub(crate) backups: Arc<Backups>,
     /// Serializes, per session id, the takeovers of this process.
     pub(crate) id_gates: IdGates,
 }
@@ -49,101 +46,55 @@ pub(crate) struct Sticky {
 impl Sticky {
     /// The sticky state, and the backup dispatcher task it started.
     pub(crate) fn start(config: Arc<Config>, store: Arc<Store>, stats: Arc<Stats>) -> (Arc<Self>, JoinHandle<()>) {
-        let mut dispatcher = None;
-        let sticky = Arc::new_cyclic(|weak: &Weak<Self>| {
-            let (backups, task) =
-                BackupQueue::start(weak.clone(), config.backup_queue_capacity, config.backup_concurrency);
-            dispatcher = Some(task);
-            Self {
-                config,
-                store,
-                stats,
-                sessions: LocalSessions::default(),
-                backups,
-                unsynced: Unsynced::default(),
-                sync_writes: Arc::new(Semaphore::new(MAX_SYNC_WRITES)),
-                id_gates: IdGates::default(),
-            }
-        });
-        (sticky, dispatcher.expect("set by new_cyclic"))
+        let (backups, dispatcher) = Backups::start(&config, Arc::clone(&store), Arc::clone(&stats));
+        let sticky = Self {
+            config,
+            store,
+            stats,
+            sessions: LocalSessions::default(),
+            backups,
+            id_gates: IdGates::default(),
+        };
+        (Arc::new(sticky), dispatcher)
     }
 
-    /// Queues (async mode) a backup of `session`.
-    /// `false` when the queue was full: the session then waits among the
-    /// unsynced ones and is queued again after the next prober round.
-    pub(crate) fn schedule_backup(self: &Arc<Self>, session: &Arc<SessionState>) -> bool {
-        if self.backups.push(session, &self.stats) {
-            return true;
-        }
-        if self.backups.len() == 0 {
-            // Closed queue (after shutdown): write inline, off the request.
-            let sticky = self.clone();
-            let session = session.clone();
-            tokio::spawn(async move { backup::update_stored_copy(&sticky, &session).await });
-            return true;
-        }
-        self.unsynced.note(&self.stats, session.id().as_str());
-        false
-    }
-
-    /// [`backup_now`](Self::backup_now), run detached: a request dropped
-    /// while it waits (client hang-up, outer timeout) does not abort the
-    /// backups of what it changed or ended.
-    pub(crate) async fn backup_to_completion(self: &Arc<Self>, sessions: Vec<Arc<SessionState>>) {
-        let sticky = Arc::clone(self);
-        run_detached(async move { sticky.backup_now(sessions).await }).await;
-    }
-
-    /// Backs `sessions` up now and waits up to `sessionBackupTimeout`; the
-    /// writes go on in the background after that (bounded by `operationTimeout`).
-    pub(crate) async fn backup_now(self: &Arc<Self>, sessions: Vec<Arc<SessionState>>) {
-        let started = Instant::now();
-        let deadline = started
-            .checked_add(self.config.backup_timeout)
-            .unwrap_or(started + Duration::from_secs(86_400));
-        let mut writes = JoinSet::new();
-        for session in sessions {
-            // At most MAX_SYNC_WRITES in flight (they outlive a request
-            // that stopped waiting for them); past the wait, the session
-            // goes to the bounded async queue instead.
-            let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.sync_writes).acquire_owned()).await;
-            let Ok(Ok(permit)) = permit else {
-                self.schedule_backup(&session);
-                continue;
-            };
-            let sticky = self.clone();
-            writes.spawn(async move {
-                backup::update_stored_copy(&sticky, &session).await;
-                drop(permit);
-            });
-        }
-        let _ = tokio::time::timeout_at(deadline, async { while writes.join_next().await.is_some() {} }).await;
-        writes.detach_all();
-        self.stats.effective_backup_time.record_duration(started.elapsed());
+    /// Queues (async mode) a backup of `session`; see [`Backups::schedule`].
+    pub(crate) fn schedule_backup(&self, session: &Arc<SessionState>) -> bool {
+        self.backups.schedule(session)
     }
 
     /// Ends a session the handler invalidated (logout): it leaves this
-    /// process now; its stored copies are tombstoned (see
-    /// [`backup::end_sticky`]).
+    /// process now and its stored copies are tombstoned (see [`end_ids`](Self::end_ids)).
     pub(crate) fn invalidate(&self, session: &SessionState) {
         self.sessions.remove(session.id().as_str());
-        backup::end_sticky(self, session);
+        self.end_ids(&ids_with_copies(session), self.backups.copy_lifetime());
     }
 
     /// Expires an idle session: removes it here and tombstones its
     /// memcached copy. Nothing when it already ended.
-    pub(crate) fn expire(self: &Arc<Self>, session: &Arc<SessionState>) {
+    pub(crate) fn expire(&self, session: &Arc<SessionState>) {
         let Some(id) = session.end() else {
             return;
         };
         self.sessions.remove(id.as_str());
-        backup::end_sticky(self, session);
+        self.end_ids(&ids_with_copies(session), self.backups.copy_lifetime());
         Stats::count(&self.stats.counters.sessions_expired);
         self.schedule_backup(session);
     }
 
+    /// Ids a session left for good (ended, or cycled away from): each is
+    /// remembered here as ended for `lifetime` (no request of this instance
+    /// takes it over again) and gets a tombstone in memcached.
+    pub(crate) fn end_ids(&self, ids: &[SessionId], lifetime: Duration) {
+        let until = from_now(lifetime);
+        for id in ids {
+            self.sessions.end(id.as_str(), until);
+            self.backups.tombstone_eventually(id, lifetime, until);
+        }
+    }
+
     /// One round of the expiry sweep.
-    pub(crate) fn sweep_expired(self: &Arc<Self>) {
+    pub(crate) fn sweep_expired(&self) {
         let now = Instant::now();
         for session in self.sessions.all() {
             let expired = session.inner.lock().is_expired(now);
@@ -157,7 +108,7 @@ impl Sticky {
 
     /// Writes again every session held here for node `index`, which lost
     /// its data; returns how many were queued.
-    pub(crate) fn restore_node(self: &Arc<Self>, index: NodeIndex) -> u64 {
+    pub(crate) fn restore_node(&self, index: NodeIndex) -> u64 {
         let mut restored = 0u64;
         for session in self.sessions.all() {
             let on_node = self.store.nodes.node_of(&session.id()) == Some(index);
@@ -172,15 +123,15 @@ impl Sticky {
 
     /// Orderly shutdown: closes the backup queue, waits for `dispatcher`
     /// to write what was queued, then writes every session still pending.
-    pub(crate) async fn shut_down(self: &Arc<Self>, dispatcher: Option<JoinHandle<()>>) {
-        self.backups.close();
+    pub(crate) async fn shut_down(&self, dispatcher: Option<JoinHandle<()>>) {
+        self.backups.queue.close();
         if let Some(dispatcher) = dispatcher {
             let _ = dispatcher.await;
         }
         let mut flushes = JoinSet::new();
         for session in self.sessions.all() {
-            let sticky = self.clone();
-            flushes.spawn(async move { backup::update_stored_copy(&sticky, &session).await });
+            let backups = Arc::clone(&self.backups);
+            flushes.spawn(async move { update_stored_copy(&backups, &session).await });
         }
         while flushes.join_next().await.is_some() {}
         tracing::info!(
@@ -213,17 +164,21 @@ mod tests {
         let manager = SessionManager::with_backends(config, vec![node.clone() as Arc<dyn NodeBackend>])
             .expect("one node, one backend");
         let sticky = manager.inner.sticky().expect("sticky mode");
-        let all = Arc::clone(&sticky.sync_writes)
-            .acquire_many_owned(u32::try_from(MAX_SYNC_WRITES).unwrap())
+        let all = Arc::clone(&sticky.backups.sync_writes)
+            .acquire_many_owned(u32::try_from(backup::MAX_SYNC_WRITES).unwrap())
             .await
             .unwrap();
         let session = manager.inner.create_session();
         session.inner.lock().set_attribute("k", vec![1].into());
         sticky.sessions.insert(session.id().as_str(), session.clone());
         let started = Instant::now();
-        sticky.backup_now(vec![session.clone()]).await;
+        sticky.backups.backup_now(vec![session.clone()]).await;
         assert!(started.elapsed() >= Duration::from_millis(50), "it waited for a slot");
-        assert_eq!(sticky.sync_writes.available_permits(), 0, "no write beyond the bound");
+        assert_eq!(
+            sticky.backups.sync_writes.available_permits(),
+            0,
+            "no write beyond the bound"
+        );
         drop(all);
         let id = session.id();
         for _ in 0..100 {

@@ -11,6 +11,7 @@ use crate::session::id::SessionId;
 use crate::session::state::{SessionState, StoredMark};
 use crate::stats::Stats;
 use crate::sticky::Sticky;
+use crate::sticky::relocate::relocate_if_needed;
 use crate::store::backend::Expiry;
 
 /// How long a takeover claim blocks other instances from taking over the
@@ -46,47 +47,14 @@ fn find_local(sticky: &Arc<Sticky>, id: &SessionId) -> Option<Arc<SessionState>>
         return None;
     }
     if inner.is_expired(now) {
-        inner.invalidated = true;
-        let current = inner.id.clone();
         drop(inner);
-        sticky.sessions.remove(current.as_str());
-        crate::sticky::backup::end_sticky(sticky, &session);
-        Stats::count(&sticky.stats.counters.sessions_expired);
-        sticky.schedule_backup(&session);
+        sticky.expire(&session);
         return None;
     }
     inner.touch_access(now);
     inner.announced = true;
     drop(inner);
     Some(session)
-}
-
-/// Moves the session to a live node when its node is down, when it sits on
-/// a failover node while a regular one is back, or when it has no node and
-/// one is available. With nothing available the id stays as it is (no
-/// cookie churn); the session lives on in memory.
-pub(crate) fn relocate_if_needed(sticky: &Arc<Sticky>, session: &Arc<SessionState>) {
-    let mut inner = session.inner.lock();
-    if !sticky.store.nodes.should_relocate(&inner.id) {
-        return;
-    }
-    let Some(target) = sticky.store.nodes.choose() else {
-        return;
-    };
-    let old = inner.id.clone();
-    if old.node() == Some(target) {
-        return;
-    }
-    let new = old.with_location(Some(target), sticky.config.route());
-    inner.change_id(new.clone());
-    drop(inner);
-    sticky.sessions.rekey(old.as_str(), new.as_str(), true);
-    Stats::count(&sticky.stats.counters.relocations);
-    tracing::info!(
-        from = old.node().map_or("none", |n| n.as_str()),
-        to = %target,
-        "relocating session to another memcached node"
-    );
 }
 
 /// Loads a session this instance does not hold. When the id names another

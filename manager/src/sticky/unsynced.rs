@@ -11,12 +11,10 @@
 //! as before.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::stats::Stats;
-use crate::sticky::Sticky;
 
 /// Most ids kept.
 pub(crate) const CAPACITY: usize = 1_000_000;
@@ -45,35 +43,12 @@ impl Unsynced {
         self.ids.lock().len()
     }
 
-    fn take(&self, most: usize) -> Vec<Box<str>> {
+    pub(crate) fn take(&self, most: usize) -> Vec<Box<str>> {
         let mut ids = self.ids.lock();
         let taken: Vec<Box<str>> = ids.iter().take(most).cloned().collect();
         for id in &taken {
             ids.remove(id);
         }
         taken
-    }
-}
-
-/// Queues the backups of up to [`PER_ROUND`] unsynced sessions whose node
-/// (or relocation target) is available; the others wait for a later round.
-pub(crate) fn retry(sticky: &Arc<Sticky>) {
-    for id in sticky.unsynced.take(PER_ROUND) {
-        let Some(session) = sticky.sessions.get(&id) else {
-            // Ended, or no longer held here: nothing to back up.
-            continue;
-        };
-        crate::sticky::resolve::relocate_if_needed(sticky, &session);
-        let current = session.id();
-        let available = sticky
-            .store
-            .nodes
-            .node_of(&current)
-            .is_some_and(|index| sticky.store.nodes.get(index).is_available());
-        if available {
-            sticky.schedule_backup(&session);
-        } else {
-            sticky.unsynced.note(&sticky.stats, current.as_str());
-        }
     }
 }

@@ -13,6 +13,7 @@ pub(crate) mod nodes;
 pub(crate) mod repairs;
 pub(crate) mod seal;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -123,6 +124,50 @@ impl Store {
             self.remember_repair(node, key, Action::Set(sealed, expiry), until);
         }
         outcome
+    }
+
+    /// Starts a [`retry_repairs`](Self::retry_repairs) run in its own task
+    /// (never delaying the caller) unless one is under way.
+    pub(crate) fn spawn_repair_retry(self: &Arc<Self>) {
+        if self.repairs.len() == 0 || !self.repairs.begin_run() {
+            return;
+        }
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            store.retry_repairs().await;
+            store.repairs.end_run();
+        });
+    }
+
+    /// Tries every due repair once (see [`repairs`]).
+    pub(crate) async fn retry_repairs(&self) {
+        let due = self.repairs.take_due(&self.nodes);
+        if due.is_empty() {
+            return;
+        }
+        let mut done = 0usize;
+        let mut failing = HashSet::new();
+        for repair in due {
+            let node = self.nodes.get(repair.node);
+            if failing.contains(&repair.node) || !node.is_available() {
+                self.repairs.put_back(&self.stats, repair);
+                continue;
+            }
+            let outcome = match &repair.action {
+                Action::Set(bytes, expiry) => node.call(|b| b.set(&repair.key, bytes, *expiry)).await,
+            };
+            match outcome {
+                Ok(()) => {
+                    done += 1;
+                    Stats::count(&self.stats.counters.repairs_done);
+                }
+                Err(_) => {
+                    failing.insert(repair.node);
+                    self.repairs.put_back(&self.stats, repair);
+                }
+            }
+        }
+        tracing::info!(done, "repairs retried");
     }
 
     /// Queues a write to do as soon as `node` answers (see [`repairs`]).

@@ -21,23 +21,21 @@
 //! Each repair expires when the data it targets would have expired by
 //! itself (the backup's lifetime). The queue is bounded
 //! ([`CAPACITY`]); when full, the oldest repair is dropped and counted
-//! (`repairs_dropped`). After every prober round, [`spawn_retry`] tries,
+//! (`repairs_dropped`). After every prober round, [`Store::spawn_repair_retry`](crate::store::Store::spawn_repair_retry) tries,
 //! in a task of its own (never delaying the prober; one run at a time),
 //! each due repair whose node is available — at most [`PER_ROUND`] per
 //! run, so a node coming back is not flooded; the first failure on a node
 //! stops that node's repairs until the next run.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::stats::Stats;
-use crate::store::Store;
 use crate::store::backend::Expiry;
-use crate::store::nodes::NodeIndex;
+use crate::store::nodes::{NodeIndex, Nodes};
 
 /// Most repairs kept at once.
 pub(crate) const CAPACITY: usize = 100_000;
@@ -52,10 +50,10 @@ pub(crate) enum Action {
 }
 
 #[derive(Debug)]
-struct Repair {
-    node: NodeIndex,
-    key: String,
-    action: Action,
+pub(crate) struct Repair {
+    pub(crate) node: NodeIndex,
+    pub(crate) key: String,
+    pub(crate) action: Action,
     /// Not tried before this.
     not_before: Instant,
     until: Instant,
@@ -99,18 +97,28 @@ impl Repairs {
     }
 
     /// How many repairs wait.
+    /// Marks a retry run as started; `false` when one already is.
+    pub(crate) fn begin_run(&self) -> bool {
+        !self.running.swap(true, Ordering::AcqRel)
+    }
+
+    /// Marks the retry run as finished.
+    pub(crate) fn end_run(&self) {
+        self.running.store(false, Ordering::Release);
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.queue.lock().len()
     }
 
-    fn take_due(&self, store: &Store) -> Vec<Repair> {
+    pub(crate) fn take_due(&self, nodes: &Nodes) -> Vec<Repair> {
         let now = Instant::now();
         let mut queue = self.queue.lock();
         queue.retain(|repair| repair.until > now);
         let mut due = Vec::new();
         let mut waiting = VecDeque::with_capacity(queue.len());
         while let Some(repair) = queue.pop_front() {
-            if due.len() < PER_ROUND && repair.not_before <= now && store.nodes.get(repair.node).is_available() {
+            if due.len() < PER_ROUND && repair.not_before <= now && nodes.get(repair.node).is_available() {
                 due.push(repair);
             } else {
                 waiting.push_back(repair);
@@ -120,7 +128,7 @@ impl Repairs {
         due
     }
 
-    fn put_back(&self, stats: &Stats, repair: Repair) {
+    pub(crate) fn put_back(&self, stats: &Stats, repair: Repair) {
         let mut queue = self.queue.lock();
         if queue.len() < CAPACITY {
             queue.push_back(repair);
@@ -128,49 +136,6 @@ impl Repairs {
             Stats::count(&stats.counters.repairs_dropped);
         }
     }
-}
-
-/// Starts a [`retry`] run in its own task unless one is under way.
-pub(crate) fn spawn_retry(store: &Arc<Store>) {
-    if store.repairs.len() == 0 || store.repairs.running.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let store = Arc::clone(store);
-    tokio::spawn(async move {
-        retry(&store).await;
-        store.repairs.running.store(false, Ordering::Release);
-    });
-}
-
-/// Tries every due repair once (see the module docs).
-pub(crate) async fn retry(store: &Store) {
-    let due = store.repairs.take_due(store);
-    if due.is_empty() {
-        return;
-    }
-    let mut done = 0usize;
-    let mut failing = HashSet::new();
-    for repair in due {
-        let node = store.nodes.get(repair.node);
-        if failing.contains(&repair.node) || !node.is_available() {
-            store.repairs.put_back(&store.stats, repair);
-            continue;
-        }
-        let outcome = match &repair.action {
-            Action::Set(bytes, expiry) => node.call(|b| b.set(&repair.key, bytes, *expiry)).await,
-        };
-        match outcome {
-            Ok(()) => {
-                done += 1;
-                Stats::count(&store.stats.counters.repairs_done);
-            }
-            Err(_) => {
-                failing.insert(repair.node);
-                store.repairs.put_back(&store.stats, repair);
-            }
-        }
-    }
-    tracing::info!(done, "repairs retried");
 }
 
 #[cfg(test)]
@@ -206,13 +171,13 @@ mod tests {
             Action::Set(b"gone".to_vec(), Expiry::Never),
             until,
         );
-        retry(store).await;
+        store.retry_repairs().await;
         // Not tried while its node is down (a try would have failed and
         // marked nothing; the repair simply waits).
         assert_eq!(store.repairs.len(), 1);
         nodes[1].set_down(false);
         store.nodes.get(1).observe(true, Instant::now());
-        retry(store).await;
+        store.retry_repairs().await;
         assert_eq!(
             nodes[1].get("stale").await.unwrap().unwrap(),
             b"gone",
@@ -229,7 +194,7 @@ mod tests {
             Instant::now() + Duration::from_secs(1),
         );
         tokio::time::advance(Duration::from_secs(2)).await;
-        retry(store).await;
+        store.retry_repairs().await;
         assert_eq!(store.repairs.len(), 0, "a repair past its data's lifetime is dropped");
 
         for n in 0..CAPACITY + 5 {

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::{Expiry, Item as StoreItem, NodeBackend, Versioned, WriteMode, WriteOutcome};
 use crate::error::BackendError;
+use crate::store::backend::node_backend::{Expiry, Item as StoreItem, NodeBackend, Versioned, WriteMode, WriteOutcome};
 
 /// An in-process key/value store with memcached's expiry semantics.
 /// Uses `tokio::time`, so tests with a paused clock control expiry.

@@ -24,8 +24,8 @@ use self::connection::{Connection, ExchangeError};
 use self::protocol::{
     GetFlags, MAX_VALUE_LEN, Reply, SetMode, Status, encode_delete, encode_get, encode_set, is_valid_key,
 };
-use super::{Expiry, Item, NodeBackend, Versioned, WriteMode, WriteOutcome};
 use crate::error::BackendError;
+use crate::store::backend::node_backend::{Expiry, Item, NodeBackend, Versioned, WriteMode, WriteOutcome};
 
 /// Connections per node. One carries all of an instance's traffic to the
 /// node in the largest batches (measured: async sticky backups 0.61 × the

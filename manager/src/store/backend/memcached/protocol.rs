@@ -12,7 +12,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::store::backend::Expiry;
+use crate::store::backend::node_backend::Expiry;
 
 /// Memcached reads a relative TTL above 30 days as an absolute unix time.
 const MAX_RELATIVE_TTL_SECS: u64 = 30 * 24 * 60 * 60;
