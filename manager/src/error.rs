@@ -1,6 +1,6 @@
 //! Error types: one enum for the crate, one for configuration, one for the
 //! memcached boundary. Callers ask the error what it means
-//! ([`BackendError::is_unavailable`], [`Error::is_client_error`], …) instead
+//! ([`BackendError::is_unavailable`], [`Error::is_usage_error`], …) instead
 //! of matching variants.
 
 use std::time::Duration;

@@ -18,7 +18,8 @@ use tokio::sync::OnceCell;
 use crate::error::Error;
 use crate::inner::{ManagerInner, Mode};
 use crate::non_sticky::NonSticky;
-use crate::non_sticky::{self, Claim};
+use crate::non_sticky::claims::{self, Claim};
+use crate::non_sticky::write::refresh_validity;
 use crate::request::id_transport::{IdAction, IncomingId};
 use crate::session::state::{BackupNeed, SessionState};
 use crate::stats::Stats;
@@ -133,7 +134,7 @@ impl RequestContext {
                             &self.method,
                             &self.path,
                         );
-                        let claim = non_sticky::resolve(non_sticky, id, wants_lock).await?;
+                        let claim = claims::resolve(non_sticky, id, wants_lock).await?;
                         (claim.as_ref().map(|c| c.session().clone()), claim)
                     }
                     (IncomingId::None | IncomingId::Invalid, _) => (None, None),
@@ -170,19 +171,19 @@ impl RequestContext {
         let released = match claim {
             Some(claim) => {
                 let changed = self.changed.load(std::sync::atomic::Ordering::Relaxed);
-                non_sticky::release(non_sticky, claim, &self.method, &self.path, changed).await
+                claims::release(non_sticky, claim, &self.method, &self.path, changed).await
             }
             None => Ok(()),
         };
         if let Some(session) = session.filter(|_| !self.ignored) {
             let is_claimed = claimed.as_ref().is_some_and(|c| Arc::ptr_eq(c, session));
             if !is_claimed {
-                non_sticky::store_new(non_sticky, session).await?;
+                claims::store_new(non_sticky, session).await?;
             }
         }
         if claimed.is_none() && self.resolved.get().is_none() && !self.ignored {
             if let IncomingId::Valid(id) = &self.incoming {
-                non_sticky::refresh_validity(non_sticky, id).await;
+                refresh_validity(non_sticky, id).await;
             }
         }
         released

@@ -1,14 +1,9 @@
-//! Web framework adapters, and the request glue they share, on the `http`
-//! crate's types only: a request's session context from its method, path
-//! and headers, and the response a session error becomes.
-//!
-//! - [`warp`] (feature `warp`, default): [`SessionManager::session`] and
-//!   [`SessionManager::wrap`].
-//! - [`tower`] (feature `tower`; `axum` adds the extractor): the
-//!   [`SessionLayer`](crate::SessionLayer).
-//!
-//! [`SessionManager::session`]: crate::SessionManager::session
-//! [`SessionManager::wrap`]: crate::SessionManager::wrap
+//! What a request sees, on the `http` crate's types only (no web
+//! framework): its session context ([`context`]), the id it carries in a
+//! cookie or header ([`id_transport`]), the [`Session`] handle its handler
+//! uses ([`session`]), and — here — the glue both adapters call: a
+//! request's context from its method, path and headers, and the response
+//! a session error becomes.
 
 pub(crate) mod context;
 pub(crate) mod id_transport;

@@ -2,7 +2,7 @@
 //! was down or frozen), so memcached may lack their latest change: retried
 //! in the background, not only when the session's next request comes.
 //!
-//! After every prober round, [`retry`] takes up to [`PER_ROUND`] of them,
+//! After every prober round, [`retry_unsynced`](crate::sticky::relocate::retry_unsynced) takes up to [`PER_ROUND`] of them,
 //! relocates each whose node is still down (as its next request would),
 //! and queues its backup; a backup that fails again puts it back. The set
 //! holds ids only (the sessions stay in the local store) and is bounded by

@@ -1,4 +1,4 @@
-//! The bytes of a stored blob: [`envelope`](crate::store::envelope)-encoded,
+//! The bytes of a stored blob: [`envelope`]-encoded,
 //! then sealed for its key when `sessionEncryptionKeys` is set.
 
 use std::borrow::Cow;
