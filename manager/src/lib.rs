@@ -203,9 +203,10 @@ mod store;
 pub use crate::adapter::tower::SessionRejection;
 #[cfg(feature = "tower")]
 pub use crate::adapter::tower::{SessionHandle, SessionLayer, SessionService};
+pub use crate::config::Config;
+pub use crate::config::builder::ConfigBuilder;
 pub use crate::config::locking_mode::{LockFailure, LockingMode};
 pub use crate::config::uri_pattern::UriPattern;
-pub use crate::config::{Config, ConfigBuilder};
 pub use crate::error::{BackendError, ConfigError, Error};
 pub use crate::manager::SessionManager;
 pub use crate::request::session::Session;
