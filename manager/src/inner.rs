@@ -155,7 +155,7 @@ impl ManagerInner {
         let nodes = &self.store.nodes;
         let (old, new) = {
             let mut inner = session.inner.lock();
-            let old = inner.id.clone();
+            let old = inner.id().clone();
             let node = if nodes.should_relocate(&old) {
                 nodes.choose()
             } else {

@@ -99,7 +99,7 @@ async fn join_or_load(non_sticky: &Arc<NonSticky>, id: &SessionId, wants_lock: b
         let inner = entry.session.inner.lock();
         // Logged out, or given a new id (login) by a request still sharing
         // it: the old id is dead, here as in memcached.
-        let gone = inner.invalidated || !id.as_str().starts_with(inner.id.random_part());
+        let gone = inner.is_ended() || !id.as_str().starts_with(inner.id().random_part());
         (entry.lock.is_some(), gone)
     });
     if let Some((_, true)) = present {
@@ -265,7 +265,7 @@ async fn count_out_gated(
             Err(Error::LockLost)
         }
         Then::Write(session, load, false) => {
-            let version = session.inner.lock().version;
+            let version = session.inner.lock().version();
             let written = write_back(non_sticky, &session, load, None).await;
             let mut map = non_sticky.inflight.by_id.lock();
             let entry = map.get_mut(key);

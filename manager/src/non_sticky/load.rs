@@ -83,7 +83,7 @@ pub(crate) fn loaded(
     let session = SessionState::from_record(id, record, Some(stored));
     {
         let mut inner = session.inner.lock();
-        inner.announced = true;
+        inner.mark_announced();
         // Marked as stored under its old id, so relocation makes those
         // keys obsolete (a no-op when the id did not change).
         inner.mark_obsolete(stored_as.clone());

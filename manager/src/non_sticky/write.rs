@@ -67,11 +67,11 @@ fn primary_lost_under_write(non_sticky: &NonSticky, session: &SessionState, erro
     };
     let inner = session.inner.lock();
     node_failed
-        && !inner.invalidated
+        && !inner.is_ended()
         && non_sticky
             .store
             .nodes
-            .node_of(&inner.id)
+            .node_of(inner.id())
             .is_some_and(|primary| !non_sticky.store.nodes.get(primary).is_available())
 }
 
@@ -80,7 +80,7 @@ fn primary_lost_under_write(non_sticky: &NonSticky, session: &SessionState, erro
 /// node is available.
 fn relocate_now(non_sticky: &NonSticky, session: &SessionState) -> bool {
     let mut inner = session.inner.lock();
-    let old = inner.id.clone();
+    let old = inner.id().clone();
     let Some(candidate) = non_sticky
         .store
         .nodes
@@ -89,11 +89,10 @@ fn relocate_now(non_sticky: &NonSticky, session: &SessionState) -> bool {
     else {
         return false;
     };
-    inner.id = old.with_location(
+    inner.relocate(old.with_location(
         non_sticky.store.nodes.get(candidate).spec.id.as_ref(),
         non_sticky.config.route(),
-    );
-    inner.mark_obsolete(old);
+    ));
     Stats::count(&non_sticky.stats.counters.relocations);
     tracing::info!(
         to = %non_sticky.store.nodes.get(candidate).label(),
@@ -112,8 +111,13 @@ async fn write_session(
     let max_inactive = non_sticky.config.max_inactive;
     let (id, invalidated, changed, obsolete) = {
         let inner = session.inner.lock();
-        let changed = inner.version != load.version_written;
-        (inner.id.clone(), inner.invalidated, changed, inner.obsolete_ids.clone())
+        let changed = inner.version() != load.version_written;
+        (
+            inner.id().clone(),
+            inner.is_ended(),
+            changed,
+            inner.obsolete_ids().to_vec(),
+        )
     };
     if invalidated {
         // A logout is acknowledged only once the session's copies are
@@ -157,7 +161,7 @@ async fn write_session(
     };
     let bytes = {
         let mut inner = session.inner.lock();
-        inner.last_accessed_ms = now_ms;
+        inner.record_access_at(now_ms);
         let started = Instant::now();
         let bytes = envelope::encode(inner.record(), Format::NonSticky);
         non_sticky.stats.serialization_time.record_duration(started.elapsed());

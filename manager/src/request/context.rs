@@ -292,7 +292,7 @@ async fn back_up_sticky(
         let need = {
             let inner = session.inner.lock();
             let nodes = &sticky.store.nodes;
-            inner.backup_need(nodes.node_of(&inner.id).map(|i| nodes.get(i).epoch()))
+            inner.backup_need(nodes.node_of(inner.id()).map(|i| nodes.get(i).epoch()))
         };
         if need == BackupNeed::Nothing {
             Stats::count(&sticky.stats.counters.backups_skipped);
@@ -319,16 +319,16 @@ fn cookie_action(context: &RequestContext, session: Option<&Arc<SessionState>>, 
         Some(session) => {
             session.mark_announced();
             let inner = session.inner.lock();
-            if context.incoming_text() == Some(inner.id.as_str()) {
+            if context.incoming_text() == Some(inner.id().as_str()) {
                 let persistent = context.manager.config.cookie.persistent;
                 // Only a persistent cookie is re-sent for an unchanged id.
                 if persistent {
-                    IdAction::Keep(inner.id.to_string())
+                    IdAction::Keep(inner.id().to_string())
                 } else {
                     IdAction::None
                 }
             } else {
-                IdAction::Set(inner.id.to_string())
+                IdAction::Set(inner.id().to_string())
             }
         }
         None if any_invalidated && context.incoming_text().is_some() => IdAction::Remove,
@@ -379,7 +379,7 @@ impl Drop for RequestGuard {
         if let Some(session) = state.session.take() {
             let (announced, id) = {
                 let inner = session.inner.lock();
-                (inner.announced, inner.id.clone())
+                (inner.is_announced(), inner.id().clone())
             };
             if announced {
                 sticky.schedule_backup(&session);

@@ -91,7 +91,7 @@ impl Session {
         };
         let inner = session.inner.lock();
         inner
-            .attributes
+            .attributes()
             .get(key)
             .map(|bytes| decode_value(key, bytes))
             .transpose()
@@ -104,9 +104,9 @@ impl Session {
         let session = self.current_or_create();
         let mut inner = session.inner.lock();
         self.check_size(&inner, key, &bytes)?;
-        let before = inner.version;
+        let before = inner.version();
         inner.set_attribute(key, bytes);
-        self.note_change(inner.version != before);
+        self.note_change(inner.version() != before);
         Ok(())
     }
 
@@ -128,16 +128,16 @@ impl Session {
         let session = self.current_or_create();
         let mut inner = session.inner.lock();
         let current = inner
-            .attributes
+            .attributes()
             .get(key)
             .map(|bytes| decode_value(key, bytes))
             .transpose()?;
         let next = change(current);
         let bytes = encode_value(key, &next)?;
         self.check_size(&inner, key, &bytes)?;
-        let before = inner.version;
+        let before = inner.version();
         inner.set_attribute(key, bytes);
-        self.note_change(inner.version != before);
+        self.note_change(inner.version() != before);
         Ok(next)
     }
 
@@ -190,20 +190,20 @@ impl Session {
     pub fn clear(&self) {
         if let Some(session) = self.current() {
             let mut inner = session.inner.lock();
-            self.note_change(!inner.attributes.is_empty());
+            self.note_change(!inner.attributes().is_empty());
             inner.clear_attributes();
         }
     }
 
     /// Whether the session has no attributes (or there is no session).
     pub fn is_empty(&self) -> bool {
-        self.current().is_none_or(|s| s.inner.lock().attributes.is_empty())
+        self.current().is_none_or(|s| s.inner.lock().attributes().is_empty())
     }
 
     /// The attribute names, sorted.
     pub fn keys(&self) -> Vec<String> {
         self.current()
-            .map(|s| s.inner.lock().attributes.keys().map(str::to_owned).collect())
+            .map(|s| s.inner.lock().attributes().keys().map(str::to_owned).collect())
             .unwrap_or_default()
     }
 

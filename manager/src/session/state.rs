@@ -26,28 +26,29 @@ pub(crate) struct SessionState {
 
 /// The mutable part of a [`SessionState`].
 pub(crate) struct SessionInner {
-    pub(crate) id: SessionId,
+    id: SessionId,
     /// Attribute map; change it through [`SessionInner::set_attribute`],
     /// [`SessionInner::remove_attribute`] and [`SessionInner::clear_attributes`]
     /// so `attributes_size` stays exact.
-    pub(crate) attributes: Attributes,
+    attributes: Attributes,
     /// Serialized size of the attribute entries (without the map length).
     attributes_size: usize,
     /// Increases on every change of `attributes`.
-    pub(crate) version: u64,
-    pub(crate) created_at_ms: u64,
-    pub(crate) last_accessed: Instant,
-    pub(crate) last_accessed_ms: u64,
+    version: u64,
+    created_at_ms: u64,
+    last_accessed: Instant,
+    last_accessed_ms: u64,
     /// `None`: never expires.
-    pub(crate) max_inactive: Option<Duration>,
-    pub(crate) invalidated: bool,
+    max_inactive: Option<Duration>,
+    /// Ended: logged out or expired.
+    invalidated: bool,
     /// The client has been told this id (cookie sent, or it sent it to us).
-    pub(crate) announced: bool,
+    announced: bool,
     /// The last successful write to memcached.
-    pub(crate) stored: Option<StoredMark>,
+    stored: Option<StoredMark>,
     /// Ids this session had before (relocation, takeover, `cycle_id`) whose
     /// keys must be deleted once the new copy is written.
-    pub(crate) obsolete_ids: Vec<SessionId>,
+    obsolete_ids: Vec<SessionId>,
 }
 
 /// What memcached holds for a session, as far as this process knows.
@@ -167,10 +168,97 @@ impl SessionState {
 }
 
 impl SessionInner {
+    /// The attributes (serialized values by name).
+    pub(crate) fn attributes(&self) -> &Attributes {
+        &self.attributes
+    }
+
+    /// The session's id.
+    pub(crate) fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    /// Increases on every change of the attributes.
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether the session ended (logout or expiry).
+    pub(crate) fn is_ended(&self) -> bool {
+        self.invalidated
+    }
+
+    /// Whether the client has been told this session's id.
+    pub(crate) fn is_announced(&self) -> bool {
+        self.announced
+    }
+
+    /// Records that the client has been told this session's id.
+    pub(crate) fn mark_announced(&mut self) {
+        self.announced = true;
+    }
+
+    /// The last write of this session to memcached this process knows of.
+    pub(crate) fn stored(&self) -> Option<&StoredMark> {
+        self.stored.as_ref()
+    }
+
+    /// Records a write to memcached; the id it was written under stops
+    /// being obsolete, the id it replaced (when the session moved while
+    /// it was written) becomes obsolete. `true` when old keys are left to
+    /// delete.
+    pub(crate) fn record_stored(&mut self, mark: StoredMark) -> bool {
+        let written = mark.id.clone();
+        self.stored = Some(mark);
+        self.mark_obsolete(written);
+        !self.obsolete_ids.is_empty()
+    }
+
+    /// Slides the known expiry of the stored copy under `id` (a touch).
+    pub(crate) fn record_touched(&mut self, id: &SessionId, expires_at: Option<Instant>) {
+        if let Some(stored) = self.stored.as_mut().filter(|s| s.id == *id) {
+            stored.expires_at = expires_at;
+        }
+    }
+
+    /// Forgets the stored copy (its node lost it): the next backup writes it in full.
+    pub(crate) fn forget_stored(&mut self) {
+        self.stored = None;
+    }
+
+    /// An ended session's keys, all to delete now: the copy is forgotten.
+    pub(crate) fn plan_deletion(&mut self, ids: Vec<SessionId>) {
+        self.obsolete_ids = ids;
+        self.stored = None;
+    }
+
+    /// Ids whose keys are left to delete.
+    pub(crate) fn obsolete_ids(&self) -> &[SessionId] {
+        &self.obsolete_ids
+    }
+
+    /// Keeps only the obsolete ids `keep` says are still to delete.
+    pub(crate) fn retain_obsolete(&mut self, keep: impl FnMut(&SessionId) -> bool) {
+        self.obsolete_ids.retain(keep);
+    }
+
+    /// Moves the session to `id` (its node failed under a write): the old
+    /// id's keys are obsolete whether or not a copy was known there.
+    pub(crate) fn relocate(&mut self, id: SessionId) {
+        let old = std::mem::replace(&mut self.id, id);
+        self.mark_obsolete(old);
+    }
+
     /// Whether the session is past its inactivity timeout at `now`.
     pub(crate) fn is_expired(&self, now: Instant) -> bool {
         self.max_inactive
             .is_some_and(|max| now.saturating_duration_since(self.last_accessed) >= max)
+    }
+
+    /// Records, for the stored record only, an access at `unix_ms` (the
+    /// time of a non-sticky write; the inactivity clock is memcached's TTL).
+    pub(crate) fn record_access_at(&mut self, unix_ms: u64) {
+        self.last_accessed_ms = unix_ms;
     }
 
     pub(crate) fn touch_access(&mut self, now: Instant) {

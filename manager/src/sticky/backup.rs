@@ -286,16 +286,13 @@ fn record_written(
     started: Instant,
 ) -> bool {
     Stats::count(&backups.stats.counters.backups_written);
-    let mut inner = session.inner.lock();
-    inner.stored = Some(StoredMark {
+    // The id may have moved while this write was in flight.
+    session.inner.lock().record_stored(StoredMark {
         id: id.clone(),
         version,
         epoch,
         expires_at: expires_at(expiry, started),
-    });
-    // The id may have moved while this write was in flight.
-    inner.mark_obsolete(id.clone());
-    !inner.obsolete_ids.is_empty()
+    })
 }
 
 /// One step of bringing a session's memcached copy up to date.
@@ -326,7 +323,7 @@ fn plan(backups: &Backups, session: &SessionState) -> Plan {
     let node = backups
         .store
         .nodes
-        .node_of(&inner.id)
+        .node_of(inner.id())
         .map(|i| backups.store.nodes.get(i));
     let need = inner.backup_need(node.map(|n| n.epoch()));
     let node_up = node.is_some_and(|n| n.is_available());
@@ -334,33 +331,33 @@ fn plan(backups: &Backups, session: &SessionState) -> Plan {
         BackupNeed::Nothing => Plan::Nothing,
         BackupNeed::Touch | BackupNeed::Write if !node_up => Plan::Deferred,
         BackupNeed::Touch => Plan::Touch {
-            id: inner.id.clone(),
+            id: inner.id().clone(),
             expiry: ttl_expiry(inner.write_ttl(now)),
         },
         BackupNeed::Write => {
             let started = Instant::now();
             let bytes = backups.store.codec.seal_owned(
-                &backups.store.keys.session(&inner.id),
+                &backups.store.keys.session(inner.id()),
                 envelope::encode(inner.record(), envelope::Format::Sticky),
             );
             backups.stats.serialization_time.record_duration(started.elapsed());
             backups.stats.session_size.record(bytes.len() as u64);
             Plan::Write {
-                id: inner.id.clone(),
+                id: inner.id().clone(),
                 bytes,
-                version: inner.version,
+                version: inner.version(),
                 epoch: node.map_or(0, |n| n.epoch()),
                 expiry: ttl_expiry(inner.write_ttl(now)),
             }
         }
         BackupNeed::DeleteObsolete => Plan::Delete {
-            ids: inner.obsolete_ids.clone(),
+            ids: inner.obsolete_ids().to_vec(),
             invalidated: false,
         },
         BackupNeed::Delete => {
-            let mut ids = inner.obsolete_ids.clone();
-            ids.extend(inner.stored.as_ref().map(|s| s.id.clone()));
-            ids.push(inner.id.clone());
+            let mut ids = inner.obsolete_ids().to_vec();
+            ids.extend(inner.stored().map(|s| s.id.clone()));
+            ids.push(inner.id().clone());
             ids.dedup();
             Plan::Delete { ids, invalidated: true }
         }
@@ -406,16 +403,14 @@ pub(crate) async fn update_stored_copy(backups: &Backups, session: &SessionState
                 match node.call(|b| b.touch(&key, expiry)).await {
                     Ok(true) => {
                         Stats::count(&counters.backups_touched);
-                        if let Some(stored) = session.inner.lock().stored.as_mut().filter(|s| s.id == id) {
-                            stored.expires_at = expires_at(expiry, started);
-                        }
+                        session.inner.lock().record_touched(&id, expires_at(expiry, started));
                         return;
                     }
                     Ok(false) => {
                         // Evicted, or the node restarted before the prober noticed.
                         tracing::info!(node = %node.label(), "session missing from its node; writing it again");
                         Stats::count(&counters.backups_restored);
-                        session.inner.lock().stored = None;
+                        session.inner.lock().forget_stored();
                     }
                     Err(error) => {
                         Stats::count(&counters.backups_failed);
@@ -455,10 +450,7 @@ pub(crate) async fn update_stored_copy(backups: &Backups, session: &SessionState
             }
             Plan::Delete { ids, invalidated } => {
                 if invalidated {
-                    let mut inner = session.inner.lock();
-                    inner.obsolete_ids = ids;
-                    inner.stored = None;
-                    drop(inner);
+                    session.inner.lock().plan_deletion(ids);
                 }
                 delete_keys(backups, session, invalidated).await;
                 return;
@@ -478,9 +470,9 @@ fn copy_lifetime(max_inactive: Option<Duration>) -> Duration {
 /// id, the one its copy is stored under, and those still to delete.
 pub(crate) fn ids_with_copies(session: &SessionState) -> Vec<SessionId> {
     let inner = session.inner.lock();
-    let mut ids: Vec<SessionId> = inner.obsolete_ids.clone();
-    ids.extend(inner.stored.as_ref().map(|s| s.id.clone()));
-    ids.push(inner.id.clone());
+    let mut ids: Vec<SessionId> = inner.obsolete_ids().to_vec();
+    ids.extend(inner.stored().map(|s| s.id.clone()));
+    ids.push(inner.id().clone());
     ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     ids.dedup();
     ids
@@ -514,14 +506,14 @@ async fn delete_keys(backups: &Backups, session: &SessionState, invalidated: boo
     let (ids, current_random): (Vec<SessionId>, String) = {
         let inner = session.inner.lock();
         // A live session never deletes its own current key.
-        let current = (!invalidated).then(|| inner.id.clone());
+        let current = (!invalidated).then(|| inner.id().clone());
         let ids = inner
-            .obsolete_ids
+            .obsolete_ids()
             .iter()
             .filter(|id| Some(*id) != current.as_ref())
             .cloned()
             .collect();
-        (ids, inner.id.random_part().to_owned())
+        (ids, inner.id().random_part().to_owned())
     };
     let mut failed = Vec::new();
     for id in ids {
@@ -552,6 +544,5 @@ async fn delete_keys(backups: &Backups, session: &SessionState, invalidated: boo
             }
         }
     }
-    let mut inner = session.inner.lock();
-    inner.obsolete_ids.retain(|id| failed.contains(id));
+    session.inner.lock().retain_obsolete(|id| failed.contains(id));
 }

@@ -12,13 +12,13 @@ use crate::sticky::unsynced::PER_ROUND;
 /// cookie churn); the session lives on in memory.
 pub(crate) fn relocate_if_needed(sticky: &Sticky, session: &SessionState) {
     let mut inner = session.inner.lock();
-    if !sticky.store.nodes.should_relocate(&inner.id) {
+    if !sticky.store.nodes.should_relocate(inner.id()) {
         return;
     }
     let Some(target) = sticky.store.nodes.choose() else {
         return;
     };
-    let old = inner.id.clone();
+    let old = inner.id().clone();
     if old.node() == Some(target) {
         return;
     }

@@ -43,7 +43,7 @@ fn find_local(sticky: &Arc<Sticky>, id: &SessionId) -> Option<Arc<SessionState>>
     let session = sticky.sessions.get(id.as_str())?;
     let now = Instant::now();
     let mut inner = session.inner.lock();
-    if inner.invalidated {
+    if inner.is_ended() {
         return None;
     }
     if inner.is_expired(now) {
@@ -52,7 +52,7 @@ fn find_local(sticky: &Arc<Sticky>, id: &SessionId) -> Option<Arc<SessionState>>
         return None;
     }
     inner.touch_access(now);
-    inner.announced = true;
+    inner.mark_announced();
     drop(inner);
     Some(session)
 }
@@ -233,7 +233,7 @@ async fn load_and_claim(
     let session = Arc::new(SessionState::from_record(new_id.clone(), record, stored));
     {
         let mut inner = session.inner.lock();
-        inner.announced = true;
+        inner.mark_announced();
         if foreign {
             inner.mark_obsolete(id.clone());
         }
