@@ -266,3 +266,32 @@ fn no_source_file_is_longer_than_600_lines() {
         .collect();
     assert!(long.is_empty(), "split these files:\n{}", long.join("\n"));
 }
+
+/// The README's layout table names every folder and top-level file of
+/// `src/`, and nothing that is not there.
+#[test]
+fn the_readme_layout_table_matches_the_folders() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
+    let section = readme
+        .split("## Repository layout")
+        .nth(1)
+        .expect("a Repository layout section");
+    let listed: BTreeSet<String> = section
+        .lines()
+        .filter(|line| line.starts_with("| `manager/src/"))
+        .filter_map(|line| line.split('`').nth(1))
+        .map(|path| path.trim_start_matches("manager/src/").trim_end_matches('/').to_owned())
+        .collect();
+    let top_level: BTreeSet<String> = std::fs::read_dir(SOURCE_ROOT)
+        .expect("readable src/")
+        .map(|entry| entry.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    for path in &listed {
+        assert!(
+            Path::new(SOURCE_ROOT).join(path).exists(),
+            "README lists manager/src/{path}, which does not exist"
+        );
+    }
+    let unlisted: Vec<&String> = top_level.difference(&listed).collect();
+    assert!(unlisted.is_empty(), "the README layout table misses: {unlisted:?}");
+}
