@@ -116,6 +116,65 @@ async fn non_sticky_requests_dropped_mid_handler_release_their_lock() {
     manager.shutdown().await;
 }
 
+/// A `SessionHandle` kept past its request (moved into a task, say) must not
+/// open the session once the request is gone: nobody would release what it
+/// took (a share of the session, its lock). Here the request is dropped
+/// before its handler asked for the session; the kept handle then fails
+/// with the missing-layer error, and the session's next request is served
+/// at once (no lock left behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_kept_from_a_dropped_request_cannot_open_the_session() {
+    init_tracing();
+    let cluster = Cluster::start(1);
+    let config = fast_config(&cluster.spec())
+        .sticky(false)
+        .locking_mode("all")
+        .lock_expiration(Duration::from_secs(30))
+        .operation_timeout(Duration::from_secs(2));
+    let manager = SessionManager::start(config.build().unwrap()).await.unwrap();
+    let app = router(&manager);
+    let (_, cookie, _) = send(&app, "POST", None, "").await;
+    let cookie = cookie.unwrap();
+
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let stash = kept.clone();
+    let hangs = Router::new()
+        .route(
+            "/",
+            get(move |request: Request<Body>| {
+                let stash = stash.clone();
+                async move {
+                    let handle = request.extensions().get::<memcached_sessions::SessionHandle>().cloned();
+                    *stash.lock().unwrap() = handle;
+                    std::future::pending::<String>().await
+                }
+            }),
+        )
+        .layer(manager.layer());
+    let request = Request::builder()
+        .uri("/")
+        .header(COOKIE, &cookie)
+        .body(Body::empty())
+        .unwrap();
+    let dropped = tokio::time::timeout(Duration::from_millis(200), hangs.oneshot(request)).await;
+    assert!(dropped.is_err(), "the request was cut off");
+    let handle = kept.lock().unwrap().take().expect("the handler kept its handle");
+    let late = handle.session().await;
+    assert!(
+        matches!(late, Err(memcached_sessions::Error::MissingLayer)),
+        "a handle of a finished request opened the session: {late:?}"
+    );
+    let (status, _, body) = send(&app, "POST", Some(&cookie), "").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "2"),
+        "no lock was left behind"
+    );
+    let stats = manager.statistics().counters;
+    assert_eq!(stats.locks_acquired, stats.locks_released);
+    manager.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_extractor_outside_the_layer_names_the_missing_layer() {
     init_tracing();

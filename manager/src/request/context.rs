@@ -140,6 +140,14 @@ impl RequestContext {
                     (IncomingId::None | IncomingId::Invalid, _) => (None, None),
                 };
                 let mut state = self.state.lock();
+                if state.finished {
+                    // The request ended while its session was being found
+                    // (a kept handle): what was taken is let go at once
+                    // (the claim's drop counts it out, releasing its lock).
+                    drop(state);
+                    drop(claim);
+                    return Err(Error::MissingLayer);
+                }
                 state.claim = claim;
                 if state.session.is_none() {
                     state.session = found;
@@ -348,7 +356,9 @@ impl Drop for RequestGuard {
         if state.finished {
             return;
         }
-        // Rejected or cancelled.
+        // Rejected or cancelled: a handle kept past this point (moved into
+        // a task) can no longer open the session.
+        state.finished = true;
         let sticky = match &self.context.manager.mode {
             Mode::Sticky(sticky) => sticky,
             Mode::NonSticky(non_sticky) => {
