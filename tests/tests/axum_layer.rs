@@ -53,6 +53,22 @@ async fn send(router: &Router, method: &str, cookie: Option<&str>, body: &str) -
     (status, cookie, body)
 }
 
+/// A non-sticky manager that locks every request (a 30 s lock, so one left
+/// behind would block the next request past `operationTimeout`), its
+/// router, and the cookie of a session whose count is 1.
+async fn locking_non_sticky(cluster: &Cluster) -> (SessionManager, Router, String) {
+    init_tracing();
+    let config = fast_config(&cluster.spec())
+        .sticky(false)
+        .locking_mode("all")
+        .lock_expiration(Duration::from_secs(30))
+        .operation_timeout(Duration::from_secs(2));
+    let manager = SessionManager::start(config.build().unwrap()).await.unwrap();
+    let app = router(&manager);
+    let (_, cookie, _) = send(&app, "POST", None, "").await;
+    (manager, app, cookie.expect("a new session announces its id"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_sessions_are_backed_up_and_taken_over_by_another_instance() {
     init_tracing();
@@ -89,17 +105,8 @@ async fn sticky_sessions_are_backed_up_and_taken_over_by_another_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_sticky_requests_dropped_mid_handler_release_their_lock() {
-    init_tracing();
     let cluster = Cluster::start(2);
-    let config = fast_config(&cluster.spec())
-        .sticky(false)
-        .locking_mode("all")
-        .lock_expiration(Duration::from_secs(30))
-        .operation_timeout(Duration::from_secs(2));
-    let manager = SessionManager::start(config.build().unwrap()).await.unwrap();
-    let app = router(&manager);
-    let (_, cookie, _) = send(&app, "POST", None, "").await;
-    let cookie = cookie.unwrap();
+    let (manager, app, cookie) = locking_non_sticky(&cluster).await;
     // A slow request holding the lock is dropped (a client hang-up).
     let slow = tokio::time::timeout(Duration::from_millis(300), send(&app, "POST", Some(&cookie), "5000")).await;
     assert!(slow.is_err(), "the slow request was cut off");
@@ -124,17 +131,8 @@ async fn non_sticky_requests_dropped_mid_handler_release_their_lock() {
 /// at once (no lock left behind).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_kept_from_a_dropped_request_cannot_open_the_session() {
-    init_tracing();
     let cluster = Cluster::start(1);
-    let config = fast_config(&cluster.spec())
-        .sticky(false)
-        .locking_mode("all")
-        .lock_expiration(Duration::from_secs(30))
-        .operation_timeout(Duration::from_secs(2));
-    let manager = SessionManager::start(config.build().unwrap()).await.unwrap();
-    let app = router(&manager);
-    let (_, cookie, _) = send(&app, "POST", None, "").await;
-    let cookie = cookie.unwrap();
+    let (manager, app, cookie) = locking_non_sticky(&cluster).await;
 
     let kept = std::sync::Arc::new(std::sync::Mutex::new(None));
     let stash = kept.clone();
