@@ -124,7 +124,7 @@ pub(super) enum ExchangeError {
 }
 
 /// State both tasks and the handles share.
-struct Shared {
+struct ConnectionState {
     closed: AtomicBool,
     wake: Notify,
     /// When the connection was opened; reply times count from it.
@@ -134,7 +134,7 @@ struct Shared {
     last_reply_ms: AtomicU64,
 }
 
-impl Shared {
+impl ConnectionState {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.wake.notify_waiters();
@@ -163,7 +163,7 @@ impl Shared {
 /// A handle on one connection; dropping the last one closes it.
 pub(super) struct Connection {
     queue: mpsc::Sender<Exchange>,
-    shared: Arc<Shared>,
+    state: Arc<ConnectionState>,
 }
 
 impl Connection {
@@ -178,32 +178,32 @@ impl Connection {
         let (read_half, write_half) = stream.into_split();
         let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
         let (written, awaited) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
+        let state = Arc::new(ConnectionState {
             closed: AtomicBool::new(false),
             wake: Notify::new(),
             opened: Instant::now(),
             last_reply_ms: AtomicU64::new(0),
         });
-        tokio::spawn(write_loop(queued, write_half, written, Arc::clone(&shared)));
-        tokio::spawn(read_loop(read_half, awaited, Arc::clone(&shared)));
-        Ok(Self { queue, shared })
+        tokio::spawn(write_loop(queued, write_half, written, Arc::clone(&state)));
+        tokio::spawn(read_loop(read_half, awaited, Arc::clone(&state)));
+        Ok(Self { queue, state })
     }
 
     /// The connection broke or was shut: dial another.
     pub(super) fn is_closed(&self) -> bool {
-        self.shared.is_closed() || self.queue.is_closed()
+        self.state.is_closed() || self.queue.is_closed()
     }
 
     /// Shuts the connection: exchanges in flight fail, queued ones are not sent.
     pub(super) fn close(&self) {
-        self.shared.close();
+        self.state.close();
     }
 
     /// Whether any reply arrived at or after `since` (to the millisecond).
     pub(super) fn answered_since(&self, since: Instant) -> bool {
-        match self.shared.last_reply_ms.load(Ordering::Relaxed) {
+        match self.state.last_reply_ms.load(Ordering::Relaxed) {
             0 => false,
-            last => last > self.shared.millis_since_opened(since),
+            last => last > self.state.millis_since_opened(since),
         }
     }
 
@@ -231,7 +231,7 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.shared.close();
+        self.state.close();
     }
 }
 
@@ -242,13 +242,13 @@ async fn write_loop(
     mut queued: mpsc::Receiver<Exchange>,
     mut socket: OwnedWriteHalf,
     written: mpsc::UnboundedSender<Waiting>,
-    shared: Arc<Shared>,
+    state: Arc<ConnectionState>,
 ) {
     let mut buffer = Vec::with_capacity(READ_BUFFER);
     loop {
         let first = tokio::select! {
             biased;
-            () = shared.closed() => None,
+            () = state.closed() => None,
             next = queued.recv() => next,
         };
         let Some(first) = first else { break };
@@ -287,23 +287,27 @@ async fn write_loop(
         if buffer.is_empty() {
             continue;
         }
-        if shared.is_closed() {
+        if state.is_closed() {
             break;
         }
         let outcome = tokio::select! {
             biased;
-            () = shared.closed() => break,
+            () = state.closed() => break,
             outcome = socket.write_all(&buffer) => outcome,
         };
         if outcome.is_err() {
             break;
         }
     }
-    shared.close();
+    state.close();
 }
 
 /// Reads replies and answers exchanges in the order they were written.
-async fn read_loop(mut socket: OwnedReadHalf, mut written: mpsc::UnboundedReceiver<Waiting>, shared: Arc<Shared>) {
+async fn read_loop(
+    mut socket: OwnedReadHalf,
+    mut written: mpsc::UnboundedReceiver<Waiting>,
+    state: Arc<ConnectionState>,
+) {
     let mut buffer = BytesMut::with_capacity(READ_BUFFER);
     let mut current: Option<(Waiting, Vec<Reply>)> = None;
     let why = 'connection: loop {
@@ -334,8 +338,8 @@ async fn read_loop(mut socket: OwnedReadHalf, mut written: mpsc::UnboundedReceiv
             }
         }
         if parsed_any {
-            let now = shared.millis_since_opened(Instant::now());
-            shared.last_reply_ms.store(now.saturating_add(1), Ordering::Relaxed);
+            let now = state.millis_since_opened(Instant::now());
+            state.last_reply_ms.store(now.saturating_add(1), Ordering::Relaxed);
         }
         if buffer.capacity() - buffer.len() < READ_BUFFER / 4 {
             buffer.reserve(READ_BUFFER);
@@ -346,10 +350,10 @@ async fn read_loop(mut socket: OwnedReadHalf, mut written: mpsc::UnboundedReceiv
                 Ok(_) => {}
                 Err(error) => break Failure::Broken(error.to_string()),
             },
-            () = shared.closed() => break Failure::Broken("connection closed".to_owned()),
+            () = state.closed() => break Failure::Broken("connection closed".to_owned()),
         }
     };
-    shared.close();
+    state.close();
     written.close();
     if let Some((waiting, _)) = current {
         waiting.fail(&why);
