@@ -161,6 +161,15 @@ pub enum Error {
          `manager.wrap(routes)` (warp) or add `manager.layer()` (tower / axum), once, around all routes"
     )]
     MissingLayer,
+    /// The session was used after its request finished (answered, or
+    /// dropped): a [`Session`](crate::Session) or `SessionHandle` kept past
+    /// the request (moved into a background task, say) can still be read,
+    /// but nothing it would change could be stored any more.
+    #[error(
+        "the session was used after its request finished; do session work inside the handler \
+         (a handle kept past the request can only read)"
+    )]
+    RequestFinished,
     /// Two requests ran concurrently inside one task (for example
     /// `tokio::join!` over two `warp::test` requests); the layer cannot tell
     /// their sessions apart. Spawn each request on its own task.
@@ -190,6 +199,7 @@ impl Error {
                 | Self::Decode { .. }
                 | Self::SessionTooLarge { .. }
                 | Self::MissingLayer
+                | Self::RequestFinished
                 | Self::ConcurrentRequestsInOneTask
         )
     }

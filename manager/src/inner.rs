@@ -138,20 +138,20 @@ impl ManagerInner {
     /// Ends `session` (logout). `false` when it had already ended. Its
     /// stored copies are tombstoned at the end of the request.
     pub(crate) fn invalidate(&self, session: &SessionState) -> bool {
-        if session.end().is_none() {
-            return false;
+        let ended = match self.sticky() {
+            Some(sticky) => sticky.invalidate(session),
+            None => session.end().is_some(),
+        };
+        if ended {
+            Stats::count(&self.stats.counters.sessions_invalidated);
         }
-        if let Some(sticky) = self.sticky() {
-            sticky.invalidate(session);
-        }
-        Stats::count(&self.stats.counters.sessions_invalidated);
-        true
+        ended
     }
 
     /// Gives `session` a new id (on a live node when its own is not the
     /// place for it any more), keeping its data; the old id stops working
     /// at once here, and in memcached once the request's write is done.
-    pub(crate) fn cycle_id(&self, session: &SessionState) -> SessionId {
+    pub(crate) fn cycle_id(&self, session: &Arc<SessionState>) -> SessionId {
         let nodes = &self.store.nodes;
         let (old, new) = {
             let mut inner = session.inner.lock();
@@ -166,8 +166,7 @@ impl ManagerInner {
             (old, new)
         };
         if let Some(sticky) = self.sticky() {
-            sticky.sessions.rekey(old.as_str(), new.as_str(), false);
-            sticky.end_ids(std::slice::from_ref(&old), sticky.backups.copy_lifetime());
+            sticky.retire_id(session, &old, &new);
         }
         Stats::count(&self.stats.counters.ids_cycled);
         new
@@ -201,6 +200,10 @@ impl ManagerInner {
         if let Some(sticky) = self.sticky() {
             sticky.shut_down(dispatcher).await;
         }
+        // One last try of the writes still owed (tombstones of logouts,
+        // forward records) whose node was down or failed them until now;
+        // what still fails is left to the copies' TTLs.
+        self.store.retry_repairs().await;
     }
 }
 

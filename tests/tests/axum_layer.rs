@@ -127,8 +127,8 @@ async fn non_sticky_requests_dropped_mid_handler_release_their_lock() {
 /// open the session once the request is gone: nobody would release what it
 /// took (a share of the session, its lock). Here the request is dropped
 /// before its handler asked for the session; the kept handle then fails
-/// with the missing-layer error, and the session's next request is served
-/// at once (no lock left behind).
+/// with `RequestFinished`, and the session's next request is served at once
+/// (no lock left behind).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_kept_from_a_dropped_request_cannot_open_the_session() {
     let cluster = Cluster::start(1);
@@ -159,7 +159,7 @@ async fn a_handle_kept_from_a_dropped_request_cannot_open_the_session() {
     let handle = kept.lock().unwrap().take().expect("the handler kept its handle");
     let late = handle.session().await;
     assert!(
-        matches!(late, Err(memcached_sessions::Error::MissingLayer)),
+        matches!(late, Err(memcached_sessions::Error::RequestFinished)),
         "a handle of a finished request opened the session: {late:?}"
     );
     let (status, _, body) = send(&app, "POST", Some(&cookie), "").await;
@@ -170,6 +170,59 @@ async fn a_handle_kept_from_a_dropped_request_cannot_open_the_session() {
     );
     let stats = manager.statistics().counters;
     assert_eq!(stats.locks_acquired, stats.locks_released);
+    manager.shutdown().await;
+}
+
+/// A `Session` kept past its answered request can still be read, but
+/// cannot change anything: a new session made there would never be
+/// announced nor stored, a change never written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_kept_past_its_request_reads_but_changes_nothing() {
+    init_tracing();
+    let cluster = Cluster::start(1);
+    let manager = SessionManager::start(fast_config(&cluster.spec()).build().unwrap())
+        .await
+        .unwrap();
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stash = kept.clone();
+    let app = Router::new()
+        .route(
+            "/",
+            post(move |session: Session| {
+                let stash = stash.clone();
+                async move {
+                    session.insert("count", &7u64).unwrap();
+                    stash.lock().unwrap().push(session);
+                    "kept".to_owned()
+                }
+            }),
+        )
+        .layer(manager.layer());
+    let (status, cookie, _) = send(&app, "POST", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(cookie.is_some());
+    let (status, _, _) = send(&app, "POST", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let sessions = manager.statistics().local_sessions;
+    let created = manager.statistics().counters.sessions_created;
+    for late in kept.lock().unwrap().drain(..) {
+        assert_eq!(late.get::<u64>("count").unwrap(), Some(7), "reads still work");
+        assert!(matches!(
+            late.insert("count", &8u64),
+            Err(memcached_sessions::Error::RequestFinished)
+        ));
+        assert!(matches!(
+            late.remove::<u64>("count"),
+            Err(memcached_sessions::Error::RequestFinished)
+        ));
+        late.invalidate();
+        assert_eq!(late.cycle_id(), None);
+        assert_eq!(late.get::<u64>("count").unwrap(), Some(7), "nothing changed");
+    }
+    let after = manager.statistics();
+    assert_eq!(after.local_sessions, sessions, "no session appeared or ended");
+    assert_eq!(after.counters.sessions_created, created);
+    assert_eq!(after.counters.sessions_invalidated, 0);
     manager.shutdown().await;
 }
 

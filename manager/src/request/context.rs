@@ -85,7 +85,7 @@ pub(crate) struct RequestState {
     pub(crate) invalidated: Vec<Arc<SessionState>>,
     /// Non-sticky: this request's share of the session it loaded.
     claim: Option<Claim>,
-    finished: bool,
+    pub(crate) finished: bool,
 }
 
 impl RequestContext {
@@ -118,7 +118,7 @@ impl RequestContext {
         // background task, say) must not take a share or a lock that
         // nobody would release: the session is only for the request.
         if self.state.lock().finished {
-            return Err(Error::MissingLayer);
+            return Err(Error::RequestFinished);
         }
         self.resolved
             .get_or_try_init(|| async {
@@ -146,7 +146,7 @@ impl RequestContext {
                     // (the claim's drop counts it out, releasing its lock).
                     drop(state);
                     drop(claim);
-                    return Err(Error::MissingLayer);
+                    return Err(Error::RequestFinished);
                 }
                 state.claim = claim;
                 if state.session.is_none() {

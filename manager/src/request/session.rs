@@ -37,7 +37,11 @@ fn decode_value<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Error
 /// compatible (no `serde_json::Value`, untagged enums or flatten).
 ///
 /// Changes are written to memcached at the end of the request, only when
-/// something changed (see the crate docs).
+/// something changed (see the crate docs). The handle is for its request:
+/// once the request finished (answered, or dropped), reads still show the
+/// session as it was, but [`insert`](Self::insert), [`update`](Self::update)
+/// and [`remove`](Self::remove) fail with [`Error::RequestFinished`] and the
+/// other changes do nothing — nothing would store them.
 #[derive(Clone)]
 pub struct Session {
     context: Arc<RequestContext>,
@@ -60,12 +64,27 @@ impl Session {
         self.context.state.lock().session.clone()
     }
 
-    fn current_or_create(&self) -> Arc<SessionState> {
+    /// The session to change, created when there is none; an error once
+    /// the request finished.
+    fn current_or_create(&self) -> Result<Arc<SessionState>, Error> {
         let mut state = self.context.state.lock();
-        state
+        if state.finished {
+            return Err(Error::RequestFinished);
+        }
+        Ok(state
             .session
             .get_or_insert_with(|| self.context.manager.create_session())
-            .clone()
+            .clone())
+    }
+
+    /// The session to change; `None` when there is none or the request
+    /// finished.
+    fn current_to_change(&self) -> Option<Arc<SessionState>> {
+        let state = self.context.state.lock();
+        if state.finished {
+            return None;
+        }
+        state.session.clone()
     }
 
     /// The session id, or `None` while the request has no session.
@@ -101,7 +120,7 @@ impl Session {
     /// a value equal to the current one is not a change.
     pub fn insert<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
         let bytes = encode_value(key, value)?;
-        let session = self.current_or_create();
+        let session = self.current_or_create()?;
         let mut inner = session.inner.lock();
         self.check_size(&inner, key, &bytes)?;
         let before = inner.version();
@@ -125,7 +144,7 @@ impl Session {
         T: Serialize + DeserializeOwned,
         F: FnOnce(Option<T>) -> T,
     {
-        let session = self.current_or_create();
+        let session = self.current_or_create()?;
         let mut inner = session.inner.lock();
         let current = inner
             .attributes()
@@ -144,6 +163,9 @@ impl Session {
     /// Removes an attribute and returns its value; `Ok(None)` when absent.
     /// On a type mismatch the attribute is still removed and `Err` returned.
     pub fn remove<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        if self.context.state.lock().finished {
+            return Err(Error::RequestFinished);
+        }
         let Some(bytes) = self.remove_raw(key) else {
             return Ok(None);
         };
@@ -159,7 +181,7 @@ impl Session {
     }
 
     fn remove_raw(&self, key: &str) -> Option<Box<[u8]>> {
-        let removed = self.current()?.inner.lock().remove_attribute(key);
+        let removed = self.current_to_change()?.inner.lock().remove_attribute(key);
         self.note_change(removed.is_some());
         removed
     }
@@ -188,7 +210,7 @@ impl Session {
 
     /// Removes every attribute (the session and its id stay).
     pub fn clear(&self) {
-        if let Some(session) = self.current() {
+        if let Some(session) = self.current_to_change() {
             let mut inner = session.inner.lock();
             self.note_change(!inner.attributes().is_empty());
             inner.clear_attributes();
@@ -213,6 +235,9 @@ impl Session {
     /// a new session with a new id.
     pub fn invalidate(&self) {
         let mut state = self.context.state.lock();
+        if state.finished {
+            return;
+        }
         let Some(session) = state.session.take() else {
             return;
         };
@@ -226,7 +251,7 @@ impl Session {
     /// and, once the backup is written, in memcached. Returns the new id,
     /// or `None` when there is no session.
     pub fn cycle_id(&self) -> Option<String> {
-        let session = self.current()?;
+        let session = self.current_to_change()?;
         let new = self.context.manager.cycle_id(&session);
         self.note_change(true);
         Some(new.to_string())

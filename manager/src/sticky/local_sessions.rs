@@ -100,8 +100,10 @@ impl LocalSessions {
     pub(crate) fn end(&self, id: &str, until: Instant) {
         let mut ended = self.ended.lock();
         // Under the same lock as `insert_unless_ended`: a load racing this
-        // end either sees it, or its session is removed here.
+        // end either sees it, or its session is removed here. A dead id is
+        // not forwarded anywhere either.
         self.by_id.write().remove(id);
+        self.forwards.lock().remove(id);
         if ended.order.len() >= MAX_ENDED {
             if let Some((oldest, at)) = ended.order.pop_front() {
                 if ended.until.get(&oldest) == Some(&at) {

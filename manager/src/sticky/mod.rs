@@ -17,7 +17,6 @@ pub(crate) mod resolve;
 pub(crate) mod unsynced;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -63,34 +62,55 @@ impl Sticky {
         self.backups.schedule(session)
     }
 
-    /// Ends a session the handler invalidated (logout): it leaves this
-    /// process now and its stored copies are tombstoned (see [`end_ids`](Self::end_ids)).
-    pub(crate) fn invalidate(&self, session: &SessionState) {
-        self.sessions.remove(session.id().as_str());
-        self.end_ids(&ids_with_copies(session), self.backups.copy_lifetime());
+    /// Ends a session (logout): see [`end`](Self::end). `false` when it
+    /// had already ended.
+    pub(crate) fn invalidate(&self, session: &SessionState) -> bool {
+        self.end(session)
     }
 
-    /// Expires an idle session: removes it here and tombstones its
-    /// memcached copy. Nothing when it already ended.
+    /// Expires an idle session: ends it (see [`end`](Self::end)) and
+    /// queues the backup that tombstones its copy now. Nothing when it
+    /// already ended.
     pub(crate) fn expire(&self, session: &Arc<SessionState>) {
-        let Some(id) = session.end() else {
-            return;
-        };
-        self.sessions.remove(id.as_str());
-        self.end_ids(&ids_with_copies(session), self.backups.copy_lifetime());
-        Stats::count(&self.stats.counters.sessions_expired);
-        self.schedule_backup(session);
+        if self.end(session) {
+            Stats::count(&self.stats.counters.sessions_expired);
+            self.schedule_backup(session);
+        }
     }
 
-    /// Ids a session left for good (ended, or cycled away from): each is
-    /// remembered here as ended for `lifetime` (no request of this instance
-    /// takes it over again) and gets a tombstone in memcached.
-    pub(crate) fn end_ids(&self, ids: &[SessionId], lifetime: Duration) {
+    /// Ends a session here: every id it had is marked ended (no request of
+    /// this instance loads it from memcached again) **before** the session
+    /// itself ends, in one step with its removal from the sessions held
+    /// here — so a concurrent request either still finds the live session
+    /// (and shares its end) or finds the id ended, never a gap in which
+    /// it would load the old copy from memcached and write it back. Every
+    /// id then gets a tombstone through the repair queue, besides the one
+    /// the backup path writes at once. `false` when it had already ended.
+    fn end(&self, session: &SessionState) -> bool {
+        let ids = ids_with_copies(session);
+        let lifetime = self.backups.copy_lifetime();
         let until = from_now(lifetime);
-        for id in ids {
+        for id in &ids {
             self.sessions.end(id.as_str(), until);
+        }
+        if session.end().is_none() {
+            return false;
+        }
+        for id in &ids {
             self.backups.tombstone_eventually(id, lifetime, until);
         }
+        true
+    }
+
+    /// Files `session` under its new id `new` (given by `cycle_id`) and ends
+    /// its old id `old` here and in memcached. The new filing comes first,
+    /// so a request with either id finds the session or finds `old` ended.
+    pub(crate) fn retire_id(&self, session: &Arc<SessionState>, old: &SessionId, new: &SessionId) {
+        self.sessions.insert(new.as_str(), Arc::clone(session));
+        let lifetime = self.backups.copy_lifetime();
+        let until = from_now(lifetime);
+        self.sessions.end(old.as_str(), until);
+        self.backups.tombstone_eventually(old, lifetime, until);
     }
 
     /// One round of the expiry sweep.
@@ -143,6 +163,8 @@ impl Sticky {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::manager::SessionManager;
     use crate::store::backend::{InMemoryNode, NodeBackend};
