@@ -61,10 +61,10 @@ echo "== end-to-end tests against the axum build of the demo (FRAMEWORK=axum)"
 # every instance serving through the tower SessionLayer and axum.
 if cargo nextest --version >/dev/null 2>&1; then
   FRAMEWORK=axum cargo nextest run --locked -p integration-tests \
-    --test demo_app_e2e --test demo_app_flags --test demo_app_tokens --test hostile_input
+    --test demo_app_e2e --test demo_app_flags --test demo_app_tokens --test demo_app_metrics --test hostile_input
 else
   FRAMEWORK=axum cargo test --locked -p integration-tests \
-    --test demo_app_e2e --test demo_app_flags --test demo_app_tokens --test hostile_input
+    --test demo_app_e2e --test demo_app_flags --test demo_app_tokens --test demo_app_metrics --test hostile_input
 fi
 passed
 

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, post};
 use memcached_sessions::{Session, SessionHandle, SessionManager, SessionRejection};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::handlers::{self, IncrementQuery, Login, MAX_LOGIN_BODY, Reply};
 
@@ -17,10 +18,11 @@ use crate::handlers::{self, IncrementQuery, Login, MAX_LOGIN_BODY, Reply};
 struct AppState {
     manager: SessionManager,
     instance: String,
+    metrics: PrometheusHandle,
 }
 
 /// The whole app: routes, session layer, error mapping, `X-Instance`.
-pub(crate) fn app(manager: SessionManager, instance: String) -> Router {
+pub(crate) fn app(manager: SessionManager, instance: String, metrics: PrometheusHandle) -> Router {
     let layer = manager.layer();
     let x_instance = HeaderValue::from_str(&instance).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     Router::new()
@@ -34,10 +36,15 @@ pub(crate) fn app(manager: SessionManager, instance: String) -> Router {
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/stats", get(stats).on(MethodFilter::HEAD, not_allowed))
+        .route("/metrics", get(scrape).on(MethodFilter::HEAD, not_allowed))
         .route("/", get(page).on(MethodFilter::HEAD, not_allowed))
         .fallback(|| async { text(StatusCode::NOT_FOUND, "not found") })
         .method_not_allowed_fallback(not_allowed)
-        .with_state(AppState { manager, instance })
+        .with_state(AppState {
+            manager,
+            instance,
+            metrics,
+        })
         .layer(layer)
         .layer(axum::middleware::map_response(move |mut response: Response| {
             let x_instance = x_instance.clone();
@@ -46,6 +53,15 @@ pub(crate) fn app(manager: SessionManager, instance: String) -> Router {
                 response
             }
         }))
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn scrape(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+    response
 }
 
 async fn not_allowed() -> Response {

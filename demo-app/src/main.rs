@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 mod axum_app;
 mod handlers;
+mod metrics;
 mod warp_app;
 
 /// Which web framework serves the routes (the same routes, statuses and
@@ -114,6 +115,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the manager starts: its metrics register with the recorder in place.
+    let metrics = match metrics::install() {
+        Ok(handle) => handle,
+        Err(error) => {
+            eprintln!("demo-app: cannot install the metrics recorder: {error}");
+            return ExitCode::from(1);
+        }
+    };
     if config.nodes().is_none() {
         tracing::warn!("no --memcached-nodes: using the embedded in-process store (no failover between instances)");
     }
@@ -139,14 +148,14 @@ async fn main() -> ExitCode {
     tracing::info!(listen = %args.listen, %instance, framework = ?args.framework, "demo-app serving");
     match args.framework {
         Framework::Warp => {
-            warp::serve(warp_app::app(manager.clone(), instance))
+            warp::serve(warp_app::app(manager.clone(), instance, metrics))
                 .incoming(listener)
                 .graceful(shutdown_signal())
                 .run()
                 .await;
         }
         Framework::Axum => {
-            let served = axum::serve(listener, axum_app::app(manager.clone(), instance))
+            let served = axum::serve(listener, axum_app::app(manager.clone(), instance, metrics))
                 .with_graceful_shutdown(shutdown_signal())
                 .await;
             if let Err(error) = served {

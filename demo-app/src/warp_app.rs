@@ -3,7 +3,9 @@
 use std::convert::Infallible;
 
 use memcached_sessions::{Session, SessionManager};
+use metrics_exporter_prometheus::PrometheusHandle;
 use warp::http::StatusCode;
+use warp::http::header::CONTENT_TYPE;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply as _};
 
@@ -13,6 +15,7 @@ use crate::handlers::{self, IncrementQuery, Login, MAX_LOGIN_BODY, Reply};
 pub(crate) fn app(
     manager: SessionManager,
     instance: String,
+    metrics: PrometheusHandle,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
     let session = manager.session();
     let with_instance = {
@@ -51,6 +54,9 @@ pub(crate) fn app(
             .and(warp::get())
             .map(move || warp::reply::json(&manager.statistics()))
     };
+    let scrape = warp::path!("metrics").and(warp::get()).map(move || {
+        warp::reply::with_header(metrics.render(), CONTENT_TYPE, crate::metrics::CONTENT_TYPE).into_response()
+    });
     let page = warp::path::end()
         .and(warp::get())
         .and(session)
@@ -62,6 +68,7 @@ pub(crate) fn app(
         .or(login)
         .or(logout)
         .or(stats)
+        .or(scrape)
         .or(page);
     manager
         .wrap(routes)

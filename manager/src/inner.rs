@@ -15,7 +15,7 @@ use crate::error::ConfigError;
 use crate::non_sticky::NonSticky;
 use crate::session::id::SessionId;
 use crate::session::state::SessionState;
-use crate::stats::{Statistics, Stats};
+use crate::stats::{CounterSnapshot, Statistics, Stats};
 use crate::sticky::Sticky;
 use crate::store::Store;
 use crate::store::backend::NodeBackend;
@@ -23,6 +23,7 @@ use crate::store::codec::Codec;
 use crate::store::keys::Keys;
 use crate::store::node::NodeSpec;
 use crate::store::nodes::{Nodes, ProbeOutcome};
+use crate::telemetry;
 
 /// Sticky or non-sticky, each with the state only it needs.
 pub(crate) enum Mode {
@@ -66,6 +67,7 @@ impl ManagerInner {
             ));
         }
         let config = Arc::new(config);
+        telemetry::describe();
         let stats = Arc::new(Stats::default());
         let keys = Keys::new(config.storage_key_prefix.clone(), config.key_hasher.clone());
         let instance_token = SessionId::generate(None, None).as_str()[..16].to_owned();
@@ -106,8 +108,12 @@ impl ManagerInner {
             )));
         }
         if !inner.store.nodes.is_empty() {
-            tasks.push(tokio::spawn(probe_nodes(weak, inner.config.node_probe_interval)));
+            tasks.push(tokio::spawn(probe_nodes(
+                weak.clone(),
+                inner.config.node_probe_interval,
+            )));
         }
+        tasks.push(tokio::spawn(export_metrics(weak, inner.config.node_probe_interval)));
         *inner.tasks.lock() = tasks;
         Ok(inner)
     }
@@ -212,6 +218,27 @@ impl Drop for ManagerInner {
         for task in self.tasks.get_mut().drain(..) {
             task.abort();
         }
+    }
+}
+
+/// Exports the statistics and node states as metrics every `interval`
+/// (see [`crate::telemetry`]).
+async fn export_metrics(inner: Weak<ManagerInner>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut exported = CounterSnapshot::default();
+    loop {
+        ticker.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let nodes: Vec<(String, bool)> = inner
+            .store
+            .nodes
+            .iter()
+            .map(|node| (node.label(), node.is_available()))
+            .collect();
+        telemetry::export(&inner.statistics(), &mut exported, &nodes);
     }
 }
 

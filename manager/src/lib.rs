@@ -162,6 +162,16 @@
 //! the session are supported. The README's Security section has the threat
 //! model.
 //!
+//! # Metrics
+//!
+//! Through the [`metrics`](https://docs.rs/metrics) facade (the app picks
+//! the exporter and installs it before [`SessionManager::start`]): every
+//! counter of [`Statistics`] as `memcached_sessions_<name>_total`, node
+//! availability as `memcached_sessions_node_up{node}`, every memcached
+//! operation's duration by node, operation and result, and real histograms
+//! of backup, load and lock times and session sizes. Labels never carry a
+//! session id. The README's Metrics section lists them all.
+//!
 //! # Concurrency guarantees
 //!
 //! In sticky mode all requests of a session on one instance share one
@@ -198,6 +208,7 @@ mod session;
 mod stats;
 mod sticky;
 mod store;
+mod telemetry;
 
 #[cfg(feature = "axum")]
 pub use crate::adapter::tower::SessionRejection;

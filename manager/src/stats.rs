@@ -1,22 +1,74 @@
 //! Statistics: MSM-like counters and timing probes, kept in atomics and
 //! read as a plain [`Statistics`] snapshot.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
 
-/// Count, total, min and max of a measured duration or size.
-#[derive(Debug, Default)]
+/// A histogram registered with the global recorder at its first use.
+#[derive(Debug)]
+pub(crate) struct LazyHistogram {
+    name: &'static str,
+    handle: OnceLock<metrics::Histogram>,
+}
+
+impl LazyHistogram {
+    pub(crate) const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            handle: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn record(&self, value: f64) {
+        self.handle.get_or_init(|| metrics::histogram!(self.name)).record(value);
+    }
+}
+
+/// Histogram names (see the README's metrics table).
+pub(crate) const BACKUP_DURATION: &str = "memcached_sessions_backup_duration_seconds";
+pub(crate) const BACKUP_WAIT: &str = "memcached_sessions_backup_wait_seconds";
+pub(crate) const LOAD_DURATION: &str = "memcached_sessions_load_duration_seconds";
+pub(crate) const SERIALIZATION_DURATION: &str = "memcached_sessions_serialization_duration_seconds";
+pub(crate) const SESSION_SIZE: &str = "memcached_sessions_size_bytes";
+pub(crate) const LOCK_WAIT: &str = "memcached_sessions_lock_wait_seconds";
+pub(crate) const LOCK_FAILURE_WAIT: &str = "memcached_sessions_lock_failure_wait_seconds";
+pub(crate) const LOCK_RELEASE_DURATION: &str = "memcached_sessions_lock_release_duration_seconds";
+pub(crate) const LOCK_HOLD: &str = "memcached_sessions_lock_hold_seconds";
+
+/// Count, total, min and max of a measured duration or size, for
+/// [`Statistics`]; every value also goes to a histogram of the
+/// [`metrics`] facade (seconds for durations, bytes for sizes).
+#[derive(Debug)]
 pub(crate) struct MinMaxAvg {
     count: AtomicU64,
     total: AtomicU64,
     min: AtomicU64,
     max: AtomicU64,
+    histogram: LazyHistogram,
 }
 
 impl MinMaxAvg {
+    /// A probe whose values also go to the histogram `metric`.
+    pub(crate) const fn new(metric: &'static str) -> Self {
+        Self {
+            count: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            min: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+            histogram: LazyHistogram::new(metric),
+        }
+    }
+
+    /// Records a size (bytes).
     pub(crate) fn record(&self, value: u64) {
+        self.histogram.record(value as f64);
+        self.add(value);
+    }
+
+    fn add(&self, value: u64) {
         if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
             self.min.store(value, Ordering::Relaxed);
         } else {
@@ -26,8 +78,10 @@ impl MinMaxAvg {
         self.max.fetch_max(value, Ordering::Relaxed);
     }
 
+    /// Records a duration (µs here, seconds in the histogram).
     pub(crate) fn record_duration(&self, duration: Duration) {
-        self.record(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
+        self.histogram.record(duration.as_secs_f64());
+        self.add(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
     }
 
     fn snapshot(&self) -> MinMaxAvgSnapshot {
@@ -61,7 +115,7 @@ pub struct MinMaxAvgSnapshot {
 }
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
             $( pub(crate) $name: AtomicU64, )*
@@ -72,12 +126,22 @@ macro_rules! counters {
         #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
         #[non_exhaustive]
         pub struct CounterSnapshot {
-            $( $(#[$doc])* pub $name: u64, )*
+            $( $(#[doc = $doc])* pub $name: u64, )*
         }
+
+        /// Every counter's name and meaning, in [`CounterSnapshot`]'s order.
+        pub(crate) const COUNTERS: &[(&str, &str)] = &[ $( (stringify!($name), concat!($($doc, " ",)*)), )* ];
 
         impl Counters {
             fn snapshot(&self) -> CounterSnapshot {
                 CounterSnapshot { $( $name: self.$name.load(Ordering::Relaxed), )* }
+            }
+        }
+
+        impl CounterSnapshot {
+            /// The values, in [`COUNTERS`]' order.
+            pub(crate) fn values(&self) -> Vec<u64> {
+                vec![ $( self.$name, )* ]
             }
         }
     };
@@ -203,7 +267,7 @@ pub struct Statistics {
 }
 
 /// The live counters and probes of one manager.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Stats {
     pub(crate) counters: Counters,
     pub(crate) backup_time: MinMaxAvg,
@@ -215,6 +279,23 @@ pub(crate) struct Stats {
     pub(crate) lock_failure_time: MinMaxAvg,
     pub(crate) lock_release_time: MinMaxAvg,
     pub(crate) lock_hold_time: MinMaxAvg,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            counters: Counters::default(),
+            backup_time: MinMaxAvg::new(BACKUP_DURATION),
+            effective_backup_time: MinMaxAvg::new(BACKUP_WAIT),
+            load_time: MinMaxAvg::new(LOAD_DURATION),
+            serialization_time: MinMaxAvg::new(SERIALIZATION_DURATION),
+            session_size: MinMaxAvg::new(SESSION_SIZE),
+            lock_acquire_time: MinMaxAvg::new(LOCK_WAIT),
+            lock_failure_time: MinMaxAvg::new(LOCK_FAILURE_WAIT),
+            lock_release_time: MinMaxAvg::new(LOCK_RELEASE_DURATION),
+            lock_hold_time: MinMaxAvg::new(LOCK_HOLD),
+        }
+    }
 }
 
 impl Stats {
@@ -249,7 +330,7 @@ mod tests {
 
     #[test]
     fn probe_tracks_min_avg_max() {
-        let probe = MinMaxAvg::default();
+        let probe = MinMaxAvg::new("test");
         assert_eq!(probe.snapshot(), MinMaxAvgSnapshot::default());
         for v in [30, 10, 20] {
             probe.record(v);

@@ -3,7 +3,7 @@
 //! [`BackupQueue`]; failures are remembered in [`Unsynced`] and retried.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -20,6 +20,8 @@ use crate::sticky::unsynced::Unsynced;
 use crate::store::Store;
 use crate::store::backend::{Expiry, Item};
 use crate::store::envelope;
+use crate::store::nodes::NodeIndex;
+use crate::telemetry::BACKUPS;
 
 /// Most synchronous backup writes in flight at once (see
 /// [`Backups::backup_now`]).
@@ -38,6 +40,27 @@ pub(crate) struct Backups {
     max_inactive: Option<Duration>,
     /// `sessionBackupTimeout`: how long a synchronous backup may delay a response.
     backup_timeout: Duration,
+    /// `memcached_sessions_backups_total{node, result}`, by node and
+    /// [`Outcome`], registered at first use.
+    per_node: Vec<[OnceLock<metrics::Counter>; 3]>,
+}
+
+/// How one backup of one session ended.
+#[derive(Clone, Copy)]
+pub(crate) enum Outcome {
+    Written,
+    Touched,
+    Failed,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Written => "written",
+            Self::Touched => "touched",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 impl Backups {
@@ -49,16 +72,35 @@ impl Backups {
                 BackupQueue::start(weak.clone(), config.backup_queue_capacity, config.backup_concurrency);
             dispatcher = Some(task);
             Self {
-                store,
                 stats,
                 queue,
                 unsynced: Unsynced::default(),
                 sync_writes: Arc::new(Semaphore::new(MAX_SYNC_WRITES)),
                 max_inactive: config.max_inactive,
                 backup_timeout: config.backup_timeout,
+                per_node: (0..store.nodes.iter().count())
+                    .map(|_| std::array::from_fn(|_| OnceLock::new()))
+                    .collect(),
+                store,
             }
         });
         (backups, dispatcher.expect("set by new_cyclic"))
+    }
+
+    /// Counts one backup of a session on `node` (statistics and metrics).
+    fn count(&self, node: NodeIndex, outcome: Outcome) {
+        let counters = &self.stats.counters;
+        Stats::count(match outcome {
+            Outcome::Written => &counters.backups_written,
+            Outcome::Touched => &counters.backups_touched,
+            Outcome::Failed => &counters.backups_failed,
+        });
+        self.per_node[node][outcome as usize]
+            .get_or_init(|| {
+                let node = self.store.nodes.get(node).label();
+                metrics::counter!(BACKUPS, "node" => node, "result" => outcome.label())
+            })
+            .increment(1);
     }
 
     /// How long a stored copy (or its tombstone) lives under this
@@ -243,21 +285,19 @@ async fn write_group(backups: &Backups, node: usize, group: &[(usize, BatchedWri
     for ((_, write), outcome) in group.iter().zip(outcomes) {
         match outcome {
             Ok(()) => {
-                let obsolete = record_written(
-                    backups,
-                    write.session,
-                    &write.id,
-                    write.version,
-                    write.epoch,
-                    write.expiry,
-                    started,
-                );
+                let mark = StoredMark {
+                    id: write.id.clone(),
+                    version: write.version,
+                    epoch: write.epoch,
+                    expires_at: expires_at(write.expiry, started),
+                };
+                let obsolete = record_written(backups, node, write.session, mark);
                 if obsolete {
                     delete_keys(backups, write.session, false).await;
                 }
             }
             Err(error) => {
-                Stats::count(&backups.stats.counters.backups_failed);
+                backups.count(node, Outcome::Failed);
                 if error.is_unavailable() {
                     backups.store.nodes.get(node).observe(false, started);
                 }
@@ -276,23 +316,10 @@ fn error_source(error: &crate::error::Error) -> crate::error::BackendError {
 }
 
 /// Notes a successful write; `true` when old keys are left to delete.
-fn record_written(
-    backups: &Backups,
-    session: &SessionState,
-    id: &SessionId,
-    version: u64,
-    epoch: u64,
-    expiry: Expiry,
-    started: Instant,
-) -> bool {
-    Stats::count(&backups.stats.counters.backups_written);
+fn record_written(backups: &Backups, node: NodeIndex, session: &SessionState, mark: StoredMark) -> bool {
+    backups.count(node, Outcome::Written);
     // The id may have moved while this write was in flight.
-    session.inner.lock().record_stored(StoredMark {
-        id: id.clone(),
-        version,
-        epoch,
-        expires_at: expires_at(expiry, started),
-    })
+    session.inner.lock().record_stored(mark)
 }
 
 /// One step of bringing a session's memcached copy up to date.
@@ -395,14 +422,15 @@ pub(crate) async fn update_stored_copy(backups: &Backups, session: &SessionState
                 return;
             }
             Plan::Touch { id, expiry } => {
-                let Some(node) = backups.store.nodes.node_of(&id).map(|i| backups.store.nodes.get(i)) else {
+                let Some(index) = backups.store.nodes.node_of(&id) else {
                     return;
                 };
+                let node = backups.store.nodes.get(index);
                 let key = backups.store.keys.session(&id);
                 let started = Instant::now();
                 match node.call(|b| b.touch(&key, expiry)).await {
                     Ok(true) => {
-                        Stats::count(&counters.backups_touched);
+                        backups.count(index, Outcome::Touched);
                         session.inner.lock().record_touched(&id, expires_at(expiry, started));
                         return;
                     }
@@ -413,7 +441,7 @@ pub(crate) async fn update_stored_copy(backups: &Backups, session: &SessionState
                         session.inner.lock().forget_stored();
                     }
                     Err(error) => {
-                        Stats::count(&counters.backups_failed);
+                        backups.count(index, Outcome::Failed);
                         tracing::warn!(%error, "extending a session's TTL failed");
                         backups.unsynced.note(&backups.stats, id.as_str());
                         return;
@@ -427,21 +455,28 @@ pub(crate) async fn update_stored_copy(backups: &Backups, session: &SessionState
                 epoch,
                 expiry,
             } => {
-                let Some(node) = backups.store.nodes.node_of(&id).map(|i| backups.store.nodes.get(i)) else {
+                let Some(index) = backups.store.nodes.node_of(&id) else {
                     return;
                 };
+                let node = backups.store.nodes.get(index);
                 let key = backups.store.keys.session(&id);
                 let started = Instant::now();
                 let result = node.call(|b| b.set(&key, &bytes, expiry)).await;
                 backups.stats.backup_time.record_duration(started.elapsed());
                 match result {
                     Ok(()) => {
-                        if record_written(backups, session, &id, version, epoch, expiry, started) {
+                        let mark = StoredMark {
+                            id: id.clone(),
+                            version,
+                            epoch,
+                            expires_at: expires_at(expiry, started),
+                        };
+                        if record_written(backups, index, session, mark) {
                             delete_keys(backups, session, false).await;
                         }
                     }
                     Err(error) => {
-                        Stats::count(&counters.backups_failed);
+                        backups.count(index, Outcome::Failed);
                         tracing::warn!(%error, "session backup failed");
                         backups.unsynced.note(&backups.stats, id.as_str());
                     }

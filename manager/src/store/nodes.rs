@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::error::{BackendError, Error};
 use crate::session::id::SessionId;
 use crate::session::node_id::NodeId;
+use crate::store::backend::metered::Metered;
 use crate::store::backend::{Expiry, NodeBackend};
 use crate::store::node::NodeSpec;
 
@@ -89,6 +90,7 @@ impl Node {
         if before != available {
             self.state_changes.fetch_add(1, Ordering::Relaxed);
             self.note_change();
+            crate::telemetry::node_up(&self.label(), available);
             if available {
                 tracing::info!(node = %self.label(), "memcached node is available again");
             } else {
@@ -161,8 +163,8 @@ impl Nodes {
             .into_iter()
             .zip(backends)
             .map(|(spec, backend)| Node {
+                backend: Arc::new(Metered::new(backend, spec.label())),
                 spec,
-                backend,
                 operation_timeout,
                 available: AtomicBool::new(true),
                 observed_at: Mutex::new(now),

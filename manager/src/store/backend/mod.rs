@@ -7,6 +7,7 @@
 
 mod in_memory;
 mod memcached;
+pub(crate) mod metered;
 mod node_backend;
 
 pub use self::in_memory::{InMemoryNode, OperationCounts};
