@@ -12,6 +12,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::config::Config;
 use crate::error::ConfigError;
+use crate::events::Listeners;
 use crate::non_sticky::NonSticky;
 use crate::session::id::SessionId;
 use crate::session::state::SessionState;
@@ -37,6 +38,8 @@ pub(crate) struct ManagerInner {
     pub(crate) store: Arc<Store>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) mode: Mode,
+    /// The app's lifecycle listeners.
+    pub(crate) listeners: Arc<Listeners>,
     /// Key of this instance's sentinel on every node (detects data loss).
     sentinel_key: String,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -78,8 +81,14 @@ impl ManagerInner {
             Codec::new(config.sealer.clone()),
             Arc::clone(&stats),
         ));
+        let listeners = Arc::new(Listeners::default());
         let (mode, dispatcher) = if config.sticky {
-            let (sticky, dispatcher) = Sticky::start(Arc::clone(&config), Arc::clone(&store), Arc::clone(&stats));
+            let (sticky, dispatcher) = Sticky::start(
+                Arc::clone(&config),
+                Arc::clone(&store),
+                Arc::clone(&stats),
+                Arc::clone(&listeners),
+            );
             (Mode::Sticky(sticky), Some(dispatcher))
         } else {
             let non_sticky = NonSticky::new(
@@ -95,6 +104,7 @@ impl ManagerInner {
             store,
             stats,
             mode,
+            listeners,
             sentinel_key,
             tasks: Mutex::new(Vec::new()),
             dispatcher: Mutex::new(dispatcher),

@@ -196,6 +196,7 @@ mod adapter;
 mod config;
 mod detached;
 mod error;
+mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -219,6 +220,7 @@ pub use crate::config::builder::ConfigBuilder;
 pub use crate::config::locking_mode::{LockFailure, LockingMode};
 pub use crate::config::uri_pattern::UriPattern;
 pub use crate::error::{BackendError, ConfigError, Error};
+pub use crate::events::{SessionEvent, SessionEventKind};
 pub use crate::manager::SessionManager;
 pub use crate::request::session::Session;
 pub use crate::session::node_id::NodeId;

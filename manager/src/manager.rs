@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::{ConfigError, Error};
+use crate::events::SessionEvent;
 use crate::inner::ManagerInner;
 #[cfg(feature = "warp")]
 use crate::request::context::RequestSlots;
@@ -80,6 +81,29 @@ impl SessionManager {
             #[cfg(feature = "warp")]
             requests: Arc::new(RequestSlots::default()),
         })
+    }
+
+    /// Registers a lifecycle listener: it is called when a session is
+    /// created, invalidated, expired (sticky) or taken over from another
+    /// instance (sticky), with the session's id and read access to its
+    /// attributes. See [`SessionEvent`](crate::SessionEvent) for when and
+    /// how listeners run.
+    ///
+    /// ```
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use memcached_sessions::{Config, SessionEventKind, SessionManager};
+    ///
+    /// let manager = SessionManager::start(Config::builder().build()?).await?;
+    /// manager.on_session_event(|event| {
+    ///     if event.kind() == SessionEventKind::Expired {
+    ///         let user: Option<String> = event.get("user").ok().flatten();
+    ///         tracing::info!(?user, "session expired");
+    ///     }
+    /// });
+    /// # Ok(()) }
+    /// ```
+    pub fn on_session_event(&self, listener: impl Fn(&SessionEvent<'_>) + Send + Sync + 'static) {
+        self.inner.listeners.add(Arc::new(listener));
     }
 
     /// The configuration in force.

@@ -7,25 +7,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
+use crate::events::SessionEventKind;
 use crate::request::context::RequestContext;
+use crate::session::attributes::{decode_value, encode_value};
 use crate::session::id::SessionId;
 use crate::session::state::{SessionInner, SessionState};
-
-fn encode_value<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Box<[u8]>, Error> {
-    postcard::to_allocvec(value)
-        .map(Vec::into_boxed_slice)
-        .map_err(|source| Error::Encode {
-            key: key.to_owned(),
-            source,
-        })
-}
-
-fn decode_value<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Error> {
-    postcard::from_bytes(bytes).map_err(|source| Error::Decode {
-        key: key.to_owned(),
-        source,
-    })
-}
 
 /// The current request's session: cheap to clone, `Send + Sync`.
 ///
@@ -67,14 +53,21 @@ impl Session {
     /// The session to change, created when there is none; an error once
     /// the request finished.
     fn current_or_create(&self) -> Result<Arc<SessionState>, Error> {
-        let mut state = self.context.state.lock();
-        if state.finished {
-            return Err(Error::RequestFinished);
-        }
-        Ok(state
-            .session
-            .get_or_insert_with(|| self.context.manager.create_session())
-            .clone())
+        let manager = &self.context.manager;
+        let created = {
+            let mut state = self.context.state.lock();
+            if state.finished {
+                return Err(Error::RequestFinished);
+            }
+            if let Some(session) = &state.session {
+                return Ok(session.clone());
+            }
+            let session = manager.create_session();
+            state.session = Some(session.clone());
+            session
+        };
+        manager.listeners.notify(SessionEventKind::Created, &created);
+        Ok(created)
     }
 
     /// The session to change; `None` when there is none or the request
@@ -234,16 +227,23 @@ impl Session {
     /// cookie. A later [`insert`](Self::insert) in the same request starts
     /// a new session with a new id.
     pub fn invalidate(&self) {
-        let mut state = self.context.state.lock();
-        if state.finished {
-            return;
-        }
-        let Some(session) = state.session.take() else {
-            return;
+        let manager = &self.context.manager;
+        let (session, ended) = {
+            let mut state = self.context.state.lock();
+            if state.finished {
+                return;
+            }
+            let Some(session) = state.session.take() else {
+                return;
+            };
+            self.note_change(true);
+            let ended = manager.invalidate(&session);
+            state.invalidated.push(session.clone());
+            (session, ended)
         };
-        self.note_change(true);
-        self.context.manager.invalidate(&session);
-        state.invalidated.push(session);
+        if ended {
+            manager.listeners.notify(SessionEventKind::Invalidated, &session);
+        }
     }
 
     /// Gives the session a new id, keeping its data (call it on login to

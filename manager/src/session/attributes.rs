@@ -7,9 +7,30 @@
 
 use std::fmt;
 
+use serde::de::DeserializeOwned;
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::Error;
+
+/// A value as an attribute holds it (postcard).
+pub(crate) fn encode_value<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Box<[u8]>, Error> {
+    postcard::to_allocvec(value)
+        .map(Vec::into_boxed_slice)
+        .map_err(|source| Error::Encode {
+            key: key.to_owned(),
+            source,
+        })
+}
+
+/// An attribute's value as a `T`.
+pub(crate) fn decode_value<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Error> {
+    postcard::from_bytes(bytes).map_err(|source| Error::Decode {
+        key: key.to_owned(),
+        source,
+    })
+}
 
 /// Attribute name → encoded value, sorted by name, names unique.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

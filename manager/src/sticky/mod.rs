@@ -22,6 +22,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::events::{Listeners, SessionEventKind};
 use crate::id_gates::IdGates;
 use crate::session::id::SessionId;
 use crate::session::state::SessionState;
@@ -40,11 +41,18 @@ pub(crate) struct Sticky {
     pub(crate) backups: Arc<Backups>,
     /// Serializes, per session id, the takeovers of this process.
     pub(crate) id_gates: IdGates,
+    /// The app's lifecycle listeners (expiry, takeover).
+    pub(crate) listeners: Arc<Listeners>,
 }
 
 impl Sticky {
     /// The sticky state, and the backup dispatcher task it started.
-    pub(crate) fn start(config: Arc<Config>, store: Arc<Store>, stats: Arc<Stats>) -> (Arc<Self>, JoinHandle<()>) {
+    pub(crate) fn start(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        stats: Arc<Stats>,
+        listeners: Arc<Listeners>,
+    ) -> (Arc<Self>, JoinHandle<()>) {
         let (backups, dispatcher) = Backups::start(&config, Arc::clone(&store), Arc::clone(&stats));
         let sticky = Self {
             config,
@@ -53,6 +61,7 @@ impl Sticky {
             sessions: LocalSessions::default(),
             backups,
             id_gates: IdGates::default(),
+            listeners,
         };
         (Arc::new(sticky), dispatcher)
     }
@@ -75,6 +84,7 @@ impl Sticky {
         if self.end(session) {
             Stats::count(&self.stats.counters.sessions_expired);
             self.schedule_backup(session);
+            self.listeners.notify(SessionEventKind::Expired, session);
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::events::SessionEventKind;
 use crate::session::id::SessionId;
 use crate::session::state::{SessionState, StoredMark};
 use crate::stats::Stats;
@@ -259,5 +260,8 @@ async fn load_and_claim(
         );
     }
     relocate_if_needed(sticky, &session);
+    if foreign {
+        sticky.listeners.notify(SessionEventKind::TakenOver, &session);
+    }
     Ok(Some(session))
 }
