@@ -170,6 +170,11 @@ pub enum Error {
          (a handle kept past the request can only read)"
     )]
     RequestFinished,
+    /// [`Session::set_max_inactive_interval`](crate::Session::set_max_inactive_interval)
+    /// in non-sticky mode, where a session's copies in memcached expire by
+    /// the configured `maxInactiveInterval`.
+    #[error("a session's own inactivity interval is supported in sticky mode only")]
+    PerSessionIntervalNeedsStickyMode,
     /// Two requests ran concurrently inside one task (for example
     /// `tokio::join!` over two `warp::test` requests); the layer cannot tell
     /// their sessions apart. Spawn each request on its own task.
@@ -200,6 +205,7 @@ impl Error {
                 | Self::SessionTooLarge { .. }
                 | Self::MissingLayer
                 | Self::RequestFinished
+                | Self::PerSessionIntervalNeedsStickyMode
                 | Self::ConcurrentRequestsInOneTask
         )
     }

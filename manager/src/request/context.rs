@@ -331,12 +331,12 @@ fn cookie_action(context: &RequestContext, session: Option<&Arc<SessionState>>, 
                 let persistent = context.manager.config.cookie.persistent;
                 // Only a persistent cookie is re-sent for an unchanged id.
                 if persistent {
-                    IdAction::Keep(inner.id().to_string())
+                    IdAction::Keep(inner.id().to_string(), inner.max_inactive())
                 } else {
                     IdAction::None
                 }
             } else {
-                IdAction::Set(inner.id().to_string())
+                IdAction::Set(inner.id().to_string(), inner.max_inactive())
             }
         }
         None if any_invalidated && context.incoming_text().is_some() => IdAction::Remove,

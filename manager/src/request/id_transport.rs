@@ -34,12 +34,16 @@ pub(crate) enum IdAction {
     None,
     /// The client already has this id; a persistent cookie is re-sent so
     /// its `Max-Age` slides (only built when the cookie is persistent).
-    Keep(String),
+    Keep(String, Lifetime),
     /// A new or changed id: send it.
-    Set(String),
+    Set(String, Lifetime),
     /// The session was invalidated: expire the cookie, empty the header.
     Remove,
 }
+
+/// The session's inactivity interval, for a persistent cookie's
+/// `Max-Age`; `None`: it never expires.
+pub(crate) type Lifetime = Option<Duration>;
 
 /// Every value of the session cookie across all `Cookie` headers.
 pub(crate) fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -96,11 +100,11 @@ pub(crate) fn incoming_id(manager: &ManagerInner, headers: &HeaderMap) -> Incomi
 /// Writes what `action` needs into the response headers.
 pub(crate) fn apply(manager: &ManagerInner, action: IdAction, headers: &mut HeaderMap) {
     let config = &manager.config;
-    let (cookie_value, header_value) = match &action {
+    let (cookie_value, header_value, lifetime) = match &action {
         IdAction::None => return,
-        IdAction::Keep(id) => (config.cookie.persistent.then_some(id.as_str()), None),
-        IdAction::Set(id) => (Some(id.as_str()), Some(id.as_str())),
-        IdAction::Remove => (Some(""), Some("")),
+        IdAction::Keep(id, lifetime) => (config.cookie.persistent.then_some(id.as_str()), None, *lifetime),
+        IdAction::Set(id, lifetime) => (Some(id.as_str()), Some(id.as_str()), *lifetime),
+        IdAction::Remove => (Some(""), Some(""), None),
     };
     if let (Some(name), Some(value)) = (&config.id_header, header_value) {
         if let Ok(value) = HeaderValue::from_str(value) {
@@ -110,22 +114,18 @@ pub(crate) fn apply(manager: &ManagerInner, action: IdAction, headers: &mut Head
     if !config.cookie.enabled {
         return;
     }
-    if let Some(value) = cookie_value.and_then(|id| set_cookie(manager, id, action == IdAction::Remove)) {
+    if let Some(value) = cookie_value.and_then(|id| set_cookie(manager, id, action == IdAction::Remove, lifetime)) {
         headers.append(SET_COOKIE, value);
     }
 }
 
-fn set_cookie(manager: &ManagerInner, id: &str, removal: bool) -> Option<HeaderValue> {
+fn set_cookie(manager: &ManagerInner, id: &str, removal: bool, lifetime: Lifetime) -> Option<HeaderValue> {
     let config = &manager.config.cookie;
     let mut cookie = Cookie::new(config.name.as_str(), id);
     if removal {
         cookie.make_removal();
     } else if config.persistent {
-        let age = manager
-            .config
-            .max_inactive
-            .unwrap_or(MAX_COOKIE_AGE)
-            .min(MAX_COOKIE_AGE);
+        let age = lifetime.unwrap_or(MAX_COOKIE_AGE).min(MAX_COOKIE_AGE);
         cookie.set_max_age(cookie::time::Duration::seconds(age.as_secs() as i64));
     }
     cookie.set_path(config.path.as_str());

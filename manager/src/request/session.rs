@@ -153,6 +153,31 @@ impl Session {
         Ok(next)
     }
 
+    /// Gives the session an inactivity interval of its own, for example a
+    /// long one on login with "remember me": `Some(interval)` (whole
+    /// seconds, at least one) or `None` (never expires). Creates the
+    /// session if there is none. The interval travels with the session: it
+    /// sets its expiry in this process and in memcached, and survives a
+    /// takeover by another instance, a relocation to another node and a
+    /// restart; a persistent cookie's `Max-Age` follows it. Sticky mode
+    /// only ([`Error::PerSessionIntervalNeedsStickyMode`] otherwise).
+    pub fn set_max_inactive_interval(&self, interval: Option<std::time::Duration>) -> Result<(), Error> {
+        if self.context.manager.sticky().is_none() {
+            return Err(Error::PerSessionIntervalNeedsStickyMode);
+        }
+        // Rounded up to whole seconds, as memcached's TTLs and the stored record count.
+        let interval = interval.map(|d| {
+            let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+            std::time::Duration::from_secs(secs.max(1))
+        });
+        let session = self.current_or_create()?;
+        let mut inner = session.inner.lock();
+        let before = inner.version();
+        inner.set_max_inactive(interval);
+        self.note_change(inner.version() != before);
+        Ok(())
+    }
+
     /// Removes an attribute and returns its value; `Ok(None)` when absent.
     /// On a type mismatch the attribute is still removed and `Err` returned.
     pub fn remove<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {

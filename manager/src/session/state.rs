@@ -183,6 +183,20 @@ impl SessionInner {
         self.version
     }
 
+    /// The session's inactivity interval; `None`: it never expires.
+    pub(crate) fn max_inactive(&self) -> Option<Duration> {
+        self.max_inactive
+    }
+
+    /// Gives the session an inactivity interval of its own ("remember
+    /// me"); a change of it is a change of the session (it is written).
+    pub(crate) fn set_max_inactive(&mut self, max_inactive: Option<Duration>) {
+        if self.max_inactive != max_inactive {
+            self.max_inactive = max_inactive;
+            self.version += 1;
+        }
+    }
+
     /// Whether the session ended (logout or expiry).
     pub(crate) fn is_ended(&self) -> bool {
         self.invalidated

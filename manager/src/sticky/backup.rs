@@ -497,7 +497,7 @@ pub(crate) async fn update_stored_copy(backups: &Backups, session: &SessionState
 /// How long any memcached copy of a sticky session with this interval can
 /// outlive its last write: the interval plus the TTL margin (a day when it
 /// never expires — its tombstones and local tombstone last that long).
-fn copy_lifetime(max_inactive: Option<Duration>) -> Duration {
+pub(crate) fn copy_lifetime(max_inactive: Option<Duration>) -> Duration {
     max_inactive.map_or(Duration::from_secs(86_400), |max| max.saturating_add(ttl_margin(max)))
 }
 

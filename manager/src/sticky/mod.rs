@@ -27,7 +27,7 @@ use crate::id_gates::IdGates;
 use crate::session::id::SessionId;
 use crate::session::state::SessionState;
 use crate::stats::Stats;
-use crate::sticky::backup::{Backups, from_now, ids_with_copies, update_stored_copy};
+use crate::sticky::backup::{Backups, copy_lifetime, from_now, ids_with_copies, update_stored_copy};
 use crate::sticky::local_sessions::LocalSessions;
 use crate::store::Store;
 use crate::store::nodes::NodeIndex;
@@ -98,7 +98,10 @@ impl Sticky {
     /// the backup path writes at once. `false` when it had already ended.
     fn end(&self, session: &SessionState) -> bool {
         let ids = ids_with_copies(session);
-        let lifetime = self.backups.copy_lifetime();
+        // As long as a copy of this session (own interval) or of the
+        // configuration's could live.
+        let own = session.inner.lock().max_inactive();
+        let lifetime = self.backups.copy_lifetime().max(copy_lifetime(own));
         let until = from_now(lifetime);
         for id in &ids {
             self.sessions.end(id.as_str(), until);
@@ -117,7 +120,8 @@ impl Sticky {
     /// so a request with either id finds the session or finds `old` ended.
     pub(crate) fn retire_id(&self, session: &Arc<SessionState>, old: &SessionId, new: &SessionId) {
         self.sessions.insert(new.as_str(), Arc::clone(session));
-        let lifetime = self.backups.copy_lifetime();
+        let own = session.inner.lock().max_inactive();
+        let lifetime = self.backups.copy_lifetime().max(copy_lifetime(own));
         let until = from_now(lifetime);
         self.sessions.end(old.as_str(), until);
         self.backups.tombstone_eventually(old, lifetime, until);
