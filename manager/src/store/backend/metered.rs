@@ -58,7 +58,11 @@ impl Op {
     }
 }
 
+/// The results, as the `result` label names them, by index.
 const RESULTS: [&str; 3] = ["ok", "error", "abandoned"];
+const OK: usize = 0;
+const ERROR: usize = 1;
+const ABANDONED: usize = 2;
 
 /// Wraps the backend of the node labelled `node`.
 pub(crate) struct Metered {
@@ -96,10 +100,10 @@ impl Metered {
             metered: self,
             op,
             started: Instant::now(),
-            result: 2,
+            result: ABANDONED,
         };
         let outcome = work.await;
-        guard.result = usize::from(outcome.is_err());
+        guard.result = if outcome.is_err() { ERROR } else { OK };
         outcome
     }
 }
@@ -194,10 +198,10 @@ impl NodeBackend for Metered {
             metered: self,
             op: Op::SetMany,
             started: Instant::now(),
-            result: 2,
+            result: ABANDONED,
         };
         let outcomes = self.inner.set_many(items).await;
-        guard.result = usize::from(outcomes.iter().any(Result::is_err));
+        guard.result = if outcomes.iter().any(Result::is_err) { ERROR } else { OK };
         outcomes
     }
 }
