@@ -17,6 +17,7 @@ pub(crate) mod resolve;
 pub(crate) mod unsynced;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -98,10 +99,7 @@ impl Sticky {
     /// the backup path writes at once. `false` when it had already ended.
     fn end(&self, session: &SessionState) -> bool {
         let ids = ids_with_copies(session);
-        // As long as a copy of this session (own interval) or of the
-        // configuration's could live.
-        let own = session.inner.lock().max_inactive();
-        let lifetime = self.backups.copy_lifetime().max(copy_lifetime(own));
+        let lifetime = self.copy_lifetime_of(session);
         let until = from_now(lifetime);
         for id in &ids {
             self.sessions.end(id.as_str(), until);
@@ -115,13 +113,20 @@ impl Sticky {
         true
     }
 
+    /// How long a stored copy of `session` could live: by its own interval
+    /// or the configuration's, whichever is longer — as long as its
+    /// tombstones and "ended" marks must last.
+    fn copy_lifetime_of(&self, session: &SessionState) -> Duration {
+        let own = session.inner.lock().max_inactive();
+        self.backups.copy_lifetime().max(copy_lifetime(own))
+    }
+
     /// Files `session` under its new id `new` (given by `cycle_id`) and ends
     /// its old id `old` here and in memcached. The new filing comes first,
     /// so a request with either id finds the session or finds `old` ended.
     pub(crate) fn retire_id(&self, session: &Arc<SessionState>, old: &SessionId, new: &SessionId) {
         self.sessions.insert(new.as_str(), Arc::clone(session));
-        let own = session.inner.lock().max_inactive();
-        let lifetime = self.backups.copy_lifetime().max(copy_lifetime(own));
+        let lifetime = self.copy_lifetime_of(session);
         let until = from_now(lifetime);
         self.sessions.end(old.as_str(), until);
         self.backups.tombstone_eventually(old, lifetime, until);
@@ -177,8 +182,6 @@ impl Sticky {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::manager::SessionManager;
     use crate::store::backend::{InMemoryNode, NodeBackend};

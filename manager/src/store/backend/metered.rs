@@ -96,12 +96,7 @@ impl Metered {
     /// Runs one operation, recording its duration and outcome — also when
     /// the caller drops it before it finished.
     async fn timed<T>(&self, op: Op, work: impl Future<Output = Result<T, BackendError>>) -> Result<T, BackendError> {
-        let mut guard = Timing {
-            metered: self,
-            op,
-            started: Instant::now(),
-            result: ABANDONED,
-        };
+        let mut guard = Timing::start(self, op);
         let outcome = work.await;
         guard.result = if outcome.is_err() { ERROR } else { OK };
         outcome
@@ -114,6 +109,18 @@ struct Timing<'a> {
     op: Op,
     started: Instant,
     result: usize,
+}
+
+impl<'a> Timing<'a> {
+    /// Starts timing `op`; counted `abandoned` unless a result is set.
+    fn start(metered: &'a Metered, op: Op) -> Self {
+        Self {
+            metered,
+            op,
+            started: Instant::now(),
+            result: ABANDONED,
+        }
+    }
 }
 
 impl Drop for Timing<'_> {
@@ -194,12 +201,7 @@ impl NodeBackend for Metered {
     }
 
     async fn set_many(&self, items: &[Item<'_>]) -> Vec<Result<(), BackendError>> {
-        let mut guard = Timing {
-            metered: self,
-            op: Op::SetMany,
-            started: Instant::now(),
-            result: ABANDONED,
-        };
+        let mut guard = Timing::start(self, Op::SetMany);
         let outcomes = self.inner.set_many(items).await;
         guard.result = if outcomes.iter().any(Result::is_err) { ERROR } else { OK };
         outcomes
