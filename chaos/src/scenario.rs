@@ -59,9 +59,10 @@
 //! memcached runs *after* the response: an update that was acknowledged to
 //! the client but whose backup had not reached memcached when the instance
 //! was killed is lost; the instance that takes the session over loads the
-//! previous version. At most the last update of each session in flight at
-//! the moment of the kill is affected — `app-kill-async-backup` fails if
-//! any user lost more than one. A memcached fault cannot cause this (the
+//! previous version. At most the last update of each session is affected —
+//! the library answers a change only once the change answered before it
+//! is stored — and `app-kill-async-backup` fails if any user lost more
+//! than one. A memcached fault cannot cause this (the
 //! instance still holds the session and backs it up again), and neither can
 //! an orderly shutdown (it flushes every pending backup: `rolling-restart`
 //! runs with async backup and must lose nothing).

@@ -106,7 +106,9 @@
 //! and re-sets the cookie. Concurrent requests for it on one instance wait
 //! for one takeover and share it. What the dead instance changed but had
 //! not yet backed up is lost: with async backup that is at most the last
-//! changes before the crash; `sessionBackupAsync=false` closes that window.
+//! answered change of each session (a change is answered only once the
+//! one answered before it is stored, waiting up to `sessionBackupTimeout`);
+//! `sessionBackupAsync=false` closes that window.
 //! An orderly [`SessionManager::shutdown`] writes every pending backup and
 //! keeps all sessions in memcached.
 //!

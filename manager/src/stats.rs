@@ -176,6 +176,9 @@ counters! {
     backups_failed,
     /// Backups not queued because the async queue was full (retried on the session's next request).
     backups_dropped,
+    /// Sticky, async backup: changes answered after `sessionBackupTimeout`
+    /// while the change answered before them was still not in memcached.
+    backup_waits_timed_out,
     /// Backups postponed because the session's node was known to be down.
     backups_deferred,
     /// Sessions re-written because their node lost them (restarted empty).
@@ -248,7 +251,9 @@ pub struct Statistics {
     pub available_nodes: Vec<String>,
     /// Time spent in a backup (serialize + write), µs.
     pub backup_time_us: MinMaxAvgSnapshot,
-    /// Time a request waited for its sync backup, µs.
+    /// Time a response waited for backups, µs: its own (sync backup), or,
+    /// with async backup and only when its session's previous answered
+    /// change had not landed yet, the write that stores it.
     pub effective_backup_time_us: MinMaxAvgSnapshot,
     /// Time to load a session from memcached, µs.
     pub load_time_us: MinMaxAvgSnapshot,

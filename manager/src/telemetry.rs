@@ -51,7 +51,7 @@ pub(crate) const HISTOGRAMS: &[(&str, &str)] = &[
     ),
     (
         stats::BACKUP_WAIT,
-        "Sticky, `sessionBackupAsync=false`: how long a response waited for its backups.",
+        "Sticky: how long a response waited for backups — with `sessionBackupAsync=false` its own; with async backup, only when its session's previous answered change had not landed yet, the write that stores it.",
     ),
     (
         stats::LOAD_DURATION,

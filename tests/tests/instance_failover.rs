@@ -10,9 +10,10 @@
 use std::time::Duration;
 
 use integration_tests::{
-    Cluster, Reply, SessionClient, TestApp, eventually, fast_config, id_node, id_random, id_route, init_tracing,
-    wait_available,
+    Cluster, FaultProxy, ProxyMode, Reply, SessionClient, TestApp, eventually, fast_config, id_node, id_random,
+    id_route, init_tracing, wait_available,
 };
+use tokio::time::Instant;
 
 async fn instance(cluster: &Cluster, route: &str) -> TestApp {
     let config = fast_config(&cluster.spec())
@@ -233,7 +234,10 @@ async fn takeover_from_a_dead_node_is_no_session() {
 /// Both nodes are frozen (SIGSTOP) while the sessions are created, and
 /// backups run one at a time, so backups are provably still queued when
 /// shutdown starts; the nodes are thawed (SIGCONT) while it waits, well
-/// within `operationTimeout`.
+/// within `operationTimeout`. Each change after a session's first waits
+/// `sessionBackupTimeout` (50 ms) for the write of the previous one, then
+/// is answered anyway (`backup_waits_timed_out`); those writes land once
+/// the nodes are thawed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_survive_an_orderly_restart() {
     init_tracing();
@@ -242,6 +246,9 @@ async fn sessions_survive_an_orderly_restart() {
         fast_config(&cluster.spec())
             .route("a")
             .operation_timeout(Duration::from_secs(5))
+            // A change waits this long for the previous one's backup (it
+            // cannot land while the nodes are frozen).
+            .session_backup_timeout(Duration::from_millis(50))
             .backup_concurrency(1)
             .build()
             .unwrap()
@@ -279,10 +286,10 @@ async fn sessions_survive_an_orderly_restart() {
         let id = client.cookie().unwrap();
         assert_eq!(cluster.locate(id), vec![id_node(id).unwrap().to_owned()]);
     }
-    assert_eq!(
-        cluster.nodes.iter().map(|n| n.stats().cmd_set()).sum::<u64>(),
-        2 + 4,
-        "the two sentinels, then each session written once: the backups queued meanwhile were coalesced"
+    let sets = cluster.nodes.iter().map(|n| n.stats().cmd_set()).sum::<u64>();
+    assert!(
+        sets <= 2 + 10,
+        "the two sentinels, then at most one write per change (10 changes): {sets}"
     );
 
     let restarted = TestApp::start(config()).await;
@@ -301,4 +308,83 @@ async fn sessions_survive_an_orderly_restart() {
     assert_eq!(counters.loads, 4);
     assert_eq!(counters.takeovers, 0);
     assert!(takeover_claims(&cluster).is_empty(), "own sessions need no claim");
+}
+
+/// With async backup (the default), a `kill -9` of an instance loses at
+/// most each session's last answered change: a change is answered only
+/// once the change answered before it is in memcached.
+///
+/// Instance a reaches its node through a proxy that delays every chunk by
+/// 150 ms, so each of its backups takes at least 300 ms. Right after a
+/// answers the second change, instance b takes the session over straight
+/// from the node — what b would find if a were killed at that moment — and
+/// must find at least the first change. A read, and a change whose
+/// predecessor is stored, are answered without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_backup_answers_a_change_once_the_previous_one_is_stored() {
+    init_tracing();
+    let cluster = Cluster::start(1);
+    let proxy = FaultProxy::start(cluster.nodes[0].addr().parse().unwrap());
+    let config = fast_config(&format!("n1:{}", proxy.addr()))
+        .route("a")
+        .session_backup_async(true)
+        .session_backup_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let app_a = TestApp::start(config).await;
+    let app_b = instance(&cluster, "b").await;
+    eventually(Duration::from_secs(5), "sentinel placed", || {
+        cluster.nodes[0].keys().iter().any(|k| k.starts_with("msm-probe:"))
+    })
+    .await;
+    proxy.set_mode(ProxyMode::Delay {
+        fixed: Duration::from_millis(150),
+        jitter: Duration::ZERO,
+    });
+
+    let mut client = SessionClient::new(app_a.base_url());
+    let started = Instant::now();
+    assert_eq!(client.post("/incr").await.ok().count(), 1);
+    assert_eq!(client.get("/session").await.ok().count(), 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "the first change and a read are answered at once: {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    assert_eq!(client.post("/incr").await.ok().count(), 2);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "the second change waited for the first one's backup: {waited:?}"
+    );
+
+    // Instance a "dies" now: b finds what memcached holds.
+    let mut moved = SessionClient::new(app_b.base_url());
+    moved.set_cookie(client.cookie().map(str::to_owned));
+    let reply = moved.get("/session").await.ok();
+    assert!(
+        reply.count() >= 1,
+        "the answered change before the last one is in memcached: {}",
+        reply.json()
+    );
+    assert_eq!(app_b.stats().counters.takeovers, 1);
+    assert_eq!(app_a.stats().counters.backup_waits_timed_out, 0);
+
+    // Once a's backups caught up, a change is answered at once again.
+    proxy.set_mode(ProxyMode::Pass);
+    let mut fresh = SessionClient::new(app_a.base_url());
+    fresh.post("/incr").await.ok();
+    eventually(Duration::from_secs(5), "first change stored", || {
+        !cluster.locate(fresh.cookie().unwrap()).is_empty()
+    })
+    .await;
+    let started = Instant::now();
+    assert_eq!(fresh.post("/incr").await.ok().count(), 2);
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
 }

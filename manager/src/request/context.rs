@@ -295,28 +295,26 @@ async fn back_up_sticky(
     if !invalidated.is_empty() {
         sticky.backups.backup_to_completion(invalidated).await;
     }
-    let mut to_sync = Vec::new();
-    if let Some(session) = session {
-        let need = {
-            let inner = session.inner.lock();
-            let nodes = &sticky.store.nodes;
-            inner.backup_need(nodes.node_of(inner.id()).map(|i| nodes.get(i).epoch()))
-        };
-        if need == BackupNeed::Nothing {
-            Stats::count(&sticky.stats.counters.backups_skipped);
-        } else {
-            to_sync.push(session.clone());
-        }
-    }
-    if to_sync.is_empty() {
+    let Some(session) = session else {
+        return;
+    };
+    let need = {
+        let inner = session.inner.lock();
+        let nodes = &sticky.store.nodes;
+        inner.backup_need(nodes.node_of(inner.id()).map(|i| nodes.get(i).epoch()))
+    };
+    if need == BackupNeed::Nothing {
+        Stats::count(&sticky.stats.counters.backups_skipped);
         return;
     }
     if sticky.config.backup_async {
-        for session in &to_sync {
-            sticky.schedule_backup(session);
+        sticky.schedule_backup(session);
+        if need == BackupNeed::Write {
+            // A change: answered once the one answered before it is stored.
+            sticky.backups.acknowledge_change(session).await;
         }
     } else {
-        sticky.backups.backup_to_completion(to_sync).await;
+        sticky.backups.backup_to_completion(vec![session.clone()]).await;
     }
 }
 

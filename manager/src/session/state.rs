@@ -46,6 +46,9 @@ pub(crate) struct SessionInner {
     announced: bool,
     /// The last successful write to memcached.
     stored: Option<StoredMark>,
+    /// The version the last answered change had (async backup): the next
+    /// change is answered only once this one is stored.
+    acknowledged: Option<u64>,
     /// Ids this session had before (relocation, takeover, `cycle_id`) whose
     /// keys must be deleted once the new copy is written.
     obsolete_ids: Vec<SessionId>,
@@ -138,6 +141,7 @@ impl SessionState {
                 invalidated: false,
                 announced: false,
                 stored,
+                acknowledged: None,
                 obsolete_ids: Vec::new(),
             }),
             io: tokio::sync::Mutex::new(()),
@@ -226,6 +230,22 @@ impl SessionInner {
         self.stored = Some(mark);
         self.mark_obsolete(written);
         !self.obsolete_ids.is_empty()
+    }
+
+    /// Whether the session as it is now may be answered without waiting
+    /// (async backup): it holds no change beyond the one last answered (see
+    /// [`acknowledge`](Self::acknowledge)), or that one is in memcached (a
+    /// copy at least that recent was written).
+    pub(crate) fn can_answer_now(&self) -> bool {
+        self.acknowledged.is_none_or(|answered| {
+            self.version <= answered || self.stored.as_ref().is_some_and(|s| s.version >= answered)
+        })
+    }
+
+    /// Records that the session as it is now was answered to a client
+    /// while its backup was still pending.
+    pub(crate) fn acknowledge(&mut self) {
+        self.acknowledged = Some(self.acknowledged.map_or(self.version, |v| v.max(self.version)));
     }
 
     /// Slides the known expiry of the stored copy under `id` (a touch).
@@ -531,5 +551,31 @@ mod tests {
         assert!(!s.is_expired(Instant::now()));
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(s.is_expired(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_waits_only_for_the_previous_answered_one() {
+        let mut s = session(Some(Duration::from_secs(60)));
+        assert!(s.can_answer_now(), "nothing answered yet");
+        s.version += 1;
+        s.acknowledge();
+        assert!(s.can_answer_now(), "no change since the last answer (a read)");
+        s.version += 1;
+        assert!(!s.can_answer_now(), "a new change while the answered one is not stored");
+        stored_now(&mut s, 0);
+        assert!(s.can_answer_now(), "stored (at least as recent as the answered change)");
+        s.acknowledge();
+        s.version += 1;
+        assert!(s.can_answer_now(), "the answered change is the stored one");
+        s.acknowledge();
+        s.version += 1;
+        assert!(!s.can_answer_now());
+        s.forget_stored();
+        s.acknowledge();
+        s.version += 1;
+        assert!(
+            !s.can_answer_now(),
+            "a node that lost the copy holds no answered change"
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! end a session here; the other files take it (or, lower down, only the
 //! [`Backups`] writer) and never the other way round.
 
+mod acknowledge;
 pub(crate) mod backup;
 pub(crate) mod backup_queue;
 pub(crate) mod local_sessions;

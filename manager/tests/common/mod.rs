@@ -47,11 +47,26 @@ impl Cluster {
         self.manager_probing_every(builder.session_backup_async(false), Duration::from_secs(3600))
     }
 
+    /// [`manager_async`](Self::manager_async) whose changes wait at most
+    /// `backup_timeout` for the previous change's backup.
+    pub fn manager_async_waiting_at_most(&self, builder: ConfigBuilder, backup_timeout: Duration) -> SessionManager {
+        self.manager_with(builder, Duration::from_millis(20), backup_timeout)
+    }
+
     fn manager_probing_every(&self, builder: ConfigBuilder, probe_interval: Duration) -> SessionManager {
+        self.manager_with(builder, probe_interval, Duration::from_secs(2))
+    }
+
+    fn manager_with(
+        &self,
+        builder: ConfigBuilder,
+        probe_interval: Duration,
+        backup_timeout: Duration,
+    ) -> SessionManager {
         let config = builder
             .memcached_nodes(self.spec())
             .node_probe_interval(probe_interval)
-            .session_backup_timeout(Duration::from_secs(2))
+            .session_backup_timeout(backup_timeout)
             .build()
             .unwrap();
         let backends = self.nodes.iter().map(|n| n.clone() as Arc<dyn NodeBackend>).collect();
