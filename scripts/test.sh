@@ -4,20 +4,25 @@
 # integration (real memcached processes) and end-to-end (real demo-app
 # binary, warp and axum builds) tests, the local chaos scenarios under load
 # (a subset also against the axum build), and the docker
-# compose chaos test when a Docker daemon answers. Installs memcached from
-# Debian's packages when missing.
+# compose chaos test when a Docker daemon answers. Installs memcached and
+# chromium from Debian's packages when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stages=0
 passed() { stages=$((stages + 1)); }
 
-if ! command -v memcached >/dev/null 2>&1 && [ ! -x /usr/bin/memcached ]; then
-  echo "== installing memcached (Debian package)"
+missing=()
+if ! command -v memcached >/dev/null 2>&1 && [ ! -x /usr/bin/memcached ]; then missing+=(memcached); fi
+# Headless Chromium for the demo page test (tests/tests/demo_app_browser.rs).
+if [ -z "${CHROMIUM_BIN:-}" ] && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]} (Debian packages)"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq memcached >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 echo "== memcached: $( (memcached -V || /usr/bin/memcached -V) 2>/dev/null)"
+echo "== chromium: $("${CHROMIUM_BIN:-/usr/bin/chromium}" --version 2>/dev/null || echo missing)"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -61,10 +66,12 @@ echo "== end-to-end tests against the axum build of the demo (FRAMEWORK=axum)"
 # every instance serving through the tower SessionLayer and axum.
 if cargo nextest --version >/dev/null 2>&1; then
   FRAMEWORK=axum cargo nextest run --locked -p integration-tests \
-    --test demo_app_e2e --test demo_app_flags --test demo_app_tokens --test demo_app_metrics --test hostile_input
+    --test demo_app_e2e --test demo_app_flags --test demo_app_tokens --test demo_app_metrics --test hostile_input \
+    --test demo_app_browser
 else
   FRAMEWORK=axum cargo test --locked -p integration-tests \
-    --test demo_app_e2e --test demo_app_flags --test demo_app_tokens --test demo_app_metrics --test hostile_input
+    --test demo_app_e2e --test demo_app_flags --test demo_app_tokens --test demo_app_metrics --test hostile_input \
+    --test demo_app_browser
 fi
 passed
 

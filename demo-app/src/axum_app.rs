@@ -37,6 +37,7 @@ pub(crate) fn app(manager: SessionManager, instance: String, metrics: Prometheus
         .route("/logout", post(logout))
         .route("/stats", get(stats).on(MethodFilter::HEAD, not_allowed))
         .route("/metrics", get(scrape).on(MethodFilter::HEAD, not_allowed))
+        .route("/cluster", get(cluster).on(MethodFilter::HEAD, not_allowed))
         .route("/", get(page).on(MethodFilter::HEAD, not_allowed))
         .fallback(|| async { text(StatusCode::NOT_FOUND, "not found") })
         .method_not_allowed_fallback(not_allowed)
@@ -168,6 +169,10 @@ async fn stats(State(app): State<AppState>) -> Response {
     }
 }
 
+async fn cluster(State(app): State<AppState>, session: Session) -> Response {
+    respond(handlers::cluster(&app.manager, &session, app.instance))
+}
+
 async fn page(State(app): State<AppState>, session: Session) -> Response {
-    respond(handlers::page(&session, app.instance))
+    respond(handlers::page(&session, app.instance, app.manager.config().sticky()))
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use memcached_sessions::Session;
+use memcached_sessions::{NodeStatus, Session, SessionLocation, SessionManager};
 use serde::{Deserialize, Serialize};
 
 const COUNT: &str = "count";
@@ -23,7 +23,7 @@ pub(crate) const MAX_LOGIN_BODY: u64 = 4096;
 /// A route's answer, before it becomes a framework's response.
 pub(crate) enum Reply {
     /// `200` with this JSON.
-    Json(CounterBody),
+    Json(serde_json::Value),
     /// `200` with this HTML page.
     Html(String),
     /// This status with a plain-text message.
@@ -71,13 +71,20 @@ fn body(session: &Session, instance: String) -> Result<CounterBody, memcached_se
     })
 }
 
-fn json_or_error(result: Result<CounterBody, memcached_sessions::Error>) -> Reply {
+fn json_or_error<T: Serialize>(result: Result<T, memcached_sessions::Error>) -> Reply {
     match result {
-        Ok(body) => Reply::Json(body),
+        Ok(body) => json(&body),
         Err(error) => {
             tracing::error!(%error, "session data of an unexpected type");
             Reply::Text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
         }
+    }
+}
+
+fn json<T: Serialize>(body: &T) -> Reply {
+    match serde_json::to_value(body) {
+        Ok(value) => Reply::Json(value),
+        Err(error) => Reply::Text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     }
 }
 
@@ -132,7 +139,7 @@ pub(crate) fn login(login: Login, session: &Session, instance: String) -> Reply 
 /// `POST /logout`: invalidates the session.
 pub(crate) fn logout(session: &Session, instance: String) -> Reply {
     session.invalidate();
-    Reply::Json(CounterBody {
+    json(&CounterBody {
         count: 0,
         session_id: None,
         instance,
@@ -141,18 +148,61 @@ pub(crate) fn logout(session: &Session, instance: String) -> Reply {
     })
 }
 
-/// `GET /`: a page showing the session, with buttons.
-pub(crate) fn page(session: &Session, instance: String) -> Reply {
+#[derive(Debug, Serialize)]
+struct ClusterBody {
+    instance: String,
+    sticky: bool,
+    nodes: Vec<NodeStatus>,
+    /// `None` without a session.
+    session: Option<SessionView>,
+}
+
+#[derive(Debug, Serialize)]
+struct SessionView {
+    id: Option<String>,
+    count: u64,
+    user: Option<String>,
+    #[serde(flatten)]
+    location: Option<SessionLocation>,
+}
+
+/// `GET /cluster`: what the page shows — this instance, every node with
+/// its state, and the request's session with where it lives. Read-only:
+/// creates no session.
+pub(crate) fn cluster(manager: &SessionManager, session: &Session, instance: String) -> Reply {
+    let view = || -> Result<Option<SessionView>, memcached_sessions::Error> {
+        if !session.exists() {
+            return Ok(None);
+        }
+        Ok(Some(SessionView {
+            id: session.id(),
+            count: session.get(COUNT)?.unwrap_or(0),
+            user: session.get(USER)?,
+            location: session.location(),
+        }))
+    };
+    json_or_error(view().map(|session| ClusterBody {
+        instance,
+        sticky: manager.config().sticky(),
+        nodes: manager.nodes(),
+        session,
+    }))
+}
+
+/// `GET /`: a page showing the session, the cluster and what happened to
+/// the session, refreshing itself from `GET /cluster`, with buttons.
+pub(crate) fn page(session: &Session, instance: String, sticky: bool) -> Reply {
     let count: u64 = session.get(COUNT).ok().flatten().unwrap_or(0);
     let user: Option<String> = session.get(USER).ok().flatten();
     let id = session.id().unwrap_or_else(|| "(none)".to_owned());
-    Reply::Html(format!(
-        include_str!("page.html"),
-        id = escape(&id),
-        instance = escape(&instance),
-        user = escape(user.as_deref().unwrap_or("(not logged in)")),
-        count = count,
-    ))
+    let html = include_str!("page.html")
+        .replace("__INSTANCE__", &escape(&instance))
+        .replace("__MODE__", if sticky { "sticky" } else { "non-sticky" })
+        .replace("__ID__", &escape(&id))
+        .replace("__COUNT__", &count.to_string())
+        // Last: the one value a client chooses is not searched again.
+        .replace("__USER__", &escape(user.as_deref().unwrap_or("(not logged in)")));
+    Reply::Html(html)
 }
 
 /// Minimal HTML escaping for text content.

@@ -57,11 +57,20 @@ pub(crate) fn app(
     let scrape = warp::path!("metrics").and(warp::get()).map(move || {
         warp::reply::with_header(metrics.render(), CONTENT_TYPE, crate::metrics::CONTENT_TYPE).into_response()
     });
+    let cluster = {
+        let manager = manager.clone();
+        warp::path!("cluster")
+            .and(warp::get())
+            .and(session.clone())
+            .and(with_instance.clone())
+            .map(move |session: Session, instance| respond(handlers::cluster(&manager, &session, instance)))
+    };
+    let sticky = manager.config().sticky();
     let page = warp::path::end()
         .and(warp::get())
         .and(session)
         .and(with_instance)
-        .map(|session: Session, instance| respond(handlers::page(&session, instance)));
+        .map(move |session: Session, instance| respond(handlers::page(&session, instance, sticky)));
     let routes = health
         .or(read_counter)
         .or(increment)
@@ -69,6 +78,7 @@ pub(crate) fn app(
         .or(logout)
         .or(stats)
         .or(scrape)
+        .or(cluster)
         .or(page);
     manager
         .wrap(routes)

@@ -195,6 +195,7 @@
 #![cfg_attr(not(any(feature = "warp", feature = "tower")), allow(dead_code))]
 
 mod adapter;
+mod cluster;
 mod config;
 mod detached;
 mod error;
@@ -217,6 +218,7 @@ mod telemetry;
 pub use crate::adapter::tower::SessionRejection;
 #[cfg(feature = "tower")]
 pub use crate::adapter::tower::{SessionHandle, SessionLayer, SessionService};
+pub use crate::cluster::{NodeStatus, SessionLocation};
 pub use crate::config::Config;
 pub use crate::config::builder::ConfigBuilder;
 pub use crate::config::locking_mode::{LockFailure, LockingMode};

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::cluster::NodeStatus;
 use crate::config::Config;
 use crate::error::{ConfigError, Error};
 use crate::events::SessionEvent;
@@ -114,6 +115,13 @@ impl SessionManager {
     /// A snapshot of the statistics.
     pub fn statistics(&self) -> Statistics {
         self.inner.statistics()
+    }
+
+    /// Every configured memcached node, in configured order, and whether
+    /// it answers as far as this instance knows (no I/O: the state the
+    /// prober and the last operations left).
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        crate::cluster::node_statuses(&self.inner.store.nodes)
     }
 
     /// Orderly shutdown: stops the background tasks and writes every

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::cluster::SessionLocation;
 use crate::error::Error;
 use crate::events::SessionEventKind;
+use crate::inner::Mode;
 use crate::request::context::RequestContext;
 use crate::session::attributes::{decode_value, encode_value};
 use crate::session::id::SessionId;
@@ -83,6 +85,15 @@ impl Session {
     /// The session id, or `None` while the request has no session.
     pub fn id(&self) -> Option<String> {
         self.session_id().map(|id| id.to_string())
+    }
+
+    /// Where this session's copies are (see [`SessionLocation`]); `None`
+    /// without a session.
+    pub fn location(&self) -> Option<SessionLocation> {
+        let id = self.session_id()?;
+        let manager = &self.context.manager;
+        let sticky = matches!(manager.mode, Mode::Sticky(_));
+        Some(crate::cluster::locate(&manager.store.nodes, &id, sticky))
     }
 
     fn session_id(&self) -> Option<SessionId> {
