@@ -39,10 +39,11 @@ pub struct SessionLocation {
     pub instance: Option<String>,
 }
 
-/// Every configured node, in configured order.
+/// Every node in force (not retired), in configured order.
 pub(crate) fn node_statuses(nodes: &Nodes) -> Vec<NodeStatus> {
     nodes
         .iter()
+        .filter(|node| !node.is_retired())
         .map(|node| NodeStatus {
             id: node.label(),
             address: node.spec.address(),

@@ -128,6 +128,40 @@ impl ManagerInner {
         Ok(inner)
     }
 
+    /// Makes `specs` the node list (see [`Nodes::apply`]), then moves the
+    /// sessions held here that need it: those on a moved node are written
+    /// to its new address, those on a retired node relocate with the next
+    /// prober round (sticky mode; in non-sticky mode a request finds a
+    /// moved node's sessions through their backup copies and moves those
+    /// on a retired node, as for a dead node).
+    pub(crate) fn set_nodes(
+        &self,
+        specs: Vec<NodeSpec>,
+        connect: impl Fn(&NodeSpec) -> Arc<dyn NodeBackend>,
+    ) -> Result<(), ConfigError> {
+        let changes = self.store.nodes.apply(specs, connect)?;
+        let nodes = &self.store.nodes;
+        for &index in &changes.added {
+            tracing::info!(node = %nodes.get(index).label(), address = %nodes.get(index).spec.address(), "memcached node added");
+        }
+        for &index in &changes.moved {
+            tracing::info!(node = %nodes.get(index).label(), address = %nodes.get(index).spec.address(), "memcached node moved (or back); its sessions are written again");
+        }
+        for &index in &changes.retired {
+            telemetry::node_up(&nodes.get(index).label(), false);
+            tracing::warn!(node = %nodes.get(index).label(), "memcached node removed; its sessions relocate");
+        }
+        if let Some(sticky) = self.sticky() {
+            for &index in &changes.moved {
+                sticky.restore_node(index);
+            }
+            for &index in &changes.retired {
+                sticky.relocate_off(index);
+            }
+        }
+        Ok(())
+    }
+
     /// The sticky state, in sticky mode.
     pub(crate) fn sticky(&self) -> Option<&Arc<Sticky>> {
         match &self.mode {
@@ -139,8 +173,8 @@ impl ManagerInner {
     /// A new, empty session on a freshly chosen node (held here in sticky
     /// mode; stored by the request that made it in non-sticky mode).
     pub(crate) fn create_session(&self) -> Arc<SessionState> {
-        let id = SessionId::generate(self.store.nodes.choose(), self.config.route());
-        if id.node().is_none() && self.store.nodes.iter().count() > 1 {
+        let id = SessionId::generate(self.store.nodes.choose().as_ref(), self.config.route());
+        if id.node().is_none() && self.store.nodes.len() > 1 {
             tracing::warn!("no memcached node available; new session kept in memory only until one is back");
         }
         let session = Arc::new(SessionState::new(id.clone(), self.config.max_inactive));
@@ -175,9 +209,9 @@ impl ManagerInner {
             let node = if nodes.should_relocate(&old) {
                 nodes.choose()
             } else {
-                old.node()
+                old.node().cloned()
             };
-            let new = SessionId::generate(node, self.config.route());
+            let new = SessionId::generate(node.as_ref(), self.config.route());
             inner.change_id(new.clone());
             (old, new)
         };
@@ -276,7 +310,10 @@ async fn probe_nodes(inner: Weak<ManagerInner>, interval: Duration) {
             return;
         };
         let mut probes = JoinSet::new();
-        for index in 0..strong.store.nodes.iter().count() {
+        for index in 0..strong.store.nodes.len() {
+            if strong.store.nodes.get(index).is_retired() {
+                continue;
+            }
             let store = Arc::clone(&strong.store);
             let sentinel_key = strong.sentinel_key.clone();
             probes.spawn(async move {

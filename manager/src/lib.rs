@@ -96,6 +96,13 @@
 //! A frozen node costs at most one `operationTimeout`: every operation is
 //! bounded by it, and the failure marks the node down for everyone.
 //!
+//! Host names are resolved at every connection attempt (a node whose name
+//! does not resolve yet is down until it does). The node list itself can
+//! change at run time with [`SessionManager::set_nodes`]: a new id is
+//! added, a known id at a new address is an empty node there, an id left
+//! out is down for good (its sessions relocate). Its docs give the drain
+//! procedure for removing a node without losing a session.
+//!
 //! # What happens when an app instance dies
 //!
 //! Another instance receives a session id it does not hold (its route names

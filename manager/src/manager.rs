@@ -117,9 +117,63 @@ impl SessionManager {
         self.inner.statistics()
     }
 
-    /// Every configured memcached node, in configured order, and whether
-    /// it answers as far as this instance knows (no I/O: the state the
-    /// prober and the last operations left).
+    /// Changes the memcached node list at run time, without a restart:
+    /// `memcached_nodes` and `failover_nodes` as in the configuration
+    /// (`n1:host:port,n2:host:port`; `n2`).
+    ///
+    /// * A node with a new id is added: new sessions may go to it.
+    /// * A known id with another address has moved: it is treated as an
+    ///   empty node at the new address — in sticky mode this instance
+    ///   writes the sessions it holds for it there at once; in non-sticky
+    ///   mode a request finds them through their backup copies.
+    /// * A node left out is **removed**: from now on it is down for good,
+    ///   as if dead — never probed, never chosen; sessions naming it
+    ///   relocate (sticky: this instance moves those it holds with the
+    ///   next prober round). Ids naming it still parse.
+    ///
+    /// **Draining a node** without losing a session: first stop it (or
+    /// let it die) while it is still configured and wait one
+    /// `maxInactiveInterval` — every session in use meanwhile relocates,
+    /// the others expire — then remove it here. Removing a running node
+    /// directly is safe for sessions held by a live sticky instance; a
+    /// session whose only copy is on the removed node (non-sticky, or
+    /// sticky whose instance died) is found through its backup copy in
+    /// non-sticky mode, and is lost in sticky mode.
+    ///
+    /// Apply the same change to every instance: until they agree, each
+    /// routes by its own list. [`config`](Self::config) keeps showing the
+    /// configuration the manager started with; [`nodes`](Self::nodes)
+    /// shows the list in force.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] (nothing changes) when the strings do not parse,
+    /// when a node has no id, when the list is empty, or when the manager
+    /// runs on a single anonymous node or the embedded store.
+    pub async fn set_nodes(&self, memcached_nodes: &str, failover_nodes: &str) -> Result<(), Error> {
+        let specs = crate::store::node::parse_nodes(memcached_nodes, failover_nodes)?;
+        let mut backends = Vec::with_capacity(specs.len());
+        for spec in &specs {
+            let node = MemcachedNode::connect(&spec.address(), self.inner.config.operation_timeout)
+                .await
+                .map_err(|source| Error::Backend {
+                    node: spec.label(),
+                    source,
+                })?;
+            backends.push((spec.id.clone(), Arc::new(node) as Arc<dyn NodeBackend>));
+        }
+        self.inner.set_nodes(specs, |spec| {
+            let (_, backend) = backends
+                .iter()
+                .find(|(id, _)| *id == spec.id)
+                .expect("a backend was made for every spec");
+            Arc::clone(backend)
+        })?;
+        Ok(())
+    }
+
+    /// Every memcached node in force (see [`set_nodes`](Self::set_nodes)),
+    /// in configured order, and whether it answers as far as this instance
+    /// knows (no I/O: the state the prober and the last operations left).
     pub fn nodes(&self) -> Vec<NodeStatus> {
         crate::cluster::node_statuses(&self.inner.store.nodes)
     }

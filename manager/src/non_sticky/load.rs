@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::non_sticky::NonSticky;
 use crate::non_sticky::in_flight::{LoadInfo, key_tag};
 use crate::non_sticky::lock::HeldLock;
-use crate::non_sticky::ttl::{forward_expiry, primary_expiry};
+use crate::non_sticky::ttl::{copy_lifetime, forward_expiry, primary_expiry};
 use crate::session::id::SessionId;
 use crate::session::state::{SessionState, StoredMark};
 use crate::stats::Stats;
@@ -31,7 +31,7 @@ pub(crate) async fn lock_for(
     let mut outcome = Ok(None);
     // A node found dead while locking is marked down: lock on the next
     // (where the session is about to be relocated).
-    for _ in 0..non_sticky.store.nodes.iter().count() {
+    for _ in 0..non_sticky.store.nodes.len() {
         let Some(home) = non_sticky.store.nodes.home_of(primary) else {
             return Ok((None, None));
         };
@@ -206,6 +206,12 @@ async fn load_once(
                     return Ok(Loaded::Missing);
                 }
             },
+            Ok(_) if non_sticky.store.nodes.added_within(copy_lifetime(max_inactive)) => {
+                // Not on its node, and nodes were added lately: the ring
+                // changed, so its backup may sit where the ring put it
+                // before — search every node (below).
+                unanswered = non_sticky.store.unavailable(primary);
+            }
             Ok(_) => {
                 // Not on its node: expired, never existed, or its node
                 // restarted empty — the backup tells (it outlives the

@@ -27,7 +27,13 @@ fn backup_lifetime(max: Duration) -> Duration {
 /// TTL of a forward record: as long as the backup it replaces would have
 /// lived (a day when sessions never expire).
 pub(crate) fn forward_expiry(max_inactive: Option<Duration>) -> Expiry {
-    Expiry::After(max_inactive.map_or(FORWARD_WITHOUT_EXPIRY, backup_lifetime))
+    Expiry::After(copy_lifetime(max_inactive))
+}
+
+/// How long any copy of a session (or its forward record) can outlive its
+/// last write: the backup's lifetime (a day when sessions never expire).
+pub(crate) fn copy_lifetime(max_inactive: Option<Duration>) -> Duration {
+    max_inactive.map_or(FORWARD_WITHOUT_EXPIRY, backup_lifetime)
 }
 
 /// How long a forward record lives when sessions never expire.

@@ -3,7 +3,7 @@
 //! [`BackupQueue`]; failures are remembered in [`Unsynced`] and retried.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -40,9 +40,6 @@ pub(crate) struct Backups {
     max_inactive: Option<Duration>,
     /// `sessionBackupTimeout`: how long a synchronous backup may delay a response.
     backup_timeout: Duration,
-    /// `memcached_sessions_backups_total{node, result}`, by node and
-    /// [`Outcome`], registered at first use.
-    per_node: Vec<[OnceLock<metrics::Counter>; 3]>,
 }
 
 /// How one backup of one session ended.
@@ -78,9 +75,6 @@ impl Backups {
                 sync_writes: Arc::new(Semaphore::new(MAX_SYNC_WRITES)),
                 max_inactive: config.max_inactive,
                 backup_timeout: config.backup_timeout,
-                per_node: (0..store.nodes.iter().count())
-                    .map(|_| std::array::from_fn(|_| OnceLock::new()))
-                    .collect(),
                 store,
             }
         });
@@ -95,11 +89,9 @@ impl Backups {
             Outcome::Touched => &counters.backups_touched,
             Outcome::Failed => &counters.backups_failed,
         });
-        self.per_node[node][outcome as usize]
-            .get_or_init(|| {
-                let node = self.store.nodes.get(node).label();
-                metrics::counter!(BACKUPS, "node" => node, "result" => outcome.label())
-            })
+        let node = self.store.nodes.get(node);
+        node.backup_counters[outcome as usize]
+            .get_or_init(|| metrics::counter!(BACKUPS, "node" => node.label(), "result" => outcome.label()))
             .increment(1);
     }
 
@@ -352,8 +344,8 @@ fn plan(backups: &Backups, session: &SessionState) -> Plan {
         .nodes
         .node_of(inner.id())
         .map(|i| backups.store.nodes.get(i));
-    let need = inner.backup_need(node.map(|n| n.epoch()));
-    let node_up = node.is_some_and(|n| n.is_available());
+    let need = inner.backup_need(node.as_ref().map(|n| n.epoch()));
+    let node_up = node.as_ref().is_some_and(|n| n.is_available());
     match need {
         BackupNeed::Nothing => Plan::Nothing,
         BackupNeed::Touch | BackupNeed::Write if !node_up => Plan::Deferred,

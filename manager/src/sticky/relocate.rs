@@ -19,10 +19,10 @@ pub(crate) fn relocate_if_needed(sticky: &Sticky, session: &SessionState) {
         return;
     };
     let old = inner.id().clone();
-    if old.node() == Some(target) {
+    if old.node() == Some(&target) {
         return;
     }
-    let new = old.with_location(Some(target), sticky.config.route());
+    let new = old.with_location(Some(&target), sticky.config.route());
     inner.change_id(new.clone());
     drop(inner);
     sticky.sessions.rekey(old.as_str(), new.as_str(), true);

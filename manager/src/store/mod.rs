@@ -9,6 +9,7 @@ pub(crate) mod codec;
 pub(crate) mod envelope;
 pub(crate) mod keys;
 pub(crate) mod node;
+pub(crate) mod node_state;
 pub(crate) mod nodes;
 pub(crate) mod repairs;
 pub(crate) mod seal;

@@ -14,190 +14,163 @@
 //! session backed up under an older epoch is written again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
-use crate::error::{BackendError, Error};
+use crate::error::ConfigError;
 use crate::session::id::SessionId;
 use crate::session::node_id::NodeId;
-use crate::store::backend::metered::Metered;
-use crate::store::backend::{Expiry, NodeBackend};
+use crate::store::backend::NodeBackend;
 use crate::store::node::NodeSpec;
+pub(crate) use crate::store::node_state::{Node, ProbeOutcome};
 
 /// Index of a node in the configured order.
 pub(crate) type NodeIndex = usize;
 
-pub(crate) struct Node {
-    pub(crate) spec: NodeSpec,
-    backend: Arc<dyn NodeBackend>,
-    operation_timeout: Duration,
-    available: AtomicBool,
-    /// When the current availability was observed (start of the operation).
-    observed_at: Mutex<Instant>,
-    epoch: AtomicU64,
-    /// Whether the prober has placed its sentinel at least once.
-    sentinel_placed: AtomicBool,
-    /// How often the availability flipped.
-    state_changes: AtomicU64,
-    /// When (unix ms) it last went down, came back, or was found empty.
-    changed_at_ms: AtomicU64,
-}
-
-/// What a probe learned about a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ProbeOutcome {
-    /// Answering, data intact (or first contact).
-    Alive,
-    /// Answering, but it lost its data since the last probe.
-    LostData,
-    /// Not answering.
-    Down,
-}
-
-impl Node {
-    pub(crate) fn label(&self) -> String {
-        self.spec.label()
-    }
-
-    pub(crate) fn is_available(&self) -> bool {
-        self.available.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-
-    /// Remembers that the node's state or data changed now.
-    fn note_change(&self) {
-        self.changed_at_ms.fetch_max(
-            crate::session::state::unix_ms(std::time::SystemTime::now()),
-            Ordering::AcqRel,
-        );
-    }
-
-    /// Records an observation made by an operation that started at `started`.
-    /// Returns `true` when the availability changed.
-    pub(crate) fn observe(&self, available: bool, started: Instant) -> bool {
-        let mut observed_at = self.observed_at.lock();
-        if started < *observed_at {
-            return false;
-        }
-        *observed_at = started;
-        let before = self.available.swap(available, Ordering::AcqRel);
-        if before != available {
-            self.state_changes.fetch_add(1, Ordering::Relaxed);
-            self.note_change();
-            crate::telemetry::node_up(&self.label(), available);
-            if available {
-                tracing::info!(node = %self.label(), "memcached node is available again");
-            } else {
-                tracing::warn!(node = %self.label(), "memcached node is unavailable; its sessions will be relocated");
-            }
-        }
-        before != available
-    }
-
-    /// Runs one backend operation bounded by `operationTimeout`, and learns
-    /// availability from its outcome.
-    pub(crate) async fn call<'a, T, F>(&'a self, op: impl FnOnce(&'a dyn NodeBackend) -> F) -> Result<T, Error>
-    where
-        F: Future<Output = Result<T, BackendError>> + 'a,
-    {
-        let started = Instant::now();
-        let result = match tokio::time::timeout(self.operation_timeout, op(&*self.backend)).await {
-            Ok(result) => result,
-            Err(_) => Err(BackendError::Timeout(self.operation_timeout)),
-        };
-        match &result {
-            Ok(_) => {
-                self.observe(true, started);
-            }
-            Err(e) if e.is_unavailable() => {
-                self.observe(false, started);
-            }
-            Err(_) => {}
-        }
-        result.map_err(|source| Error::Backend {
-            node: self.label(),
-            source,
-        })
-    }
-
-    /// Checks the node and its sentinel key.
-    pub(crate) async fn probe(&self, sentinel_key: &str) -> ProbeOutcome {
-        match self.call(|b| b.get(sentinel_key)).await {
-            Err(_) => ProbeOutcome::Down,
-            Ok(Some(_)) => ProbeOutcome::Alive,
-            Ok(None) => {
-                if self.call(|b| b.set(sentinel_key, b"1", Expiry::Never)).await.is_err() {
-                    return ProbeOutcome::Down;
-                }
-                if self.sentinel_placed.swap(true, Ordering::AcqRel) {
-                    self.epoch.fetch_add(1, Ordering::AcqRel);
-                    self.note_change();
-                    tracing::warn!(node = %self.label(), "memcached node lost its data (restarted empty?); re-writing its sessions");
-                    ProbeOutcome::LostData
-                } else {
-                    ProbeOutcome::Alive
-                }
-            }
-        }
-    }
-}
-
-/// All configured nodes.
+/// All configured nodes. The list changes only through
+/// [`apply`](Self::apply) and only by appending, replacing or retiring a
+/// slot: a node's index never changes, so anything remembered by index
+/// (repairs, locks) stays valid.
 pub(crate) struct Nodes {
-    nodes: Vec<Node>,
+    slots: RwLock<Arc<Vec<Arc<Node>>>>,
     /// A single node without id: session ids carry no node suffix.
     anonymous: bool,
+    operation_timeout: Duration,
+    /// When [`apply`](Self::apply) last added a node: the ring changed, so
+    /// backup copies written before may not be where it says now.
+    added_at: Mutex<Option<Instant>>,
+}
+
+/// What [`Nodes::apply`] changed, by node index.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct NodeChanges {
+    pub(crate) added: Vec<NodeIndex>,
+    /// Same id, new address (or back after being retired): an empty node
+    /// as far as this instance knows.
+    pub(crate) moved: Vec<NodeIndex>,
+    pub(crate) retired: Vec<NodeIndex>,
 }
 
 impl Nodes {
     pub(crate) fn new(specs: Vec<NodeSpec>, backends: Vec<Arc<dyn NodeBackend>>, operation_timeout: Duration) -> Self {
         let anonymous = specs.len() == 1 && specs[0].id.is_none();
-        let now = Instant::now();
         let nodes = specs
             .into_iter()
             .zip(backends)
-            .map(|(spec, backend)| Node {
-                backend: Arc::new(Metered::new(backend, spec.label())),
-                spec,
-                operation_timeout,
-                available: AtomicBool::new(true),
-                observed_at: Mutex::new(now),
-                epoch: AtomicU64::new(0),
-                sentinel_placed: AtomicBool::new(false),
-                state_changes: AtomicU64::new(0),
-                changed_at_ms: AtomicU64::new(0),
-            })
+            .map(|(spec, backend)| Arc::new(Node::new(spec, backend, operation_timeout, 0)))
             .collect();
-        Self { nodes, anonymous }
+        Self {
+            slots: RwLock::new(Arc::new(nodes)),
+            anonymous,
+            operation_timeout,
+            added_at: Mutex::new(None),
+        }
+    }
+
+    /// The node list now (cheap: one `Arc` clone).
+    fn snapshot(&self) -> Arc<Vec<Arc<Node>>> {
+        Arc::clone(&self.slots.read())
+    }
+
+    /// Makes `specs` the node list: a node whose id is new is appended, a
+    /// known id with another address (or failover flag) replaces its slot
+    /// (a moved node starts empty: its epoch increases, so the sessions
+    /// backed up to it are written again), and a node missing from `specs`
+    /// is retired — down for good, like a dead node: its sessions relocate
+    /// and the ids naming it still parse. `connect` makes the backend of a
+    /// new or moved node. Refused (nothing changes) for a single anonymous
+    /// node, an anonymous spec, an empty list, or the embedded store.
+    pub(crate) fn apply(
+        &self,
+        specs: Vec<NodeSpec>,
+        connect: impl Fn(&NodeSpec) -> Arc<dyn NodeBackend>,
+    ) -> Result<NodeChanges, ConfigError> {
+        if self.anonymous || specs.iter().any(|s| s.id.is_none()) {
+            return Err(ConfigError::new(
+                "memcachedNodes",
+                "only nodes with ids (id:host:port) can be changed at run time",
+            ));
+        }
+        let mut slots = self.slots.write();
+        if slots.is_empty() || slots.iter().any(|n| n.spec.port == 0) {
+            return Err(ConfigError::new(
+                "memcachedNodes",
+                "the embedded in-process store cannot be changed to memcached nodes at run time",
+            ));
+        }
+        if specs.is_empty() {
+            return Err(ConfigError::new("memcachedNodes", "at least one node is needed"));
+        }
+        let mut next: Vec<Arc<Node>> = slots.as_ref().clone();
+        let mut changes = NodeChanges::default();
+        for (index, node) in next.iter_mut().enumerate() {
+            match specs.iter().find(|s| s.id == node.spec.id) {
+                None if !node.is_retired() => {
+                    *node = Arc::new(node.retired());
+                    changes.retired.push(index);
+                }
+                None => {}
+                Some(spec) if node.is_retired() || spec.host != node.spec.host || spec.port != node.spec.port => {
+                    let epoch = node.epoch() + 1;
+                    *node = Arc::new(Node::new(spec.clone(), connect(spec), self.operation_timeout, epoch));
+                    node.note_change();
+                    changes.moved.push(index);
+                }
+                Some(spec) if spec.failover != node.spec.failover => {
+                    *node = Arc::new(node.respecified(spec.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        for spec in &specs {
+            if !next.iter().any(|n| n.spec.id == spec.id) {
+                changes.added.push(next.len());
+                next.push(Arc::new(Node::new(
+                    spec.clone(),
+                    connect(spec),
+                    self.operation_timeout,
+                    0,
+                )));
+            }
+        }
+        *slots = Arc::new(next);
+        if !changes.added.is_empty() {
+            *self.added_at.lock() = Some(Instant::now());
+        }
+        Ok(changes)
+    }
+
+    /// Whether a node was added less than `lifetime` ago.
+    pub(crate) fn added_within(&self, lifetime: Duration) -> bool {
+        self.added_at.lock().is_some_and(|at| at.elapsed() < lifetime)
     }
 
     /// When (unix ms) any node last went down, came back, or was found
     /// empty: copies written before may be missing or in the wrong place.
     pub(crate) fn last_change_ms(&self) -> u64 {
-        self.nodes
-            .iter()
-            .map(|n| n.changed_at_ms.load(Ordering::Acquire))
-            .max()
-            .unwrap_or(0)
+        self.snapshot().iter().map(|n| n.changed_at_ms()).max().unwrap_or(0)
     }
 
     /// No nodes at all (`enabled = false`).
     pub(crate) fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.snapshot().is_empty()
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter()
+    /// Slots, retired ones included (indices run `0..len()`).
+    pub(crate) fn len(&self) -> usize {
+        self.snapshot().len()
     }
 
-    pub(crate) fn get(&self, index: NodeIndex) -> &Node {
-        &self.nodes[index]
+    /// Every slot, retired ones included, in index order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Arc<Node>> + use<> {
+        let snapshot = self.snapshot();
+        (0..snapshot.len()).map(move |i| Arc::clone(&snapshot[i]))
+    }
+
+    pub(crate) fn get(&self, index: NodeIndex) -> Arc<Node> {
+        Arc::clone(&self.snapshot()[index])
     }
 
     pub(crate) fn is_known(&self, id: &NodeId) -> bool {
@@ -205,7 +178,7 @@ impl Nodes {
     }
 
     fn index_of(&self, id: &NodeId) -> Option<NodeIndex> {
-        self.nodes.iter().position(|n| n.spec.id.as_ref() == Some(id))
+        self.snapshot().iter().position(|n| n.spec.id.as_ref() == Some(id))
     }
 
     /// The node that stores the session with this id, if any.
@@ -219,33 +192,34 @@ impl Nodes {
     /// The node id to put into a new session id: a random available regular
     /// node; a random available failover node only when no regular node is
     /// available; `None` when nothing is available (or the node is anonymous).
-    pub(crate) fn choose(&self) -> Option<&NodeId> {
+    pub(crate) fn choose(&self) -> Option<NodeId> {
         if self.anonymous {
             return None;
         }
+        let snapshot = self.snapshot();
         let pick = |failover: bool| {
-            let candidates: Vec<&Node> = self
-                .nodes
+            let candidates: Vec<&Arc<Node>> = snapshot
                 .iter()
                 .filter(|n| n.spec.failover == failover && n.is_available())
                 .collect();
             (!candidates.is_empty()).then(|| candidates[random_below(candidates.len())])
         };
-        pick(false).or_else(|| pick(true)).and_then(|n| n.spec.id.as_ref())
+        pick(false).or_else(|| pick(true)).and_then(|n| n.spec.id.clone())
     }
 
     /// Whether the session should move to another node: its node is down,
     /// or it sits on a failover node while a regular node is available, or
     /// it has no node while one is available.
     pub(crate) fn should_relocate(&self, id: &SessionId) -> bool {
-        if self.anonymous || self.nodes.is_empty() {
+        let snapshot = self.snapshot();
+        if self.anonymous || snapshot.is_empty() {
             return false;
         }
-        let regular_available = || self.nodes.iter().any(|n| !n.spec.failover && n.is_available());
+        let regular_available = || snapshot.iter().any(|n| !n.spec.failover && n.is_available());
         match self.node_of(id) {
-            None => self.nodes.iter().any(Node::is_available),
+            None => snapshot.iter().any(|n| n.is_available()),
             Some(index) => {
-                let node = &self.nodes[index];
+                let node = &snapshot[index];
                 !node.is_available() || (node.spec.failover && regular_available())
             }
         }
@@ -253,25 +227,26 @@ impl Nodes {
 
     /// Availability flips observed on all nodes.
     pub(crate) fn state_changes(&self) -> u64 {
-        self.nodes.iter().map(|n| n.state_changes.load(Ordering::Relaxed)).sum()
+        self.snapshot().iter().map(|n| n.state_changes()).sum()
     }
 
     /// The other nodes in configured order after `index`, wrapping around:
     /// where non-sticky backups go and where they are looked for.
-    pub(crate) fn ring_after(&self, index: NodeIndex) -> impl Iterator<Item = NodeIndex> + '_ {
-        let n = self.nodes.len();
+    pub(crate) fn ring_after(&self, index: NodeIndex) -> impl Iterator<Item = NodeIndex> + use<> {
+        let n = self.len();
         (1..n).map(move |step| (index + step) % n)
     }
 
     /// The first available node after `index` (the backup node), if any.
     pub(crate) fn next_available(&self, index: NodeIndex) -> Option<NodeIndex> {
-        self.ring_after(index).find(|&i| self.nodes[i].is_available())
+        let snapshot = self.snapshot();
+        self.ring_after(index).find(|&i| snapshot[i].is_available())
     }
 
     /// `index` if available, else the first available node after it: where
     /// a session's primary copy lives (or moves to) and where its lock is.
     pub(crate) fn home_of(&self, index: NodeIndex) -> Option<NodeIndex> {
-        if self.nodes[index].is_available() {
+        if self.get(index).is_available() {
             Some(index)
         } else {
             self.next_available(index)
@@ -280,10 +255,10 @@ impl Nodes {
 
     /// Ids of the nodes currently considered available.
     pub(crate) fn available_labels(&self) -> Vec<String> {
-        self.nodes
+        self.snapshot()
             .iter()
             .filter(|n| n.is_available())
-            .map(Node::label)
+            .map(|n| n.label())
             .collect()
     }
 }
@@ -396,5 +371,65 @@ mod tests {
         memory[0].set_down(true);
         assert_eq!(node.probe("sentinel").await, ProbeOutcome::Down);
         assert!(!node.is_available());
+    }
+
+    #[tokio::test]
+    async fn the_node_list_changes_by_slot_and_indices_stay() {
+        let (nodes, _) = nodes("n1:h:1 n2:h:2", "");
+        let memory = |_: &NodeSpec| Arc::new(InMemoryNode::new()) as Arc<dyn NodeBackend>;
+        let changes = nodes
+            .apply(parse_nodes("n2:h:2 n1:h:9 n3:h:3", "n3").unwrap(), memory)
+            .unwrap();
+        assert_eq!(
+            changes,
+            NodeChanges {
+                added: vec![2],
+                moved: vec![0],
+                retired: vec![]
+            }
+        );
+        assert_eq!(nodes.get(0).spec.address(), "h:9", "n1 keeps its index");
+        assert_eq!(nodes.get(0).epoch(), 1, "a moved node starts empty");
+        assert!(nodes.get(2).spec.failover);
+        assert!(nodes.added_within(Duration::from_secs(1)));
+
+        let changes = nodes.apply(parse_nodes("n1:h:9 n3:h:3", "").unwrap(), memory).unwrap();
+        assert_eq!(changes.retired, [1]);
+        let retired = nodes.get(1);
+        assert!(retired.is_retired() && !retired.is_available());
+        assert!(
+            !retired.observe(true, Instant::now()),
+            "a retired node never comes back by itself"
+        );
+        assert!(!retired.is_available());
+        assert!(!nodes.get(2).spec.failover, "the failover flag follows the new list");
+        let on_n2 = SessionId::generate(Some(&NodeId::parse("n2").unwrap()), None);
+        assert_eq!(
+            nodes.node_of(&on_n2),
+            Some(1),
+            "ids naming a removed node still resolve"
+        );
+        assert!(nodes.should_relocate(&on_n2));
+        for _ in 0..20 {
+            assert_ne!(nodes.choose().unwrap().as_str(), "n2");
+        }
+
+        let changes = nodes
+            .apply(parse_nodes("n1:h:9 n2:h:2 n3:h:3", "").unwrap(), memory)
+            .unwrap();
+        assert_eq!(changes.moved, [1], "a removed node added again starts empty");
+        assert!(nodes.get(1).is_available() && !nodes.get(1).is_retired());
+        assert_eq!(nodes.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn anonymous_or_empty_node_lists_cannot_change() {
+        let memory = |_: &NodeSpec| Arc::new(InMemoryNode::new()) as Arc<dyn NodeBackend>;
+        let (anonymous, _) = nodes("localhost:11211", "");
+        assert!(anonymous.apply(parse_nodes("n1:h:1", "").unwrap(), memory).is_err());
+        let (named, _) = nodes("n1:h:1", "");
+        assert!(named.apply(parse_nodes("h:1", "").unwrap(), memory).is_err());
+        assert!(named.apply(Vec::new(), memory).is_err());
+        assert_eq!(named.get(0).spec.address(), "h:1", "nothing changed");
     }
 }
