@@ -31,8 +31,8 @@ pub struct SessionLocation {
     /// primary copy and its lock. `None` for a single anonymous node.
     pub node: Option<String>,
     /// Non-sticky mode: the node that gets the second copy now (the next
-    /// available node after `node` in configured order); `None` in sticky
-    /// mode or when no other node answers.
+    /// available node after the one holding the primary copy, in configured
+    /// order); `None` in sticky mode or when no other node answers.
     pub backup_node: Option<String>,
     /// The route in the id: in sticky mode, the instance holding the
     /// session's primary copy.
@@ -55,11 +55,15 @@ pub(crate) fn node_statuses(nodes: &Nodes) -> Vec<NodeStatus> {
 
 /// Where the session with this id lives.
 pub(crate) fn locate(nodes: &Nodes, id: &SessionId, sticky: bool) -> SessionLocation {
-    let index = nodes.node_of(id);
     let backup = if sticky {
         None
     } else {
-        index.and_then(|i| nodes.next_available(i))
+        // Where the primary copy lives now (the named node, or the next
+        // live one while it is down), and the live node after that.
+        nodes
+            .node_of(id)
+            .and_then(|i| nodes.home_of(i))
+            .and_then(|home| nodes.next_available(home))
     };
     SessionLocation {
         node: id.node().map(ToString::to_string),

@@ -140,6 +140,11 @@ impl SessionManager {
     /// sticky whose instance died) is found through its backup copy in
     /// non-sticky mode, and is lost in sticky mode.
     ///
+    /// A node's memcached must be **empty** when its id is added, moved to
+    /// an address or added back (restart it, or `flush_all`): copies it
+    /// kept from before — logged-out sessions among them — could otherwise
+    /// be read again.
+    ///
     /// Apply the same change to every instance: until they agree, each
     /// routes by its own list. [`config`](Self::config) keeps showing the
     /// configuration the manager started with; [`nodes`](Self::nodes)

@@ -176,8 +176,9 @@ counters! {
     backups_failed,
     /// Backups not queued because the async queue was full (retried on the session's next request).
     backups_dropped,
-    /// Sticky, async backup: changes answered after `sessionBackupTimeout`
-    /// while the change answered before them was still not in memcached.
+    /// Sticky, async backup: answers sent although the write storing what
+    /// was answered before them did not land within `sessionBackupTimeout`
+    /// (timed out or failed).
     backup_waits_timed_out,
     /// Backups postponed because the session's node was known to be down.
     backups_deferred,

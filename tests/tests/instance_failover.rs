@@ -388,3 +388,86 @@ async fn async_backup_answers_a_change_once_the_previous_one_is_stored() {
         started.elapsed()
     );
 }
+
+/// Async backup: an answer that hands the client a new id — `cycle_id`
+/// (login) or a takeover — waits until the session is stored under that
+/// id, so an instance killed right after it loses at most that answer,
+/// never the session. The answering instance reaches its node through a
+/// proxy that delays every chunk by 150 ms; a third instance reads the
+/// new id straight from the node right after the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_backup_stores_a_new_id_before_handing_it_out() {
+    init_tracing();
+    let cluster = Cluster::start(1);
+    let proxy = FaultProxy::start(cluster.nodes[0].addr().parse().unwrap());
+    let slow = |route: &str| {
+        fast_config(&format!("n1:{}", proxy.addr()))
+            .route(route)
+            .session_backup_async(true)
+            .session_backup_timeout(Duration::from_secs(5))
+            .operation_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let app_a = TestApp::start(slow("a")).await;
+    let app_b = TestApp::start(slow("b")).await;
+    let reader = instance(&cluster, "r").await;
+    eventually(Duration::from_secs(5), "sentinels placed", || {
+        cluster.nodes[0]
+            .keys()
+            .iter()
+            .filter(|k| k.starts_with("msm-probe:"))
+            .count()
+            == 2
+    })
+    .await;
+    proxy.set_mode(ProxyMode::Delay {
+        fixed: Duration::from_millis(150),
+        jitter: Duration::ZERO,
+    });
+
+    // cycle_id on a: the answer carries the new id.
+    let mut client = SessionClient::new(app_a.base_url());
+    assert_eq!(client.post("/incr").await.ok().count(), 1);
+    let first = client.cookie().unwrap().to_owned();
+    eventually(Duration::from_secs(5), "the change stored", || {
+        !cluster.locate(&first).is_empty()
+    })
+    .await;
+    client.post("/cycle").await.ok();
+    let cycled = client.cookie().unwrap().to_owned();
+    assert_ne!(cycled, first);
+    let mut probe = SessionClient::new(reader.base_url());
+    probe.set_cookie(Some(cycled.clone()));
+    let reply = probe.get("/session").await.ok();
+    assert_eq!(
+        reply.count(),
+        1,
+        "the cycled id is in memcached when handed out: {}",
+        reply.json()
+    );
+
+    // A takeover by b: the answer carries b's id for the session.
+    let mut client = SessionClient::new(app_a.base_url());
+    client.post("/incr").await.ok();
+    assert_eq!(client.post("/incr").await.ok().count(), 2);
+    let on_a = client.cookie().unwrap().to_owned();
+    eventually(Duration::from_secs(5), "a's copy stored", || {
+        !cluster.locate(&on_a).is_empty()
+    })
+    .await;
+    client.set_base(app_b.base_url());
+    let reply = client.get("/session").await.ok();
+    assert_eq!(reply.count(), 2);
+    let on_b = client.cookie().unwrap().to_owned();
+    assert_eq!(id_route(&on_b), Some("b"));
+    let mut probe = SessionClient::new(reader.base_url());
+    probe.set_cookie(Some(on_b));
+    let reply = probe.get("/session").await.ok();
+    assert_eq!(
+        reply.count(),
+        2,
+        "b's id is in memcached when handed out: {}",
+        reply.json()
+    );
+}

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use integration_tests::{
-    Cluster, SessionClient, TestApp, eventually, fast_config, id_node, id_random, init_tracing, session_keys,
+    Cluster, ID_RANDOM_LEN, SessionClient, TestApp, eventually, fast_config, id_node, id_random, init_tracing,
+    session_keys,
 };
 use memcached_sessions::Config;
 
@@ -253,4 +254,34 @@ async fn bad_node_lists_change_nothing() {
 
     let embedded = TestApp::start(Config::builder().build().unwrap()).await;
     assert!(embedded.manager.set_nodes(&format!("n1:{a}"), "").await.is_err());
+}
+
+/// Non-sticky: a node replaced by another (n2 removed, n4 added) leaves a
+/// retired slot in the ring. An id the cluster does not know (expired, or
+/// made up) naming n1 is still "no session" — not a 503 for as long as the
+/// ring is searched after the addition — and a real session on n1 goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_sticky_unknown_ids_stay_unknown_after_a_node_is_replaced() {
+    init_tracing();
+    let cluster = Cluster::start(4);
+    let addr = |i: usize| cluster.nodes[i].addr();
+    let app = non_sticky_app(&format!("n1:{},n2:{},n3:{}", addr(0), addr(1), addr(2))).await;
+    let mut sessions = sessions_on(&app, "n1", 2).await;
+
+    app.manager
+        .set_nodes(&format!("n1:{},n3:{},n4:{}", addr(0), addr(2), addr(3)), "")
+        .await
+        .unwrap();
+    let mut stranger = SessionClient::new(app.base_url());
+    stranger.set_cookie(Some(format!("{}-n1", "A".repeat(ID_RANDOM_LEN))));
+    let reply = stranger.get("/session").await.ok();
+    assert_eq!(reply.count(), 0, "an unknown id is no session: {}", reply.json());
+    for (client, count) in sessions
+        .iter_mut()
+        .filter(|(c, _)| id_node(c.cookie().unwrap()) == Some("n1"))
+    {
+        let reply = client.post("/incr").await.ok();
+        *count += 1;
+        assert_eq!(reply.count(), *count);
+    }
 }

@@ -257,9 +257,10 @@ async fn load_once(
     } else {
         unanswered = non_sticky.store.unavailable(primary);
     }
-    // Only the node after the primary in the ring (where the backup is
-    // written while it is up) answering "not here" settles it.
-    let designated_backup = non_sticky.store.nodes.ring_after(primary).next();
+    // Only the first node after the primary in the ring that is not
+    // retired (where the backup is written while it is up) answering "not
+    // here" settles it.
+    let designated_backup = non_sticky.store.nodes.designated_backup(primary);
     let mut answered = false;
     for candidate in non_sticky.store.nodes.ring_after(primary) {
         if !non_sticky.store.nodes.get(candidate).is_available() {
@@ -320,15 +321,33 @@ async fn superseded(
     data_key: &str,
     cas: Option<u64>,
 ) -> Option<Loaded> {
-    let backup = non_sticky.store.nodes.next_available(primary)?;
-    let (verdict, marker) = match read_backup(non_sticky, id, backup).await {
-        Ok(Found::Moved(to)) => {
-            let marker = envelope::encode_moved(to.as_str());
-            (Loaded::Moved(to), marker)
-        }
-        Ok(Found::Gone) => (Loaded::Missing, envelope::encode_gone()),
-        _ => return None,
+    let nodes = &non_sticky.store.nodes;
+    // While a node was added lately, the record may sit where the ring put
+    // the backup before: every live node is asked.
+    let candidates: Vec<NodeIndex> = if nodes.added_within(copy_lifetime(non_sticky.config.max_inactive)) {
+        nodes
+            .ring_after(primary)
+            .filter(|&i| nodes.get(i).is_available())
+            .collect()
+    } else {
+        nodes.next_available(primary).into_iter().collect()
     };
+    let mut record = None;
+    for backup in candidates {
+        match read_backup(non_sticky, id, backup).await {
+            Ok(Found::Moved(to)) => {
+                let marker = envelope::encode_moved(to.as_str());
+                record = Some((Loaded::Moved(to), marker));
+                break;
+            }
+            Ok(Found::Gone) => {
+                record = Some((Loaded::Missing, envelope::encode_gone()));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (verdict, marker) = record?;
     if let Some(cas) = cas {
         let expiry = forward_expiry(non_sticky.config.max_inactive);
         let _ = non_sticky

@@ -267,7 +267,8 @@ impl RequestGuard {
         match &manager.mode {
             Mode::Sticky(sticky) => {
                 if !context.ignored {
-                    back_up_sticky(sticky, session.as_ref(), invalidated).await;
+                    let changed = context.changed.load(std::sync::atomic::Ordering::Relaxed);
+                    back_up_sticky(sticky, session.as_ref(), invalidated, changed).await;
                 }
             }
             Mode::NonSticky(non_sticky) => {
@@ -288,6 +289,7 @@ async fn back_up_sticky(
     sticky: &Arc<Sticky>,
     session: Option<&Arc<SessionState>>,
     invalidated: Vec<Arc<SessionState>>,
+    changed: bool,
 ) {
     // Ended sessions are tombstoned before the response, also with async
     // backup: once a logout is answered, no other instance may take the
@@ -310,8 +312,9 @@ async fn back_up_sticky(
     if sticky.config.backup_async {
         sticky.schedule_backup(session);
         if need == BackupNeed::Write {
-            // A change: answered once the one answered before it is stored.
-            sticky.backups.acknowledge_change(session).await;
+            // Something new (a change, a new id): answered once what was
+            // answered before it is stored under the id it carries.
+            sticky.backups.acknowledge_change(session, changed).await;
         }
     } else {
         sticky.backups.backup_to_completion(vec![session.clone()]).await;

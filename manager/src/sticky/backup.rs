@@ -547,6 +547,10 @@ async fn delete_keys(backups: &Backups, session: &SessionState, invalidated: boo
         let Some(node) = backups.store.nodes.node_of(&id).map(|i| backups.store.nodes.get(i)) else {
             continue;
         };
+        if node.is_retired() {
+            // Removed from the node list: nothing there to delete or cover.
+            continue;
+        }
         let key = backups.store.keys.session(&id);
         if invalidated || id.random_part() != current_random {
             // Ended (logout, expiry) or left by cycle_id: a tombstone, not

@@ -237,6 +237,7 @@ async fn load_and_claim(
         inner.mark_announced();
         if foreign {
             inner.mark_obsolete(id.clone());
+            inner.loaded_as_answered(id.clone());
         }
     }
     // Taken over: the claim stays until it expires, so no other instance

@@ -185,6 +185,10 @@ impl Store {
         not_before: Instant,
         until: Instant,
     ) {
+        // A removed node is gone for good: nothing owed to it can matter.
+        if self.nodes.get(node).is_retired() {
+            return;
+        }
         self.repairs.remember(&self.stats, node, key, action, not_before, until);
     }
 }

@@ -63,8 +63,9 @@ impl Node {
     }
 
     pub(super) fn new(spec: NodeSpec, backend: Arc<dyn NodeBackend>, operation_timeout: Duration, epoch: u64) -> Self {
+        let metered = Arc::new(Metered::new(backend, spec.label()));
         Self {
-            backend: Arc::new(Metered::new(backend, spec.label())),
+            backend: metered,
             spec,
             operation_timeout,
             retired: false,
@@ -78,13 +79,45 @@ impl Node {
         }
     }
 
+    /// This node, same backend and state, under `spec`; `retired` as given.
+    fn copy(&self, spec: NodeSpec, retired: bool) -> Self {
+        Self {
+            backend: Arc::clone(&self.backend),
+            spec,
+            operation_timeout: self.operation_timeout,
+            retired,
+            available: AtomicBool::new(self.is_available()),
+            observed_at: Mutex::new(*self.observed_at.lock()),
+            epoch: AtomicU64::new(self.epoch()),
+            sentinel_placed: AtomicBool::new(self.sentinel_placed.load(Ordering::Acquire)),
+            state_changes: AtomicU64::new(self.state_changes()),
+            changed_at_ms: AtomicU64::new(self.changed_at_ms()),
+            backup_counters: Default::default(),
+        }
+    }
+
     /// This node with another spec of the same address (its failover
     /// flag changed): same backend and state.
     pub(super) fn respecified(&self, spec: NodeSpec) -> Self {
-        let node = Self::new(spec, Arc::clone(&self.backend), self.operation_timeout, self.epoch());
-        node.available.store(self.is_available(), Ordering::Release);
-        node.sentinel_placed
-            .store(self.sentinel_placed.load(Ordering::Acquire), Ordering::Release);
+        self.copy(spec, false)
+    }
+
+    /// This node, removed from the list: down for good.
+    pub(super) fn retired(&self) -> Self {
+        let node = self.copy(self.spec.clone(), true);
+        node.available.store(false, Ordering::Release);
+        node.epoch.fetch_add(1, Ordering::AcqRel);
+        node.note_change();
+        node
+    }
+
+    /// This node's id at a new address (or back after being retired):
+    /// `backend` dials it; as far as this instance knows it is empty there
+    /// (its epoch increases, so what was backed up to it is written again).
+    pub(super) fn moved(&self, spec: NodeSpec, backend: Arc<dyn NodeBackend>) -> Self {
+        let node = Self::new(spec, backend, self.operation_timeout, self.epoch() + 1);
+        node.state_changes.store(self.state_changes(), Ordering::Relaxed);
+        node.note_change();
         node
     }
 
@@ -96,23 +129,6 @@ impl Node {
     /// How often its availability flipped.
     pub(super) fn state_changes(&self) -> u64 {
         self.state_changes.load(Ordering::Relaxed)
-    }
-
-    /// This node, removed from the list: down for good.
-    pub(super) fn retired(&self) -> Self {
-        Self {
-            backend: Arc::clone(&self.backend),
-            spec: self.spec.clone(),
-            operation_timeout: self.operation_timeout,
-            retired: true,
-            available: AtomicBool::new(false),
-            observed_at: Mutex::new(Instant::now()),
-            epoch: AtomicU64::new(self.epoch() + 1),
-            sentinel_placed: AtomicBool::new(false),
-            state_changes: AtomicU64::new(self.state_changes.load(Ordering::Relaxed)),
-            changed_at_ms: AtomicU64::new(crate::session::state::unix_ms(std::time::SystemTime::now())),
-            backup_counters: Default::default(),
-        }
     }
 
     pub(crate) fn epoch(&self) -> u64 {

@@ -31,8 +31,10 @@ pub(crate) type NodeIndex = usize;
 
 /// All configured nodes. The list changes only through
 /// [`apply`](Self::apply) and only by appending, replacing or retiring a
-/// slot: a node's index never changes, so anything remembered by index
-/// (repairs, locks) stays valid.
+/// slot: a node's index never changes, so an index remembered anywhere
+/// (repairs, locks) never points at another node. Work in flight against a
+/// node that moved meanwhile fails as against a dead node (a lock held
+/// there is lost: its request is answered 503, nothing is saved).
 pub(crate) struct Nodes {
     slots: RwLock<Arc<Vec<Arc<Node>>>>,
     /// A single node without id: session ids carry no node suffix.
@@ -113,9 +115,7 @@ impl Nodes {
                 }
                 None => {}
                 Some(spec) if node.is_retired() || spec.host != node.spec.host || spec.port != node.spec.port => {
-                    let epoch = node.epoch() + 1;
-                    *node = Arc::new(Node::new(spec.clone(), connect(spec), self.operation_timeout, epoch));
-                    node.note_change();
+                    *node = Arc::new(node.moved(spec.clone(), connect(spec)));
                     changes.moved.push(index);
                 }
                 Some(spec) if spec.failover != node.spec.failover => {
@@ -178,15 +178,20 @@ impl Nodes {
     }
 
     fn index_of(&self, id: &NodeId) -> Option<NodeIndex> {
-        self.snapshot().iter().position(|n| n.spec.id.as_ref() == Some(id))
+        index_in(&self.snapshot(), id)
     }
 
     /// The node that stores the session with this id, if any.
     pub(crate) fn node_of(&self, id: &SessionId) -> Option<NodeIndex> {
+        self.node_in(&self.snapshot(), id)
+    }
+
+    /// [`node_of`](Self::node_of) within one snapshot of the list.
+    fn node_in(&self, slots: &[Arc<Node>], id: &SessionId) -> Option<NodeIndex> {
         if self.anonymous {
             return Some(0);
         }
-        id.node().and_then(|node| self.index_of(node))
+        id.node().and_then(|node| index_in(slots, node))
     }
 
     /// The node id to put into a new session id: a random available regular
@@ -216,7 +221,7 @@ impl Nodes {
             return false;
         }
         let regular_available = || snapshot.iter().any(|n| !n.spec.failover && n.is_available());
-        match self.node_of(id) {
+        match self.node_in(&snapshot, id) {
             None => snapshot.iter().any(|n| n.is_available()),
             Some(index) => {
                 let node = &snapshot[index];
@@ -232,15 +237,23 @@ impl Nodes {
 
     /// The other nodes in configured order after `index`, wrapping around:
     /// where non-sticky backups go and where they are looked for.
+    /// (Indices from an older list stay valid in every newer one: slots are
+    /// only appended.)
     pub(crate) fn ring_after(&self, index: NodeIndex) -> impl Iterator<Item = NodeIndex> + use<> {
-        let n = self.len();
-        (1..n).map(move |step| (index + step) % n)
+        ring(self.len(), index)
     }
 
     /// The first available node after `index` (the backup node), if any.
     pub(crate) fn next_available(&self, index: NodeIndex) -> Option<NodeIndex> {
         let snapshot = self.snapshot();
-        self.ring_after(index).find(|&i| snapshot[i].is_available())
+        ring(snapshot.len(), index).find(|&i| snapshot[i].is_available())
+    }
+
+    /// The first node after `index` that is not retired: where the backup
+    /// of a session on `index` is written while that node is up.
+    pub(crate) fn designated_backup(&self, index: NodeIndex) -> Option<NodeIndex> {
+        let snapshot = self.snapshot();
+        ring(snapshot.len(), index).find(|&i| !snapshot[i].is_retired())
     }
 
     /// `index` if available, else the first available node after it: where
@@ -261,6 +274,15 @@ impl Nodes {
             .map(|n| n.label())
             .collect()
     }
+}
+
+/// The slots after `index` in a list of `len`, wrapping around.
+fn ring(len: usize, index: NodeIndex) -> impl Iterator<Item = NodeIndex> {
+    (1..len).map(move |step| (index + step) % len)
+}
+
+fn index_in(slots: &[Arc<Node>], id: &NodeId) -> Option<NodeIndex> {
+    slots.iter().position(|n| n.spec.id.as_ref() == Some(id))
 }
 
 /// A uniformly random index below `n` (n > 0), from the OS CSPRNG.

@@ -96,7 +96,6 @@ impl Repairs {
         Stats::count(&stats.counters.repairs_queued);
     }
 
-    /// How many repairs wait.
     /// Marks a retry run as started; `false` when one already is.
     pub(crate) fn begin_run(&self) -> bool {
         !self.running.swap(true, Ordering::AcqRel)
@@ -107,14 +106,17 @@ impl Repairs {
         self.running.store(false, Ordering::Release);
     }
 
+    /// How many repairs wait.
     pub(crate) fn len(&self) -> usize {
         self.queue.lock().len()
     }
 
+    /// Up to [`PER_ROUND`] repairs due now on available nodes; drops the
+    /// expired ones and those owed to removed nodes.
     pub(crate) fn take_due(&self, nodes: &Nodes) -> Vec<Repair> {
         let now = Instant::now();
         let mut queue = self.queue.lock();
-        queue.retain(|repair| repair.until > now);
+        queue.retain(|repair| repair.until > now && !nodes.get(repair.node).is_retired());
         let mut due = Vec::new();
         let mut waiting = VecDeque::with_capacity(queue.len());
         while let Some(repair) = queue.pop_front() {
