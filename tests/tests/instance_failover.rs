@@ -33,6 +33,18 @@ fn takeover_claims(cluster: &Cluster) -> Vec<String> {
         .collect()
 }
 
+/// Async backup through `proxy` (slowed by the test), with room for
+/// backups that take hundreds of milliseconds.
+fn slow_async_config(proxy: &FaultProxy, route: &str) -> memcached_sessions::Config {
+    fast_config(&format!("n1:{}", proxy.addr()))
+        .route(route)
+        .session_backup_async(true)
+        .session_backup_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
 /// A client with a session on `app` holding `count` increments and data "x".
 async fn session_on(app: &TestApp, count: u64) -> SessionClient {
     let mut client = SessionClient::new(app.base_url());
@@ -325,13 +337,7 @@ async fn async_backup_answers_a_change_once_the_previous_one_is_stored() {
     init_tracing();
     let cluster = Cluster::start(1);
     let proxy = FaultProxy::start(cluster.nodes[0].addr().parse().unwrap());
-    let config = fast_config(&format!("n1:{}", proxy.addr()))
-        .route("a")
-        .session_backup_async(true)
-        .session_backup_timeout(Duration::from_secs(5))
-        .operation_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let config = slow_async_config(&proxy, "a");
     let app_a = TestApp::start(config).await;
     let app_b = instance(&cluster, "b").await;
     eventually(Duration::from_secs(5), "sentinel placed", || {
@@ -400,17 +406,8 @@ async fn async_backup_stores_a_new_id_before_handing_it_out() {
     init_tracing();
     let cluster = Cluster::start(1);
     let proxy = FaultProxy::start(cluster.nodes[0].addr().parse().unwrap());
-    let slow = |route: &str| {
-        fast_config(&format!("n1:{}", proxy.addr()))
-            .route(route)
-            .session_backup_async(true)
-            .session_backup_timeout(Duration::from_secs(5))
-            .operation_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap()
-    };
-    let app_a = TestApp::start(slow("a")).await;
-    let app_b = TestApp::start(slow("b")).await;
+    let app_a = TestApp::start(slow_async_config(&proxy, "a")).await;
+    let app_b = TestApp::start(slow_async_config(&proxy, "b")).await;
     let reader = instance(&cluster, "r").await;
     eventually(Duration::from_secs(5), "sentinels placed", || {
         cluster.nodes[0]

@@ -57,6 +57,11 @@ async fn sessions_on(app: &TestApp, node: &str, wanted: usize) -> Vec<(SessionCl
     panic!("no session landed on {node} in 200 tries");
 }
 
+/// The addresses of a three-node cluster's nodes.
+fn addresses(cluster: &Cluster) -> [String; 3] {
+    std::array::from_fn(|i| cluster.nodes[i].addr())
+}
+
 fn node_ids(app: &TestApp) -> Vec<(String, String, bool)> {
     app.manager
         .nodes()
@@ -73,11 +78,7 @@ fn node_ids(app: &TestApp) -> Vec<(String, String, bool)> {
 async fn sticky_sessions_follow_a_node_to_its_new_address() {
     init_tracing();
     let mut cluster = Cluster::start(3);
-    let (a, b, c) = (
-        cluster.nodes[0].addr(),
-        cluster.nodes[1].addr(),
-        cluster.nodes[2].addr(),
-    );
+    let [a, b, c] = addresses(&cluster);
     let app = sticky_app(&format!("n1:{a},n2:{b}"), "a").await;
     let mut sessions = sessions_on(&app, "n1", 3).await;
 
@@ -176,11 +177,7 @@ async fn sticky_nodes_added_and_removed() {
 async fn non_sticky_sessions_follow_a_node_to_its_new_address() {
     init_tracing();
     let mut cluster = Cluster::start(3);
-    let (a, b, c) = (
-        cluster.nodes[0].addr(),
-        cluster.nodes[1].addr(),
-        cluster.nodes[2].addr(),
-    );
+    let [a, b, c] = addresses(&cluster);
     let app = non_sticky_app(&format!("n1:{a},n2:{b}")).await;
     let mut sessions = sessions_on(&app, "n1", 3).await;
 
@@ -206,11 +203,7 @@ async fn non_sticky_sessions_follow_a_node_to_its_new_address() {
 async fn non_sticky_backups_are_found_after_a_node_is_added() {
     init_tracing();
     let mut cluster = Cluster::start(3);
-    let (a, b, c) = (
-        cluster.nodes[0].addr(),
-        cluster.nodes[1].addr(),
-        cluster.nodes[2].addr(),
-    );
+    let [a, b, c] = addresses(&cluster);
     let app = non_sticky_app(&format!("n1:{a},n2:{b}")).await;
     let sessions = sessions_on(&app, "n2", 3).await;
     let mut on_n2: Vec<(SessionClient, u64)> = sessions
