@@ -47,7 +47,7 @@ pub(crate) fn node_statuses(nodes: &Nodes) -> Vec<NodeStatus> {
         .map(|node| NodeStatus {
             id: node.label(),
             address: node.spec.address(),
-            failover: node.spec.failover,
+            failover: node.is_failover(),
             available: node.is_available(),
         })
         .collect()

@@ -344,6 +344,9 @@ async fn superseded(
                 record = Some((Loaded::Missing, envelope::encode_gone()));
                 break;
             }
+            // A live backup copy: the primary is not superseded (a record
+            // further along the ring is older than this copy).
+            Ok(Found::Session(..)) => break,
             _ => {}
         }
     }

@@ -301,9 +301,14 @@ async fn back_up_sticky(
         return;
     };
     let need = {
-        let inner = session.inner.lock();
+        let mut inner = session.inner.lock();
         let nodes = &sticky.store.nodes;
-        inner.backup_need(nodes.node_of(inner.id()).map(|i| nodes.get(i).epoch()))
+        let need = inner.backup_need(nodes.node_of(inner.id()).map(|i| nodes.get(i).epoch()));
+        if need != BackupNeed::Write {
+            // Stored as it is (or no node to store it on): answered as is.
+            inner.acknowledge();
+        }
+        need
     };
     if need == BackupNeed::Nothing {
         Stats::count(&sticky.stats.counters.backups_skipped);

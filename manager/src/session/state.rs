@@ -258,11 +258,16 @@ impl SessionInner {
     /// Records that the session as it is now was answered to a client
     /// while its backup was still pending.
     pub(crate) fn acknowledge(&mut self) {
-        let version = self
-            .acknowledged
-            .as_ref()
-            .map_or(self.version, |(_, answered)| (*answered).max(self.version));
-        self.acknowledged = Some((self.id.clone(), version));
+        match &mut self.acknowledged {
+            // The common case (a read): no allocation.
+            Some((id, answered)) if *id == self.id => *answered = (*answered).max(self.version),
+            acknowledged => {
+                let version = acknowledged
+                    .as_ref()
+                    .map_or(self.version, |(_, answered)| (*answered).max(self.version));
+                *acknowledged = Some((self.id.clone(), version));
+            }
+        }
     }
 
     /// Taken over from another instance under `previous_id`: what that

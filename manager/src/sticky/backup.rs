@@ -158,15 +158,26 @@ impl Backups {
     /// Queues a tombstone over the stored copy of `id` through the repair
     /// queue — which retries until written, whatever happens to the backup
     /// queue or the request — besides the one the backup path writes at
-    /// once. It lives (and is retried) until `until`.
-    pub(crate) fn tombstone_eventually(&self, id: &SessionId, lifetime: Duration, until: Instant) {
+    /// once. It is not tried before `not_before` and lives (and is retried)
+    /// until `until`.
+    pub(crate) fn tombstone_eventually(&self, id: &SessionId, lifetime: Duration, not_before: Instant, until: Instant) {
         let Some(index) = self.store.nodes.node_of(id) else {
             return;
         };
         let key = self.store.keys.session(id);
         let sealed = self.store.codec.seal_owned(&key, envelope::encode_gone());
         let tombstone = crate::store::repairs::Action::Set(sealed, Expiry::After(lifetime));
-        self.store.remember_repair(index, key, tombstone, until);
+        self.store
+            .remember_repair_from(index, key, tombstone, not_before, until);
+    }
+
+    /// How long after `cycle_id` the safety-net tombstone of the old id
+    /// waits: time for the request to end and its backup to write the new
+    /// id first (after which the backup path tombstones the old one), so a
+    /// crash in between leaves the client's old id usable, not gone.
+    pub(crate) fn retired_id_grace(&self) -> Duration {
+        self.backup_timeout
+            .saturating_add(self.store.nodes.operation_timeout().saturating_mul(2))
     }
 }
 

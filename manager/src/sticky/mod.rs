@@ -109,7 +109,7 @@ impl Sticky {
             return false;
         }
         for id in &ids {
-            self.backups.tombstone_eventually(id, lifetime, until);
+            self.backups.tombstone_eventually(id, lifetime, Instant::now(), until);
         }
         true
     }
@@ -130,7 +130,8 @@ impl Sticky {
         let lifetime = self.copy_lifetime_of(session);
         let until = from_now(lifetime);
         self.sessions.end(old.as_str(), until);
-        self.backups.tombstone_eventually(old, lifetime, until);
+        let not_before = Instant::now() + self.backups.retired_id_grace();
+        self.backups.tombstone_eventually(old, lifetime, not_before, until);
     }
 
     /// One round of the expiry sweep.

@@ -235,9 +235,12 @@ async fn load_and_claim(
     {
         let mut inner = session.inner.lock();
         inner.mark_announced();
+        // What was loaded counts as answered: an answer handing out
+        // another id (takeover, relocation, cycle_id) waits for a copy
+        // under it.
+        inner.loaded_as_answered(id.clone());
         if foreign {
             inner.mark_obsolete(id.clone());
-            inner.loaded_as_answered(id.clone());
         }
     }
     // Taken over: the claim stays until it expires, so no other instance

@@ -22,6 +22,10 @@ pub(crate) struct Node {
     /// Removed from the node list at run time: down for good, never probed
     /// or chosen; kept so the ids naming it still parse and relocate.
     retired: bool,
+    /// In `failoverNodes` (changeable in place: see [`Nodes::apply`]).
+    ///
+    /// [`Nodes::apply`]: crate::store::nodes::Nodes::apply
+    failover: AtomicBool,
     available: AtomicBool,
     /// When the current availability was observed (start of the operation).
     observed_at: Mutex<Instant>,
@@ -66,6 +70,7 @@ impl Node {
         let metered = Arc::new(Metered::new(backend, spec.label()));
         Self {
             backend: metered,
+            failover: AtomicBool::new(spec.failover),
             spec,
             operation_timeout,
             retired: false,
@@ -79,36 +84,33 @@ impl Node {
         }
     }
 
-    /// This node, same backend and state, under `spec`; `retired` as given.
-    fn copy(&self, spec: NodeSpec, retired: bool) -> Self {
+    /// This node, removed from the list: down for good.
+    pub(super) fn retired(&self) -> Self {
         Self {
             backend: Arc::clone(&self.backend),
-            spec,
+            spec: self.spec.clone(),
             operation_timeout: self.operation_timeout,
-            retired,
-            available: AtomicBool::new(self.is_available()),
-            observed_at: Mutex::new(*self.observed_at.lock()),
-            epoch: AtomicU64::new(self.epoch()),
-            sentinel_placed: AtomicBool::new(self.sentinel_placed.load(Ordering::Acquire)),
+            retired: true,
+            failover: AtomicBool::new(self.is_failover()),
+            available: AtomicBool::new(false),
+            observed_at: Mutex::new(Instant::now()),
+            epoch: AtomicU64::new(self.epoch() + 1),
+            sentinel_placed: AtomicBool::new(false),
             state_changes: AtomicU64::new(self.state_changes()),
-            changed_at_ms: AtomicU64::new(self.changed_at_ms()),
+            changed_at_ms: AtomicU64::new(crate::session::state::unix_ms(std::time::SystemTime::now())),
             backup_counters: Default::default(),
         }
     }
 
-    /// This node with another spec of the same address (its failover
-    /// flag changed): same backend and state.
-    pub(super) fn respecified(&self, spec: NodeSpec) -> Self {
-        self.copy(spec, false)
+    /// Used only while no regular node is available (`failoverNodes`).
+    pub(crate) fn is_failover(&self) -> bool {
+        self.failover.load(Ordering::Acquire)
     }
 
-    /// This node, removed from the list: down for good.
-    pub(super) fn retired(&self) -> Self {
-        let node = self.copy(self.spec.clone(), true);
-        node.available.store(false, Ordering::Release);
-        node.epoch.fetch_add(1, Ordering::AcqRel);
-        node.note_change();
-        node
+    /// Changes the failover flag in place: operations in flight keep
+    /// updating this same node's state.
+    pub(super) fn set_failover(&self, failover: bool) {
+        self.failover.store(failover, Ordering::Release);
     }
 
     /// This node's id at a new address (or back after being retired):

@@ -118,10 +118,7 @@ impl Nodes {
                     *node = Arc::new(node.moved(spec.clone(), connect(spec)));
                     changes.moved.push(index);
                 }
-                Some(spec) if spec.failover != node.spec.failover => {
-                    *node = Arc::new(node.respecified(spec.clone()));
-                }
-                Some(_) => {}
+                Some(spec) => node.set_failover(spec.failover),
             }
         }
         for spec in &specs {
@@ -140,6 +137,11 @@ impl Nodes {
             *self.added_at.lock() = Some(Instant::now());
         }
         Ok(changes)
+    }
+
+    /// The bound on every operation of a node.
+    pub(crate) fn operation_timeout(&self) -> Duration {
+        self.operation_timeout
     }
 
     /// Whether a node was added less than `lifetime` ago.
@@ -205,7 +207,7 @@ impl Nodes {
         let pick = |failover: bool| {
             let candidates: Vec<&Arc<Node>> = snapshot
                 .iter()
-                .filter(|n| n.spec.failover == failover && n.is_available())
+                .filter(|n| n.is_failover() == failover && n.is_available())
                 .collect();
             (!candidates.is_empty()).then(|| candidates[random_below(candidates.len())])
         };
@@ -220,12 +222,12 @@ impl Nodes {
         if self.anonymous || snapshot.is_empty() {
             return false;
         }
-        let regular_available = || snapshot.iter().any(|n| !n.spec.failover && n.is_available());
+        let regular_available = || snapshot.iter().any(|n| !n.is_failover() && n.is_available());
         match self.node_in(&snapshot, id) {
             None => snapshot.iter().any(|n| n.is_available()),
             Some(index) => {
                 let node = &snapshot[index];
-                !node.is_available() || (node.spec.failover && regular_available())
+                !node.is_available() || (node.is_failover() && regular_available())
             }
         }
     }
@@ -412,7 +414,7 @@ mod tests {
         );
         assert_eq!(nodes.get(0).spec.address(), "h:9", "n1 keeps its index");
         assert_eq!(nodes.get(0).epoch(), 1, "a moved node starts empty");
-        assert!(nodes.get(2).spec.failover);
+        assert!(nodes.get(2).is_failover());
         assert!(nodes.added_within(Duration::from_secs(1)));
 
         let changes = nodes.apply(parse_nodes("n1:h:9 n3:h:3", "").unwrap(), memory).unwrap();
@@ -424,7 +426,7 @@ mod tests {
             "a retired node never comes back by itself"
         );
         assert!(!retired.is_available());
-        assert!(!nodes.get(2).spec.failover, "the failover flag follows the new list");
+        assert!(!nodes.get(2).is_failover(), "the failover flag follows the new list");
         let on_n2 = SessionId::generate(Some(&NodeId::parse("n2").unwrap()), None);
         assert_eq!(
             nodes.node_of(&on_n2),
