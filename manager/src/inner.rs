@@ -128,12 +128,12 @@ impl ManagerInner {
         Ok(inner)
     }
 
-    /// Makes `specs` the node list (see [`Nodes::apply`]), then moves the
-    /// sessions held here that need it: those on a moved node are written
-    /// to its new address, those on a retired node relocate with the next
-    /// prober round (sticky mode; in non-sticky mode a request finds a
-    /// moved node's sessions through their backup copies and moves those
-    /// on a retired node, as for a dead node).
+    /// Makes `specs` the node list (see [`Nodes::apply`]); in sticky mode
+    /// the sessions held here for a moved node are written to its new
+    /// address at once. Sessions on a removed node relocate at their next
+    /// request, as for a dead node (a relocation in the background would
+    /// hand their clients a new id they only learn with their next request,
+    /// and the old one forwards for a minute only).
     pub(crate) fn set_nodes(
         &self,
         specs: Vec<NodeSpec>,
@@ -154,9 +154,6 @@ impl ManagerInner {
         if let Some(sticky) = self.sticky() {
             for &index in &changes.moved {
                 sticky.restore_node(index);
-            }
-            for &index in &changes.retired {
-                sticky.relocate_off(index);
             }
         }
         Ok(())

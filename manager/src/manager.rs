@@ -128,8 +128,7 @@ impl SessionManager {
     ///   mode a request finds them through their backup copies.
     /// * A node left out is **removed**: from now on it is down for good,
     ///   as if dead — never probed, never chosen; sessions naming it
-    ///   relocate (sticky: this instance moves those it holds with the
-    ///   next prober round). Ids naming it still parse.
+    ///   relocate at their next request. Ids naming it still parse.
     ///
     /// **Draining a node** without losing a session: first stop it (or
     /// let it die) while it is still configured and wait one

@@ -117,9 +117,10 @@ async fn sticky_sessions_follow_a_node_to_its_new_address() {
 }
 
 /// Sticky: n2 is added, then n1 removed. New sessions use n2 once added;
-/// once n1 is removed, the sessions held here for it relocate to n2 with
-/// the next prober round, without a request, and their clients get the new
-/// id with their next request. n1's memcached then dies: nothing is lost.
+/// once n1 is removed (and its memcached killed), each session held here
+/// for it relocates to n2 at its next request — with the id its client
+/// still has, however long after — and its backup on n2 lets another
+/// instance take it over. Nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_nodes_added_and_removed() {
     init_tracing();
@@ -141,28 +142,22 @@ async fn sticky_nodes_added_and_removed() {
         ["n2"],
         "a removed node is no longer listed"
     );
-    let randoms: Vec<String> = sessions
-        .iter()
-        .map(|(client, _)| id_random(client.cookie().unwrap()).to_owned())
-        .collect();
-    eventually(WAIT, "every session backed up on n2", || {
-        let keys = session_keys(&cluster.nodes[1]);
-        randoms.iter().all(|random| {
-            keys.iter()
-                .any(|k| k.len() > random.len() && id_random(k) == random.as_str())
-        })
-    })
-    .await;
-    assert!(app.stats().counters.relocations >= 4, "n1's sessions relocated");
-
     cluster.nodes[0].kill();
+    // Many prober rounds (100 ms each) pass: nothing depends on them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     for (client, count) in &mut sessions {
         let before = client.cookie().unwrap().to_owned();
         let reply = client.post("/incr").await.ok();
-        assert_eq!(reply.count(), *count + 1);
+        *count += 1;
+        assert_eq!(reply.count(), *count);
         let now = client.cookie().unwrap();
         assert_eq!(id_node(now), Some("n2"), "{before} -> {now}");
         assert_eq!(id_random(now), id_random(&before));
+    }
+    let other = sticky_app(&format!("n2:{b}"), "b").await;
+    for (client, count) in &mut sessions {
+        client.set_base(other.base_url());
+        assert_eq!(client.get("/session").await.ok().count(), *count, "taken over from n2");
     }
     for _ in 0..10 {
         let client = session_with(&app, 1).await;

@@ -162,18 +162,6 @@ impl Sticky {
         restored
     }
 
-    /// Hands every session held here for node `index` (removed from the
-    /// node list) to the unsynced set: the next prober round relocates
-    /// them to live nodes and backs them up.
-    pub(crate) fn relocate_off(&self, index: NodeIndex) {
-        for session in self.sessions.all() {
-            let id = session.id();
-            if self.store.nodes.node_of(&id) == Some(index) {
-                self.backups.unsynced.note(&self.stats, id.as_str());
-            }
-        }
-    }
-
     /// Orderly shutdown: closes the backup queue, waits for `dispatcher`
     /// to write what was queued, then writes every session still pending.
     pub(crate) async fn shut_down(&self, dispatcher: Option<JoinHandle<()>>) {
