@@ -340,8 +340,14 @@ async fn async_backup_answers_a_change_once_the_previous_one_is_stored() {
     let config = slow_async_config(&proxy, "a");
     let app_a = TestApp::start(config).await;
     let app_b = instance(&cluster, "b").await;
-    eventually(Duration::from_secs(5), "sentinel placed", || {
-        cluster.nodes[0].keys().iter().any(|k| k.starts_with("msm-probe:"))
+    // Both instances' probers have placed their sentinels.
+    eventually(Duration::from_secs(5), "sentinels placed", || {
+        cluster.nodes[0]
+            .keys()
+            .iter()
+            .filter(|k| k.starts_with("msm-probe:"))
+            .count()
+            == 2
     })
     .await;
     proxy.set_mode(ProxyMode::Delay {
@@ -409,13 +415,14 @@ async fn async_backup_stores_a_new_id_before_handing_it_out() {
     let app_a = TestApp::start(slow_async_config(&proxy, "a")).await;
     let app_b = TestApp::start(slow_async_config(&proxy, "b")).await;
     let reader = instance(&cluster, "r").await;
+    // Each instance's prober places its own sentinel (a, b and the reader).
     eventually(Duration::from_secs(5), "sentinels placed", || {
         cluster.nodes[0]
             .keys()
             .iter()
             .filter(|k| k.starts_with("msm-probe:"))
             .count()
-            == 2
+            == 3
     })
     .await;
     proxy.set_mode(ProxyMode::Delay {
