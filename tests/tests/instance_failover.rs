@@ -45,6 +45,25 @@ fn slow_async_config(proxy: &FaultProxy, route: &str) -> memcached_sessions::Con
         .unwrap()
 }
 
+/// Once the probers of `instances` instances have placed their sentinels
+/// on the single node, delays every chunk through `proxy` by 150 ms (a
+/// backup through it takes at least 300 ms).
+async fn slow_down_once_probed(cluster: &Cluster, proxy: &FaultProxy, instances: usize) {
+    eventually(Duration::from_secs(5), "sentinels placed", || {
+        cluster.nodes[0]
+            .keys()
+            .iter()
+            .filter(|k| k.starts_with("msm-probe:"))
+            .count()
+            == instances
+    })
+    .await;
+    proxy.set_mode(ProxyMode::Delay {
+        fixed: Duration::from_millis(150),
+        jitter: Duration::ZERO,
+    });
+}
+
 /// A client with a session on `app` holding `count` increments and data "x".
 async fn session_on(app: &TestApp, count: u64) -> SessionClient {
     let mut client = SessionClient::new(app.base_url());
@@ -340,20 +359,7 @@ async fn async_backup_answers_a_change_once_the_previous_one_is_stored() {
     let config = slow_async_config(&proxy, "a");
     let app_a = TestApp::start(config).await;
     let app_b = instance(&cluster, "b").await;
-    // Both instances' probers have placed their sentinels.
-    eventually(Duration::from_secs(5), "sentinels placed", || {
-        cluster.nodes[0]
-            .keys()
-            .iter()
-            .filter(|k| k.starts_with("msm-probe:"))
-            .count()
-            == 2
-    })
-    .await;
-    proxy.set_mode(ProxyMode::Delay {
-        fixed: Duration::from_millis(150),
-        jitter: Duration::ZERO,
-    });
+    slow_down_once_probed(&cluster, &proxy, 2).await;
 
     let mut client = SessionClient::new(app_a.base_url());
     let started = Instant::now();
@@ -415,20 +421,7 @@ async fn async_backup_stores_a_new_id_before_handing_it_out() {
     let app_a = TestApp::start(slow_async_config(&proxy, "a")).await;
     let app_b = TestApp::start(slow_async_config(&proxy, "b")).await;
     let reader = instance(&cluster, "r").await;
-    // Each instance's prober places its own sentinel (a, b and the reader).
-    eventually(Duration::from_secs(5), "sentinels placed", || {
-        cluster.nodes[0]
-            .keys()
-            .iter()
-            .filter(|k| k.starts_with("msm-probe:"))
-            .count()
-            == 3
-    })
-    .await;
-    proxy.set_mode(ProxyMode::Delay {
-        fixed: Duration::from_millis(150),
-        jitter: Duration::ZERO,
-    });
+    slow_down_once_probed(&cluster, &proxy, 3).await;
 
     // cycle_id on a: the answer carries the new id.
     let mut client = SessionClient::new(app_a.base_url());
