@@ -39,10 +39,16 @@ fn browser() -> Browser {
     Browser::new(options).expect("chromium starts")
 }
 
-/// The text of the element `selector`.
+/// The text of the element `selector` ("" when there is none), read in
+/// the page in one step: the page re-renders its node table every second,
+/// so an element handle could go stale between finding and reading it.
 fn text_of(tab: &Tab, selector: &str) -> String {
-    tab.find_element(selector)
-        .and_then(|element| element.get_inner_text())
+    let selector = serde_json::to_string(selector).expect("a string serializes");
+    let expression = format!("(document.querySelector({selector}) || {{}}).textContent || ''");
+    tab.evaluate(&expression, false)
+        .ok()
+        .and_then(|result| result.value)
+        .and_then(|value| value.as_str().map(str::to_owned))
         .unwrap_or_default()
 }
 
@@ -140,7 +146,12 @@ fn failover_in_the_browser(sticky: bool) {
         "killed node shown down",
         |t| t == "down",
     );
-    assert_eq!(node_state(&tab, other), "up");
+    wait_for_text(
+        &tab,
+        &format!("#nodes tr[data-node='{other}'] td.state"),
+        "other node still up",
+        |t| t == "up",
+    );
 
     // The next click relocates the session; nothing is lost.
     click(&tab, "#increment");
