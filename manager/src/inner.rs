@@ -141,15 +141,15 @@ impl ManagerInner {
     ) -> Result<(), ConfigError> {
         let changes = self.store.nodes.apply(specs, connect)?;
         let nodes = &self.store.nodes;
-        for &index in &changes.added {
-            tracing::info!(node = %nodes.get(index).label(), address = %nodes.get(index).spec.address(), "memcached node added");
+        for node in changes.added.iter().map(|&index| nodes.get(index)) {
+            tracing::info!(node = %node.label(), address = %node.spec.address(), "memcached node added");
         }
-        for &index in &changes.moved {
-            tracing::info!(node = %nodes.get(index).label(), address = %nodes.get(index).spec.address(), "memcached node moved (or back); its sessions are written again");
+        for node in changes.moved.iter().map(|&index| nodes.get(index)) {
+            tracing::info!(node = %node.label(), address = %node.spec.address(), "memcached node moved (or back); its sessions are written again");
         }
-        for &index in &changes.retired {
-            telemetry::node_up(&nodes.get(index).label(), false);
-            tracing::warn!(node = %nodes.get(index).label(), "memcached node removed; its sessions relocate");
+        for node in changes.retired.iter().map(|&index| nodes.get(index)) {
+            telemetry::node_up(&node.label(), false);
+            tracing::warn!(node = %node.label(), "memcached node removed; its sessions relocate");
         }
         if let Some(sticky) = self.sticky() {
             for &index in &changes.moved {

@@ -302,8 +302,8 @@ async fn back_up_sticky(
     };
     let need = {
         let mut inner = session.inner.lock();
-        let nodes = &sticky.store.nodes;
-        let need = inner.backup_need(nodes.node_of(inner.id()).map(|i| nodes.get(i).epoch()));
+        let epoch = sticky.store.nodes.node_for(inner.id()).map(|node| node.epoch());
+        let need = inner.backup_need(epoch);
         if need != BackupNeed::Write {
             // Stored as it is (or no node to store it on): answered as is.
             inner.acknowledge();

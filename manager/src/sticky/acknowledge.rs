@@ -41,8 +41,7 @@ impl Backups {
     /// Whether `session` may be answered now; if so, it is acknowledged.
     fn may_answer(&self, session: &SessionState, changed: bool) -> bool {
         let mut inner = session.inner.lock();
-        let nodes = &self.store.nodes;
-        let node = nodes.node_of(inner.id()).map(|i| nodes.get(i));
+        let node = self.store.nodes.node_for(inner.id());
         let node_up = node.as_ref().is_some_and(|n| n.is_available());
         let epoch = node.as_ref().map(|n| n.epoch());
         let may = inner.can_answer_now(changed, epoch) || inner.is_ended() || !node_up;

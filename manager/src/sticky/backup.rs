@@ -350,11 +350,7 @@ enum Plan {
 fn plan(backups: &Backups, session: &SessionState) -> Plan {
     let now = Instant::now();
     let inner = session.inner.lock();
-    let node = backups
-        .store
-        .nodes
-        .node_of(inner.id())
-        .map(|i| backups.store.nodes.get(i));
+    let node = backups.store.nodes.node_for(inner.id());
     let need = inner.backup_need(node.as_ref().map(|n| n.epoch()));
     let node_up = node.as_ref().is_some_and(|n| n.is_available());
     match need {
@@ -555,7 +551,7 @@ async fn delete_keys(backups: &Backups, session: &SessionState, invalidated: boo
     };
     let mut failed = Vec::new();
     for id in ids {
-        let Some(node) = backups.store.nodes.node_of(&id).map(|i| backups.store.nodes.get(i)) else {
+        let Some(node) = backups.store.nodes.node_for(&id) else {
             continue;
         };
         if node.is_retired() {

@@ -45,10 +45,11 @@ pub(crate) fn retry_unsynced(sticky: &Sticky) {
         };
         relocate_if_needed(sticky, &session);
         let current = session.id();
-        let nodes = &sticky.store.nodes;
-        let available = nodes
-            .node_of(&current)
-            .is_some_and(|index| nodes.get(index).is_available());
+        let available = sticky
+            .store
+            .nodes
+            .node_for(&current)
+            .is_some_and(|node| node.is_available());
         if available {
             sticky.schedule_backup(&session);
         } else {

@@ -188,6 +188,13 @@ impl Nodes {
         self.node_in(&self.snapshot(), id)
     }
 
+    /// The node that stores the session with this id, if any (one snapshot
+    /// of the list).
+    pub(crate) fn node_for(&self, id: &SessionId) -> Option<Arc<Node>> {
+        let snapshot = self.snapshot();
+        self.node_in(&snapshot, id).map(|index| Arc::clone(&snapshot[index]))
+    }
+
     /// [`node_of`](Self::node_of) within one snapshot of the list.
     fn node_in(&self, slots: &[Arc<Node>], id: &SessionId) -> Option<NodeIndex> {
         if self.anonymous {
