@@ -121,6 +121,22 @@ pub enum Error {
         /// `maxSessionSize`.
         limit: usize,
     },
+    /// [`ReplicatedStore`](crate::replicated::ReplicatedStore): a document
+    /// id that cannot be stored (see the module docs for valid ids).
+    #[error("a document id must be 1 to 128 printable ASCII characters without spaces (this one has {len} bytes)")]
+    InvalidDocumentId {
+        /// The id's length in bytes.
+        len: usize,
+    },
+    /// [`ReplicatedStore`](crate::replicated::ReplicatedStore): a document
+    /// body larger than `maxSessionSize`; nothing was stored.
+    #[error("a document of {size} bytes is over the {limit}-byte limit (maxSessionSize)")]
+    DocumentTooLarge {
+        /// The body's size.
+        size: usize,
+        /// `maxSessionSize`.
+        limit: usize,
+    },
     /// The session is held by another instance that is taking it over right
     /// now; the request can be retried. Mapped to `503 Service Unavailable`.
     #[error("the session is being taken over by another instance; retry the request")]
@@ -203,6 +219,8 @@ impl Error {
             Self::Encode { .. }
                 | Self::Decode { .. }
                 | Self::SessionTooLarge { .. }
+                | Self::InvalidDocumentId { .. }
+                | Self::DocumentTooLarge { .. }
                 | Self::MissingLayer
                 | Self::RequestFinished
                 | Self::PerSessionIntervalNeedsStickyMode

@@ -214,6 +214,7 @@ mod id_gates;
 mod inner;
 mod manager;
 mod non_sticky;
+pub mod replicated;
 mod request;
 mod session;
 mod stats;

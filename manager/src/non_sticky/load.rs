@@ -114,7 +114,8 @@ fn interpret(non_sticky: &NonSticky, key: &str, read: Option<Versioned>, node: N
             Some(to) => Found::Moved(to),
             None => Found::Nothing,
         },
-        None => Found::Nothing,
+        // Non-sticky decoding never yields documents.
+        Some(Stored::Document(_)) | None => Found::Nothing,
     }
 }
 

@@ -12,9 +12,11 @@
 //! memcached TTL is its inactivity clock (format 2: no separate validity
 //! record); `Moved` a non-sticky forward record left where a relocated
 //! session's copy was; `Gone` a tombstone left by a logout, an expiry or a
-//! cycled id (both modes). Each mode accepts only its own variants, so records
-//! of the other mode, or of the earlier non-sticky format (`V1` with
-//! validity records), are never misread: they are "no session".
+//! cycled id (both modes); `Document` a copy of a document of the
+//! replicated store ([`crate::replicated`]). Each reader accepts only its
+//! own variants, so records of another mode or store, or of the earlier
+//! non-sticky format (`V1` with validity records), are never misread: they
+//! are "no session".
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 const MAGIC: [u8; 2] = [0xA5, 0x53];
 
 pub(crate) use crate::session::record::{RecordRef, SessionRecord};
+pub(crate) use crate::store::document::{DocumentCopy, DocumentCopyRef};
 
 #[derive(Serialize)]
 enum EnvelopeRef<'a> {
@@ -29,6 +32,7 @@ enum EnvelopeRef<'a> {
     V2(RecordRef<'a>),
     Moved(&'a str),
     Gone,
+    Document(DocumentCopyRef<'a>),
 }
 
 /// Stored format versions; add variants, never change or remove one.
@@ -38,6 +42,7 @@ enum Envelope {
     V2(SessionRecord),
     Moved(String),
     Gone,
+    Document(DocumentCopy),
 }
 
 /// Which mode's records a blob must hold.
@@ -47,6 +52,8 @@ pub(crate) enum Format {
     Sticky,
     /// Non-sticky sessions and forward records (`V2`, `Moved`).
     NonSticky,
+    /// Copies of the replicated store (`Document`).
+    Document,
 }
 
 /// What a blob holds.
@@ -58,6 +65,8 @@ pub(crate) enum Stored {
     Moved(String),
     /// A non-sticky session logged out: its backup must not revive it.
     Gone,
+    /// A copy of a replicated-store document (deletion marks included).
+    Document(DocumentCopy),
 }
 
 /// Why stored bytes were not accepted as a session.
@@ -73,12 +82,18 @@ pub(crate) enum DecodeError {
     OtherFormat,
 }
 
-/// Encodes a record into the stored form of `format`.
-pub(crate) fn encode(record: RecordRef<'_>, format: Format) -> Vec<u8> {
-    match format {
+/// Encodes a session record into the stored form of a session `mode`.
+pub(crate) fn encode(record: RecordRef<'_>, mode: Format) -> Vec<u8> {
+    match mode {
         Format::Sticky => encode_envelope(&EnvelopeRef::V1(record)),
         Format::NonSticky => encode_envelope(&EnvelopeRef::V2(record)),
+        Format::Document => unreachable!("documents are encoded with encode_document"),
     }
+}
+
+/// Encodes a copy of a replicated-store document.
+pub(crate) fn encode_document(copy: DocumentCopyRef<'_>) -> Vec<u8> {
+    encode_envelope(&EnvelopeRef::Document(copy))
 }
 
 /// Encodes a non-sticky forward record: the session now lives under `to`.
@@ -111,7 +126,8 @@ pub(crate) fn decode(bytes: &[u8], format: Format) -> Result<Stored, DecodeError
         }
         (Envelope::Moved(to), Format::NonSticky) => Ok(Stored::Moved(to)),
         // Both modes leave tombstones (logout, expiry, a cycled id).
-        (Envelope::Gone, _) => Ok(Stored::Gone),
+        (Envelope::Gone, Format::Sticky | Format::NonSticky) => Ok(Stored::Gone),
+        (Envelope::Document(copy), Format::Document) => Ok(Stored::Document(copy)),
         _ => Err(DecodeError::OtherFormat),
     }
 }
@@ -173,6 +189,46 @@ mod tests {
             Err(DecodeError::OtherFormat)
         ));
         assert_eq!(decode(&encode_gone(), Format::Sticky).unwrap(), Stored::Gone);
+        let document = encode_document(DocumentCopyRef {
+            version: 1,
+            expires_at_ms: 2,
+            body: Some(b"{}"),
+        });
+        for format in [Format::Sticky, Format::NonSticky] {
+            assert!(matches!(decode(&document, format), Err(DecodeError::OtherFormat)));
+        }
+        for session in [sticky, non_sticky, encode_gone(), encode_moved("x")] {
+            assert!(matches!(
+                decode(&session, Format::Document),
+                Err(DecodeError::OtherFormat)
+            ));
+        }
+    }
+
+    #[test]
+    fn document_copies_roundtrip_bodies_and_deletion_marks() {
+        for body in [
+            Some(&b""[..]),
+            Some(&b"{\"count\":1}"[..]),
+            Some(&[0u8, 255, 7][..]),
+            None,
+        ] {
+            let written = DocumentCopyRef {
+                version: 1_700_000_000_000_123,
+                expires_at_ms: u64::MAX,
+                body,
+            };
+            let read = DocumentCopy {
+                version: written.version,
+                expires_at_ms: written.expires_at_ms,
+                body: body.map(<[u8]>::to_vec),
+            };
+            assert_eq!(
+                decode(&encode_document(written), Format::Document).unwrap(),
+                Stored::Document(read.clone())
+            );
+            assert_eq!(encode_document(read.as_ref()), encode_document(written));
+        }
     }
 
     #[test]
@@ -205,7 +261,7 @@ mod tests {
         fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let mut with_magic = MAGIC.to_vec();
             with_magic.extend_from_slice(&bytes);
-            for format in [Format::Sticky, Format::NonSticky] {
+            for format in [Format::Sticky, Format::NonSticky, Format::Document] {
                 let _ = decode(&bytes, format);
                 let _ = decode(&with_magic, format);
             }

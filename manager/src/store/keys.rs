@@ -10,6 +10,7 @@
 //! | `lock:P H(random part of I)` | the session's lock (does not move with relocation) | non-sticky |
 //! | `takeover:P H(I)` | the claim of the instance taking a session over | sticky |
 //! | `Pmsm-probe:<instance>` | this instance's sentinel (detects a node restarted empty) | both |
+//! | `doc:P H(D)` | a copy of the replicated-store document `D` ([`crate::replicated`]) | — |
 //!
 //! `H(I)` keeps the node and route suffix of `I` in clear text (only the
 //! random part is hashed), so keys still say where a session lives.
@@ -54,6 +55,17 @@ impl Keys {
     /// The key an instance claims before taking over a foreign session.
     pub(crate) fn takeover(&self, id: &SessionId) -> String {
         self.key("takeover:", &self.storage_id(id))
+    }
+
+    /// The key of a replicated-store document's copies (the same key on
+    /// every node holding one). `id` must be a valid document id (see
+    /// [`crate::replicated`]).
+    pub(crate) fn document(&self, id: &str) -> String {
+        let stored = match &self.hasher {
+            None => Cow::Borrowed(id),
+            Some(hasher) => Cow::Owned(hasher.hash(id)),
+        };
+        self.key("doc:", &stored)
     }
 
     /// The sentinel key of the manager instance named `instance`.
@@ -107,6 +119,7 @@ mod tests {
         assert_eq!(keys.takeover(&id), format!("takeover:shop:{text}"));
         assert_eq!(keys.lock(&id), format!("lock:shop:{}", id.random_part()));
         assert_eq!(keys.sentinel("abc"), "shop:msm-probe:abc");
+        assert_eq!(keys.document("AbC-_9"), "doc:shop:AbC-_9");
     }
 
     #[test]
@@ -118,6 +131,7 @@ mod tests {
             assert!(!key.contains(id.random_part()), "{key}");
         }
         assert!(keys.session(&id).ends_with("-n1.app1"));
+        assert!(!keys.document(id.as_str()).contains(id.random_part()));
         assert_eq!(keys.session(&id), keys.session(&id), "stable");
         let other = SessionId::generate(Some(&NodeId::parse("n1").unwrap()), Some("app1"));
         assert_ne!(keys.session(&id), keys.session(&other));

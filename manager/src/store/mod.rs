@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub(crate) mod codec;
+pub(crate) mod document;
 pub(crate) mod envelope;
 pub(crate) mod keys;
 pub(crate) mod node;
@@ -57,8 +58,8 @@ impl Store {
     pub(crate) fn read_record(&self, key: &str, bytes: &[u8], node: NodeIndex) -> Option<SessionRecord> {
         match self.read_stored(key, bytes, node, Format::Sticky)? {
             Stored::Session(record) => Some(record),
-            // Sticky decoding never yields non-sticky markers.
-            Stored::Moved(_) | Stored::Gone => None,
+            // Sticky decoding never yields non-sticky markers or documents.
+            Stored::Moved(_) | Stored::Gone | Stored::Document(_) => None,
         }
     }
 
