@@ -1123,7 +1123,33 @@ impl Cluster {
 ///
 /// If the build fails or the binary does not exist afterwards.
 pub fn demo_app_binary() -> PathBuf {
-    if let Some(path) = binary_from_env("DEMO_APP_BIN") {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    built_binary("DEMO_APP_BIN", &BUILT, &["-p", "demo-app"], Path::new("demo-app"))
+}
+
+/// Locates the tower-sessions example app (`tower-sessions-memcached`'s
+/// `counter` example, the demo's `/counter` contract on tower-sessions with
+/// the replicated store), building it first — like [`demo_app_binary`],
+/// with `COUNTER_EXAMPLE_BIN` and `target/<profile>/examples/counter`.
+///
+/// # Panics
+///
+/// If the build fails or the binary does not exist afterwards.
+pub fn counter_example_binary() -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    built_binary(
+        "COUNTER_EXAMPLE_BIN",
+        &BUILT,
+        &["-p", "tower-sessions-memcached", "--example", "counter"],
+        Path::new("examples/counter"),
+    )
+}
+
+/// The binary at `relative` in the profile directory of the running test,
+/// built with `cargo build <target>` once per process (`built` remembers
+/// the outcome) — or the path in the environment variable `env`, unbuilt.
+fn built_binary(env: &str, built: &OnceLock<Result<(), String>>, target: &[&str], relative: &Path) -> PathBuf {
+    if let Some(path) = binary_from_env(env) {
         return path;
     }
     let exe = std::env::current_exe().expect("cannot determine the current test executable");
@@ -1134,31 +1160,31 @@ pub fn demo_app_binary() -> PathBuf {
     if dir.file_name().is_some_and(|name| name == "deps") {
         dir.pop();
     }
-    let path = dir.join(format!("demo-app{}", std::env::consts::EXE_SUFFIX));
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    if let Err(error) = BUILT.get_or_init(|| build_demo_app(&dir)) {
+    let mut path = dir.join(relative);
+    path.as_mut_os_string().push(std::env::consts::EXE_SUFFIX);
+    if let Err(error) = built.get_or_init(|| build_target(&dir, target)) {
         panic!("{error}");
     }
     assert!(
         path.is_file(),
-        "demo-app binary not found at {} after building it: build it with `cargo build -p demo-app` \
-         (same profile as the tests) or set DEMO_APP_BIN",
-        path.display()
+        "{} not found after building it: build it with `cargo build {}` (same profile as the tests) or set {env}",
+        path.display(),
+        target.join(" ")
     );
     path
 }
 
-/// Runs `cargo build -p demo-app` into `profile_dir` (`<target>/<profile>`).
-fn build_demo_app(profile_dir: &Path) -> Result<(), String> {
-    match cargo_build_demo_app(profile_dir) {
+/// Runs `cargo build <target>` into `profile_dir` (`<target>/<profile>`).
+fn build_target(profile_dir: &Path, target: &[&str]) -> Result<(), String> {
+    let what = format!("`cargo build {}`", target.join(" "));
+    match cargo_build(profile_dir, target) {
         Ok(Some(status)) if status.success() => Ok(()),
         Ok(Some(status)) => Err(format!(
-            "`cargo build -p demo-app` into {} failed ({status}); see its output above, \
-             or set DEMO_APP_BIN to a prebuilt binary",
+            "{what} into {} failed ({status}); see its output above, or set the binary's environment variable",
             profile_dir.display()
         )),
         Ok(None) => Err(format!("cannot tell the cargo profile of {}", profile_dir.display())),
-        Err(err) => Err(format!("cannot run `cargo build -p demo-app`: {err}")),
+        Err(err) => Err(format!("cannot run {what}: {err}")),
     }
 }
 
@@ -1173,6 +1199,11 @@ fn build_demo_app(profile_dir: &Path) -> Result<(), String> {
 ///
 /// When cargo cannot be started (`$CARGO`, else `cargo` on `PATH`).
 pub fn cargo_build_demo_app(profile_dir: &Path) -> io::Result<Option<ExitStatus>> {
+    cargo_build(profile_dir, &["-p", "demo-app"])
+}
+
+/// [`cargo_build_demo_app`] for any build target (`-p <package> …`).
+fn cargo_build(profile_dir: &Path, target: &[&str]) -> io::Result<Option<ExitStatus>> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let (Some(profile), Some(target_dir)) = (
         profile_dir.file_name().and_then(|name| name.to_str()),
@@ -1187,7 +1218,9 @@ pub fn cargo_build_demo_app(profile_dir: &Path) -> io::Result<Option<ExitStatus>
     let profile = if profile == "debug" { "dev" } else { profile };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     Command::new(&cargo)
-        .args(["build", "--quiet", "-p", "demo-app", "--profile", profile])
+        .args(["build", "--quiet"])
+        .args(target)
+        .args(["--profile", profile])
         .arg("--manifest-path")
         .arg(&manifest)
         .arg("--target-dir")

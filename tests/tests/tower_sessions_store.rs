@@ -1,0 +1,541 @@
+//! `tower-sessions-memcached` against real memcached: the store's contract
+//! (every JSON value kind round-trips, create never overwrites, expiry,
+//! deletion marks, garbage) in process, and its example app — two
+//! instances behind round-robin — through a node killed, frozen and
+//! restarted empty under load, with identifiable writes: every user's
+//! counter must go up by exactly one per answered request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use integration_tests::{Cluster, DemoApp, counter_example_binary, http_client_without_cookies};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tower_sessions::SessionStore;
+use tower_sessions::session::{Id, Record};
+use tower_sessions_memcached::{Config, MemcachedStore};
+
+/// The example app's session cookie.
+const COOKIE: &str = "id";
+
+async fn store(
+    cluster: &Cluster,
+    configure: impl FnOnce(tower_sessions_memcached::ConfigBuilder) -> tower_sessions_memcached::ConfigBuilder,
+) -> MemcachedStore {
+    let builder = Config::builder()
+        .memcached_nodes(cluster.spec())
+        .operation_timeout(Duration::from_millis(300))
+        .node_probe_interval(Duration::from_millis(100));
+    MemcachedStore::start(configure(builder).build().unwrap())
+        .await
+        .unwrap()
+}
+
+fn record(data: Value, lifetime: time::Duration) -> Record {
+    let now = OffsetDateTime::now_utc();
+    // Stored to the millisecond.
+    let expiry_date = now.replace_millisecond(now.millisecond()).unwrap() + lifetime;
+    let Value::Object(map) = data else {
+        panic!("data must be an object")
+    };
+    Record {
+        id: Id::default(),
+        data: map.into_iter().collect(),
+        expiry_date,
+    }
+}
+
+/// Every kind of JSON value, at its edges.
+fn every_json_value_kind() -> Value {
+    json!({
+        "null": null,
+        "true": true,
+        "false": false,
+        "zero": 0,
+        "negative": -1,
+        "i64_min": i64::MIN,
+        "u64_max": u64::MAX,
+        "float": 1.5,
+        "tiny": -2.25e-300,
+        "huge": 1e300,
+        "precise": 0.1 + 0.2,
+        "empty": "",
+        "unicode": "ünïcødé ✓ 𝄞 \u{0} \u{7f}",
+        "escapes": "\"quoted\" \\ / \n\t\r",
+        "array": [1, "a", [null, {}], [], true],
+        "object": {"nested": {"deeper": [{"x": -0.5}]}, "": "empty key"},
+        "empty_array": [],
+        "empty_object": {},
+        "clé ✓": "unicode key",
+    })
+}
+
+#[tokio::test]
+async fn every_json_value_kind_round_trips_sealed_or_not() {
+    let cluster = Cluster::start(3);
+    let plain = store(&cluster, |b| b).await;
+    let sealed = store(&cluster, |b| {
+        b.session_encryption_keys("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+            .storage_key_prefix("sealed:")
+    })
+    .await;
+    for store in [plain, sealed] {
+        let mut written = record(every_json_value_kind(), time::Duration::hours(1));
+        store.create(&mut written).await.unwrap();
+        let read = store.load(&written.id).await.unwrap().expect("the record was stored");
+        assert_eq!(read, written);
+        assert_eq!(Value::Object(read.data.into_iter().collect()), every_json_value_kind());
+        let key = store.replicated().storage_key(&written.id.to_string()).unwrap();
+        assert_eq!(cluster.locate(&key).len(), 2, "two copies of {key}");
+    }
+}
+
+#[tokio::test]
+async fn create_never_overwrites_an_existing_id() {
+    let cluster = Cluster::start(3);
+    let store = store(&cluster, |b| b).await;
+    let mut first = record(json!({"owner": "first"}), time::Duration::hours(1));
+    store.create(&mut first).await.unwrap();
+    let mut second = record(json!({"owner": "second"}), time::Duration::hours(1));
+    second.id = first.id;
+    store.create(&mut second).await.unwrap();
+    assert_ne!(second.id, first.id, "the colliding create got a new id");
+    assert_eq!(store.load(&first.id).await.unwrap().unwrap().data["owner"], "first");
+    assert_eq!(store.load(&second.id).await.unwrap().unwrap().data["owner"], "second");
+    assert_eq!(store.statistics().ids_taken, 1);
+}
+
+#[tokio::test]
+async fn expiry_follows_the_record_and_dates_past_thirty_days_are_absolute() {
+    let cluster = Cluster::start(2);
+    let store = store(&cluster, |b| b).await;
+    let mut short = record(json!({"k": 1}), time::Duration::seconds(2));
+    store.create(&mut short).await.unwrap();
+    let mut long = record(json!({"k": 2}), time::Duration::days(45));
+    store.create(&mut long).await.unwrap();
+    assert!(store.load(&short.id).await.unwrap().is_some());
+    let key = store.replicated().storage_key(&long.id.to_string()).unwrap();
+    let holder = cluster.locate(&key).first().cloned().expect("stored");
+    let ttl = cluster.node(&holder).meta(&format!("mg {key} t"), None);
+    let seconds: i64 = ttl
+        .header
+        .split(' ')
+        .find_map(|t| t.strip_prefix('t'))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (44 * 86_400..=45 * 86_400).contains(&seconds),
+        "memcached keeps it 45 days: {}",
+        ttl.header
+    );
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(store.load(&short.id).await.unwrap(), None, "expired");
+    assert!(store.load(&long.id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_deleted_session_stays_deleted_when_a_frozen_replica_returns() {
+    let cluster = Cluster::start(3);
+    let store = store(&cluster, |b| b).await;
+    let mut session = record(json!({"user": "ann"}), time::Duration::hours(1));
+    store.create(&mut session).await.unwrap();
+    let id = session.id.to_string();
+    let key = store.replicated().storage_key(&id).unwrap();
+    let frozen = store.replicated().replicas_of(&id)[0].clone();
+    cluster.node(&frozen).freeze();
+    store.delete(&session.id).await.unwrap();
+    assert_eq!(store.load(&session.id).await.unwrap(), None);
+    cluster.node(&frozen).thaw();
+    assert!(
+        cluster.node(&frozen).get_raw(&key).is_some(),
+        "the frozen node kept its old copy"
+    );
+    wait_until_all_available(&store, 3).await;
+    assert_eq!(
+        store.load(&session.id).await.unwrap(),
+        None,
+        "the deletion mark wins over the old copy"
+    );
+}
+
+#[tokio::test]
+async fn garbage_in_memcached_is_no_session_never_an_error() {
+    let cluster = Cluster::start(2);
+    let store = store(&cluster, |b| b).await;
+    let mut session = record(json!({"k": 1}), time::Duration::hours(1));
+    store.create(&mut session).await.unwrap();
+    let key = store.replicated().storage_key(&session.id.to_string()).unwrap();
+    for garbage in [&b"junk"[..], b"\xa5\x53\x04\xff\xff\xff", b""] {
+        for node in &cluster.nodes {
+            node.set_raw(&key, garbage, 60);
+        }
+        assert_eq!(store.load(&session.id).await.unwrap(), None);
+    }
+    assert!(store.statistics().decode_failures >= 4);
+}
+
+async fn wait_until_all_available(store: &MemcachedStore, count: usize) {
+    for _ in 0..100 {
+        if store.nodes().iter().filter(|n| n.available).count() == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the nodes never all came back: {:?}", store.nodes());
+}
+
+// ---------------------------------------------------------------------------
+// The example app, two instances behind round-robin
+// ---------------------------------------------------------------------------
+
+/// Two instances of the example app on `cluster`.
+fn two_instances(cluster: &Cluster) -> Vec<DemoApp> {
+    let binary = counter_example_binary();
+    let spec = cluster.spec();
+    let args = [
+        "--memcached-nodes",
+        spec.as_str(),
+        "--set",
+        "operationTimeout=300",
+        "--set",
+        "nodeProbeInterval=100",
+    ];
+    (0..2).map(|_| DemoApp::start_binary(&binary, &args, &[])).collect()
+}
+
+/// What the users saw.
+#[derive(Default)]
+struct Tally {
+    requests: AtomicU64,
+    /// Non-200 answers and transport errors.
+    failed: AtomicU64,
+    /// Answers whose count was not the user's previous count + 1.
+    lost: AtomicU64,
+    /// Answered requests after the fault landed.
+    after_fault: AtomicU64,
+    /// The first problems seen, for the failure message.
+    problems: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn problem(&self, problem: String) {
+        let mut problems = self.problems.lock().unwrap();
+        if problems.len() < 20 {
+            problems.push(problem);
+        }
+    }
+}
+
+/// One user: a cookie and the count the app last answered.
+struct User {
+    cookie: Option<String>,
+    count: u64,
+}
+
+/// `POST /counter` as `user` on the next instance (round-robin over all
+/// requests), checking the answer is exactly one more than before.
+async fn increment(
+    client: &reqwest::Client,
+    bases: &[String],
+    next: &AtomicUsize,
+    user: &mut User,
+    tally: &Tally,
+    faulted: bool,
+) {
+    let base = &bases[next.fetch_add(1, Ordering::Relaxed) % bases.len()];
+    let mut request = client.post(format!("{base}/counter"));
+    if let Some(cookie) = &user.cookie {
+        request = request.header("cookie", format!("{COOKIE}={cookie}"));
+    }
+    tally.requests.fetch_add(1, Ordering::Relaxed);
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => {
+            tally.failed.fetch_add(1, Ordering::Relaxed);
+            tally.problem(format!("{base}: {error}"));
+            return;
+        }
+    };
+    let status = response.status();
+    if let Some(set) = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{COOKIE}=")))
+    {
+        user.cookie = Some(set.split(';').next().unwrap_or_default().to_owned());
+    }
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status != 200 {
+        tally.failed.fetch_add(1, Ordering::Relaxed);
+        tally.problem(format!("{base}: {status} {body}"));
+        return;
+    }
+    let count = body["count"].as_u64().unwrap_or(0);
+    if count != user.count + 1 {
+        tally.lost.fetch_add(1, Ordering::Relaxed);
+        tally.problem(format!(
+            "{base}: count {count} after {} (cookie {:?})",
+            user.count, user.cookie
+        ));
+    }
+    user.count = count;
+    if faulted {
+        tally.after_fault.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs `users` users incrementing their counters round-robin over
+/// `apps` until `stop`; `fault` flags when the fault has landed.
+struct Load {
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+    fault: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<User>>,
+}
+
+impl Load {
+    fn start(apps: &[DemoApp], users: usize) -> Load {
+        let bases: Arc<Vec<String>> = Arc::new(apps.iter().map(DemoApp::base_url).collect());
+        let next = Arc::new(AtomicUsize::new(0));
+        let tally = Arc::new(Tally::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let fault = Arc::new(AtomicBool::new(false));
+        let client = http_client_without_cookies();
+        let tasks = (0..users)
+            .map(|_| {
+                let (bases, next, tally, stop, fault, client) = (
+                    Arc::clone(&bases),
+                    Arc::clone(&next),
+                    Arc::clone(&tally),
+                    Arc::clone(&stop),
+                    Arc::clone(&fault),
+                    client.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut user = User { cookie: None, count: 0 };
+                    while !stop.load(Ordering::Relaxed) {
+                        let faulted = fault.load(Ordering::Relaxed);
+                        increment(&client, &bases, &next, &mut user, &tally, faulted).await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    user
+                })
+            })
+            .collect();
+        Load {
+            tally,
+            stop,
+            fault,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (Vec<User>, Arc<Tally>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut users = Vec::new();
+        for task in self.tasks {
+            users.push(task.await.unwrap());
+        }
+        (users, self.tally)
+    }
+}
+
+/// `GET /store` of an app: `{"nodes": [...], "statistics": {...}}`.
+async fn store_status(client: &reqwest::Client, app: &DemoApp) -> Value {
+    client
+        .get(app.url("/store"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_all_available(client: &reqwest::Client, apps: &[DemoApp], count: usize) {
+    for _ in 0..100 {
+        let mut all = true;
+        for app in apps {
+            let status = store_status(client, app).await;
+            let available = status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["available"] == true)
+                .count();
+            all &= available == count;
+        }
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the instances never saw all {count} nodes available");
+}
+
+async fn statistic(client: &reqwest::Client, apps: &[DemoApp], name: &str) -> u64 {
+    let mut total = 0;
+    for app in apps {
+        total += store_status(client, app).await["statistics"][name].as_u64().unwrap();
+    }
+    total
+}
+
+/// Each user's final count, read back on every instance, is the count of
+/// its answered increments; nothing failed, nothing was lost.
+async fn assert_nothing_lost(client: &reqwest::Client, apps: &[DemoApp], users: &[User], tally: &Tally) {
+    let problems = tally.problems.lock().unwrap().clone();
+    assert_eq!(
+        tally.failed.load(Ordering::Relaxed),
+        0,
+        "failed requests: {problems:#?}"
+    );
+    assert_eq!(
+        tally.lost.load(Ordering::Relaxed),
+        0,
+        "lost or repeated updates: {problems:#?}"
+    );
+    for user in users {
+        let cookie = user.cookie.as_ref().expect("every user got a session");
+        for app in apps {
+            let body: Value = client
+                .get(app.url("/counter"))
+                .header("cookie", format!("{COOKIE}={cookie}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                body["count"].as_u64(),
+                Some(user.count),
+                "{cookie} on {}",
+                app.base_url()
+            );
+        }
+    }
+}
+
+/// The memcached key of a user's session (the default storage key prefix).
+fn key_of(user: &User) -> String {
+    format!("doc:{}", user.cookie.as_ref().unwrap())
+}
+
+/// How many of `users`' sessions have a copy on `node`.
+fn sessions_on(cluster: &Cluster, node: &str, users: &[User]) -> usize {
+    let keys: HashMap<String, ()> = cluster.node(node).keys().into_iter().map(|k| (k, ())).collect();
+    users
+        .iter()
+        .filter(|u| u.cookie.is_some() && keys.contains_key(&key_of(u)))
+        .count()
+}
+
+const USERS: usize = 16;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_app_survives_a_node_kill_under_load() {
+    let mut cluster = Cluster::start(3);
+    let apps = two_instances(&cluster);
+    let client = http_client_without_cookies();
+    let load = Load::start(&apps, USERS);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let victim = "n2";
+    let victim_keys = cluster
+        .node(victim)
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("doc:"))
+        .count();
+    assert!(
+        victim_keys >= USERS / 3,
+        "the fault must land: {victim} holds only {victim_keys} sessions"
+    );
+    cluster.node_mut(victim).kill();
+    load.fault.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (users, tally) = load.finish().await;
+    assert!(
+        tally.after_fault.load(Ordering::Relaxed) >= (USERS * 20) as u64,
+        "the load went on after the kill"
+    );
+    assert_nothing_lost(&client, &apps, &users, &tally).await;
+    // Every session is back to two copies, on the live nodes.
+    for user in &users {
+        assert_eq!(cluster.locate(&key_of(user)), ["n1", "n3"], "{}", key_of(user));
+    }
+    assert!(statistic(&client, &apps, "copies_recreated").await >= victim_keys as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_app_refills_a_node_restarted_empty() {
+    let mut cluster = Cluster::start(3);
+    let apps = two_instances(&cluster);
+    let client = http_client_without_cookies();
+    let load = Load::start(&apps, USERS);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held = cluster
+        .node("n1")
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("doc:"))
+        .count();
+    assert!(held >= USERS / 3, "the fault must land: n1 holds only {held} sessions");
+    cluster.node_mut("n1").restart_empty();
+    load.fault.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (users, tally) = load.finish().await;
+    assert_nothing_lost(&client, &apps, &users, &tally).await;
+    assert!(statistic(&client, &apps, "copies_recreated").await > 0);
+    // Once more with reads only: the loads alone refill it.
+    let held = sessions_on(&cluster, "n1", &users);
+    assert!(held >= USERS / 3, "n1 holds only {held} of the sessions");
+    cluster.node_mut("n1").restart_empty();
+    wait_all_available(&client, &apps, 3).await;
+    let recreated = statistic(&client, &apps, "copies_recreated").await;
+    let no_load = Tally::default();
+    assert_nothing_lost(&client, &apps, &users, &no_load).await;
+    assert_eq!(
+        sessions_on(&cluster, "n1", &users),
+        held,
+        "n1 holds its sessions again, refilled by their loads"
+    );
+    assert_eq!(
+        statistic(&client, &apps, "copies_recreated").await,
+        recreated + held as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_app_keeps_the_newest_copy_when_a_frozen_node_returns() {
+    let cluster = Cluster::start(3);
+    let apps = two_instances(&cluster);
+    let client = http_client_without_cookies();
+    let load = Load::start(&apps, USERS);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held = cluster
+        .node("n3")
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("doc:"))
+        .count();
+    assert!(held >= USERS / 3, "the fault must land: n3 holds only {held} sessions");
+    cluster.node("n3").freeze();
+    load.fault.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // n3 comes back holding the copies it had when it froze: all stale now.
+    cluster.node("n3").thaw();
+    wait_all_available(&client, &apps, 3).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (users, tally) = load.finish().await;
+    assert_nothing_lost(&client, &apps, &users, &tally).await;
+    assert!(
+        statistic(&client, &apps, "stale_copies_replaced").await >= held as u64,
+        "the stale copies were read and replaced"
+    );
+}
