@@ -29,6 +29,9 @@ pub(crate) enum Contender {
     Ours(Box<Config>),
     /// axum + tower-sessions 0.15 + the Redis store.
     TowerSessionsRedis(SocketAddr),
+    /// axum + tower-sessions 0.15 + this project's replicated memcached
+    /// store on these `memcachedNodes`.
+    TowerSessionsMemcached(String),
     /// warp + warp-sessions + async-session's memory store.
     WarpSessionsMemory,
 }
@@ -62,6 +65,19 @@ impl RunningApp {
             }
             Contender::TowerSessionsRedis(redis) => {
                 let app = peers::tower_sessions_app(peers::RedisStore015::connect(*redis).await?);
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                })
+            }
+            Contender::TowerSessionsMemcached(nodes) => {
+                let config = Config::builder()
+                    .memcached_nodes(nodes.as_str())
+                    .build()
+                    .map_err(|e| BenchError::Setup(e.to_string()))?;
+                let store = tower_sessions_memcached::MemcachedStore::start(config)
+                    .await
+                    .map_err(|e| BenchError::Setup(format!("MemcachedStore::start: {e}")))?;
+                let app = peers::tower_sessions_app(store);
                 tokio::spawn(async move {
                     let _ = axum::serve(listener, app).await;
                 })

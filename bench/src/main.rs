@@ -220,7 +220,7 @@ async fn run(mut options: Options) -> Result<(), BenchError> {
         machine.redis,
         machine.git
     ));
-    let needs_redis = rows.iter().any(|r| r.starts_with("tower-sessions"));
+    let needs_redis = rows.iter().any(|r| r.starts_with("tower-sessions-redis"));
     let env = Env::start(needs_redis).await?;
     let duration = Duration::from_secs_f64(options.time_per_row);
     let mut rounds: BTreeMap<String, Vec<Round>> = BTreeMap::new();
@@ -316,8 +316,9 @@ async fn run(mut options: Options) -> Result<(), BenchError> {
             "tower-sessions 0.15 uses tower-sessions-redis-store 0.16.0 (built for tower-sessions-core 0.14) \
              through a pass-through adapter; no Redis store release supports 0.15"
                 .into(),
-            "no tower-sessions memcached store row: the only one found (tower-sessions-memcache-store 0.1.0) \
-             is not on crates.io and targets tower-sessions-core 0.13"
+            "tower-sessions-memcached rows: this project's store (two copies per session); the only other \
+             memcached store found (tower-sessions-memcache-store 0.1.0) is not on crates.io and targets \
+             tower-sessions-core 0.13"
                 .into(),
         ],
     };

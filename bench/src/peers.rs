@@ -123,7 +123,7 @@ impl session_store::SessionStore for RedisStore015 {
 
 /// axum + tower-sessions on `store`: `GET /counter` reads the counter,
 /// `POST /counter` increments it.
-pub(crate) fn tower_sessions_app(store: RedisStore015) -> Router {
+pub(crate) fn tower_sessions_app<S: session_store::SessionStore + Clone>(store: S) -> Router {
     async fn read(session: tower_sessions::Session) -> Result<String, StatusCode> {
         let count: u64 = session
             .get(COUNT_KEY)

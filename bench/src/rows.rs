@@ -28,13 +28,16 @@ pub(crate) const ALL_ROWS: &[&str] = &[
     "nonsticky-write-lock-all",
     "tower-sessions-redis-read",
     "tower-sessions-redis-write",
+    "tower-sessions-memcached-read",
+    "tower-sessions-memcached-write",
     "warp-sessions-memory-read",
     "warp-sessions-memory-write",
     "memcached-floor",
     "memcached-floor-get",
 ];
 
-/// Rows that need redis (skipped by `--skip-peers`, with the other peers).
+/// The peers' rows, and this project's tower-sessions store beside them
+/// (skipped by `--skip-peers`).
 pub(crate) fn is_peer(name: &str) -> bool {
     name.starts_with("tower-sessions") || name.starts_with("warp-sessions")
 }
@@ -51,6 +54,12 @@ pub(crate) fn describe(name: &str) -> &'static str {
         "nonsticky-write-lock-all" => "as nonsticky-write with lockingMode=all (add + delete of a lock)",
         "tower-sessions-redis-read" => "axum 0.8 + tower-sessions 0.15 + Redis store (fred), GET",
         "tower-sessions-redis-write" => "axum 0.8 + tower-sessions 0.15 + Redis store (fred), POST",
+        "tower-sessions-memcached-read" => {
+            "axum 0.8 + tower-sessions 0.15 + this project's replicated memcached store, GET (reads both copies)"
+        }
+        "tower-sessions-memcached-write" => {
+            "axum 0.8 + tower-sessions 0.15 + this project's replicated memcached store, POST (reads and writes both copies)"
+        }
         "warp-sessions-memory-read" => "warp 0.4 + warp-sessions 1.0.22, async-session MemoryStore, GET",
         "warp-sessions-memory-write" => "warp 0.4 + warp-sessions 1.0.22, async-session MemoryStore, POST",
         "memcached-floor" => "no HTTP: this library's memcached client (MemcachedNode), get + set of a 100 B value",
@@ -146,6 +155,12 @@ impl Env {
             "nonsticky-write-lock-all" => http(self.ours(|b| b.sticky(false).locking_mode("all"))?, Work::Write),
             "tower-sessions-redis-read" => http(Contender::TowerSessionsRedis(self.redis_addr()?), Work::Read),
             "tower-sessions-redis-write" => http(Contender::TowerSessionsRedis(self.redis_addr()?), Work::Write),
+            "tower-sessions-memcached-read" => {
+                http(Contender::TowerSessionsMemcached(self.memcached_nodes()), Work::Read)
+            }
+            "tower-sessions-memcached-write" => {
+                http(Contender::TowerSessionsMemcached(self.memcached_nodes()), Work::Write)
+            }
             "warp-sessions-memory-read" => http(Contender::WarpSessionsMemory, Work::Read),
             "warp-sessions-memory-write" => http(Contender::WarpSessionsMemory, Work::Write),
             "memcached-floor" => Ok((None, Work::FloorGetSet)),
