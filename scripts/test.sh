@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace: formatting, clippy, the
-# library's feature builds (no web framework; tower + axum), unit,
+# library's feature builds (no web framework; tower + axum), packaging of
+# both library crates, unit,
 # integration (real memcached processes) and end-to-end (real demo-app
 # binary, warp and axum builds) tests, the local chaos scenarios under load
 # (a subset also against the axum build), and the docker
@@ -43,6 +44,11 @@ if grep -q 'warp' <<<"$core_tree"; then
 fi
 passed
 
+echo "== both library crates package for publishing (cargo package --no-verify)"
+# Together: tower-sessions-memcached depends on the unpublished memcached-sessions.
+cargo package --locked --no-verify --allow-dirty -p memcached-sessions -p tower-sessions-memcached
+passed
+
 echo "== fuzz smoke"
 # cargo check --features fuzzing, then every fuzz target for 15 s (scripts/fuzz.sh).
 bash scripts/fuzz.sh
@@ -52,6 +58,7 @@ echo "== tests"
 # The end-to-end tests run target/debug/demo-app; they build it themselves
 # when it is stale, but building it here keeps that out of their timing.
 cargo build --locked -p demo-app
+cargo build --locked -p tower-sessions-memcached --example counter
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
   # nextest does not run doctests

@@ -53,6 +53,7 @@
 mod fan_out;
 mod placement;
 mod reading;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod versions;
@@ -64,7 +65,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
 use crate::cluster::NodeStatus;
@@ -80,6 +81,7 @@ use crate::store::keys::Keys;
 use crate::store::node::NodeSpec;
 use crate::store::nodes::Nodes;
 
+use self::shared::{Counters, Shared};
 use self::versions::VersionClock;
 use self::writing::Written;
 
@@ -139,51 +141,6 @@ impl std::fmt::Debug for ReplicatedStore {
         f.debug_struct("ReplicatedStore")
             .field("nodes", &self.nodes())
             .finish_non_exhaustive()
-    }
-}
-
-/// What the store's handles and its prober share.
-pub(crate) struct Shared {
-    pub(crate) store: Store,
-    pub(crate) counters: Counters,
-    clock: VersionClock,
-    max_body_size: usize,
-    sentinel_key: String,
-    prober: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        if let Some(prober) = self.prober.get_mut().take() {
-            prober.abort();
-        }
-    }
-}
-
-/// The counters behind [`ReplicatedStatistics`].
-#[derive(Default)]
-pub(crate) struct Counters {
-    copies_recreated: AtomicU64,
-    stale_copies_replaced: AtomicU64,
-    single_copy_writes: AtomicU64,
-    ids_taken: AtomicU64,
-}
-
-impl Counters {
-    fn count_repair(&self, mode: WriteMode) {
-        let counter = match mode {
-            WriteMode::Add => &self.copies_recreated,
-            WriteMode::Set | WriteMode::IfCas(_) => &self.stale_copies_replaced,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn count_single_copy_write(&self) {
-        self.single_copy_writes.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn count_decode_failure(&self, stats: &Stats) {
-        Stats::count(&stats.counters.decode_failures);
     }
 }
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::replicated::Shared;
 use crate::replicated::fan_out::on_replicas;
 use crate::replicated::placement::ranking;
+use crate::replicated::shared::Shared;
 use crate::store::backend::{Expiry, Versioned, WriteMode, WriteOutcome};
 use crate::store::envelope::{self, DocumentCopy, Format, Stored};
 use crate::store::nodes::Node;

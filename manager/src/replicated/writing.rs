@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::replicated::Shared;
 use crate::replicated::fan_out::on_replicas;
 use crate::replicated::placement::{REPLICAS, ranking};
+use crate::replicated::shared::Shared;
 use crate::store::backend::{Expiry, Item, WriteMode, WriteOutcome};
 use crate::store::envelope::{self, DocumentCopyRef};
 
