@@ -171,6 +171,17 @@
 //! the session are supported. The README's Security section has the threat
 //! model.
 //!
+//! # A replicated store for other session layers
+//!
+//! [`replicated::ReplicatedStore`] keeps opaque documents (another
+//! framework's sessions) on **two** nodes chosen by rendezvous hashing of
+//! their id, for session layers whose ids cannot name a node; the
+//! `tower-sessions-memcached` crate is a tower-sessions store on it. Its
+//! module docs state its contract (what a node's death, freeze or empty
+//! restart does; create never overwrites; deletion marks); it has no
+//! locking and no in-process primary — that is what this crate's own
+//! session layer is for.
+//!
 //! # Metrics
 //!
 //! Through the [`metrics`](https://docs.rs/metrics) facade (the app picks

@@ -182,10 +182,39 @@ impl SessionStore for MemcachedStore {
     }
 }
 
-/// The stored body: the session data as a JSON object.
+/// Deepest nesting of session data that reads back: serde_json's parser
+/// stops at 128 levels (the data map itself is one).
+const MAX_DEPTH: usize = 127;
+
+/// The stored body: the session data as a JSON object. Data nested deeper
+/// than JSON reading allows is refused here, not saved unreadable.
 fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
     let data: &HashMap<String, serde_json::Value> = &record.data;
+    if data.values().any(|value| too_deep(value, MAX_DEPTH - 1)) {
+        return Err(session_store::Error::Encode(format!(
+            "session data is nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
     serde_json::to_vec(data).map_err(|error| session_store::Error::Encode(error.to_string()))
+}
+
+/// Whether `value` nests more than `levels` arrays or objects (a walk
+/// with its own stack: no recursion on user data).
+fn too_deep(value: &serde_json::Value, levels: usize) -> bool {
+    use serde_json::Value;
+    let mut pending = vec![(value, 0usize)];
+    while let Some((value, depth)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth + 1 > levels {
+            return true;
+        }
+        pending.extend(children.map(|child| (child, depth + 1)));
+    }
+    false
 }
 
 fn store_error(error: memcached_sessions::Error) -> session_store::Error {
@@ -217,6 +246,28 @@ fn to_offset_date_time(time: SystemTime) -> OffsetDateTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nested(levels: usize) -> serde_json::Value {
+        (0..levels).fold(serde_json::Value::Null, |inner, _| serde_json::json!([inner]))
+    }
+
+    #[test]
+    fn data_nested_deeper_than_json_reads_back_is_refused_at_save() {
+        let mut record = Record {
+            id: Id::default(),
+            data: HashMap::from([("deep".to_owned(), nested(MAX_DEPTH - 1))]),
+            expiry_date: OffsetDateTime::now_utc(),
+        };
+        let body = encode(&record).unwrap();
+        let read: HashMap<String, serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(read, record.data, "the deepest accepted data reads back");
+        record.data.insert("deeper".to_owned(), nested(MAX_DEPTH));
+        assert!(
+            serde_json::from_slice::<HashMap<String, serde_json::Value>>(&serde_json::to_vec(&record.data).unwrap())
+                .is_err()
+        );
+        assert!(matches!(encode(&record), Err(session_store::Error::Encode(_))));
+    }
 
     #[test]
     fn expiry_dates_convert_both_ways_to_the_millisecond() {

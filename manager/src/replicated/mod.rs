@@ -39,7 +39,12 @@
 //!
 //! Copies disagree only after a fault; the later write is the one with the
 //! higher version, which is the writer's clock (see the README: keep
-//! instances' clocks synchronized).
+//! instances' clocks synchronized). A read that finds fewer than two
+//! copies also reads the next node of the ranking, where writes went while
+//! a replica was down. One limit: a copy lives in memcached until its own
+//! expiry, so when a save *shortens* a document's expiry, an older copy
+//! with the longer expiry on a node cut off since then outlives the newer
+//! one and can be read again once the newer copies are gone.
 //!
 //! # Configuration
 //!
@@ -76,7 +81,7 @@ use crate::stats::Stats;
 use crate::store::Store;
 use crate::store::backend::{InMemoryNode, MemcachedNode, NodeBackend, WriteMode};
 use crate::store::codec::Codec;
-use crate::store::envelope::DocumentCopyRef;
+use crate::store::envelope::{DocumentCopy, DocumentCopyRef};
 use crate::store::keys::Keys;
 use crate::store::node::NodeSpec;
 use crate::store::nodes::Nodes;
@@ -241,7 +246,7 @@ impl ReplicatedStore {
             let body = winner.body.as_ref().filter(|_| winner.expires_at_ms > now_ms)?;
             Some(Document {
                 body: body.clone(),
-                expires_at: UNIX_EPOCH + Duration::from_millis(winner.expires_at_ms),
+                expires_at: system_time(winner.expires_at_ms),
             })
         }))
     }
@@ -309,18 +314,19 @@ impl ReplicatedStore {
         }
         let key = self.shared.store.keys.document(id);
         let reading = reading::read(&self.shared, &key).await?;
-        let Some(expires_at_ms) = reading.longest_expiry_ms() else {
+        let Some(expires_at_ms) = reading.mark_expiry_ms() else {
             return Ok(());
         };
-        let Some(remaining) = remaining(UNIX_EPOCH + Duration::from_millis(expires_at_ms)) else {
+        let Some(remaining) = remaining(system_time(expires_at_ms)) else {
             return Ok(());
         };
-        let mark = DocumentCopyRef {
+        let mark = DocumentCopy {
             version: self.shared.clock.next(),
             expires_at_ms,
             body: None,
         };
-        writing::write(&self.shared, &key, mark, remaining, WriteMode::Set).await?;
+        writing::write(&self.shared, &key, mark.as_ref(), remaining, WriteMode::Set).await?;
+        reading::mark_beyond_replicas(&self.shared, &key, &reading, &mark, now_ms()).await;
         Ok(())
     }
 
@@ -386,6 +392,15 @@ fn is_valid_id(id: &str) -> bool {
 
 fn unix_ms(time: SystemTime) -> u64 {
     crate::session::state::unix_ms(time)
+}
+
+/// `ms` after the unix epoch; past what `SystemTime` holds on the platform
+/// (bytes read back can say anything), the end of year 9999.
+fn system_time(ms: u64) -> SystemTime {
+    const END_OF_9999: Duration = Duration::from_secs(253_402_300_799);
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or(UNIX_EPOCH + END_OF_9999)
 }
 
 fn now_ms() -> u64 {

@@ -2,13 +2,18 @@
 //! version wins, and every replica that answered with a missing, older or
 //! undecodable copy gets the winner written back (only if it still holds
 //! what was read: a repair never overwrites a newer write).
+//!
+//! When fewer than two replicas hold a copy, the next available node of
+//! the ranking is read as well: while a replica was down, writes went
+//! there, and a replica that came back (and was never read since) may have
+//! lost its copy meanwhile — the newest copy can be on that third node.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
 use crate::replicated::fan_out::on_replicas;
-use crate::replicated::placement::ranking;
+use crate::replicated::placement::{REPLICAS, ranking};
 use crate::replicated::shared::Shared;
 use crate::store::backend::{Expiry, Versioned, WriteMode, WriteOutcome};
 use crate::store::envelope::{self, DocumentCopy, Format, Stored};
@@ -37,15 +42,22 @@ impl Reading {
             .max_by_key(|copy| copy.version)
     }
 
-    /// The latest expiry among the copies that hold a body: how long a
-    /// deletion mark must outlive them. `None` when no replica holds one.
-    pub(crate) fn longest_expiry_ms(&self) -> Option<u64> {
+    /// How long a deletion mark must live: until the latest expiry of any
+    /// copy read (marks included, so a repeated delete never shortens
+    /// one). `None` when there is nothing to delete: no copy, or the newest
+    /// is a mark already.
+    pub(crate) fn mark_expiry_ms(&self) -> Option<u64> {
+        self.winner()?.body.as_ref()?;
         self.answers
             .iter()
             .filter_map(|answer| answer.copy.as_ref())
-            .filter(|copy| copy.body.is_some())
             .map(|copy| copy.expires_at_ms)
             .max()
+    }
+
+    /// How many replicas answered with a copy (a body or a mark).
+    fn copies(&self) -> usize {
+        self.answers.iter().filter(|answer| answer.copy.is_some()).count()
     }
 }
 
@@ -61,16 +73,31 @@ pub(crate) async fn read(shared: &Shared, key: &str) -> Result<Reading, Error> {
     if outcomes.answered_count() == 0 {
         return Err(outcomes.into_error());
     }
+    let tried: Vec<Arc<Node>> = outcomes.tried.iter().map(|(node, _)| Arc::clone(node)).collect();
     let answers = outcomes
         .tried
         .into_iter()
         .filter_map(|(_, outcome)| outcome.ok())
-        .map(|(node, read)| {
-            let copy = read.as_ref().and_then(|read| decode(shared, key, &node, &read.value));
-            Answer { node, read, copy }
-        })
+        .map(|(node, read)| answer(shared, key, node, read))
         .collect();
-    Ok(Reading { answers })
+    let mut reading = Reading { answers };
+    if reading.copies() < REPLICAS {
+        let next = ranking
+            .iter()
+            .find(|node| node.is_available() && !tried.iter().any(|t| Arc::ptr_eq(t, node)));
+        if let Some(node) = next {
+            // A failure here only leaves the reading as it was.
+            if let Ok(read) = node.call(|b| b.get_with_cas(key)).await {
+                reading.answers.push(answer(shared, key, Arc::clone(node), read));
+            }
+        }
+    }
+    Ok(reading)
+}
+
+fn answer(shared: &Shared, key: &str, node: Arc<Node>, read: Option<Versioned>) -> Answer {
+    let copy = read.as_ref().and_then(|read| decode(shared, key, &node, &read.value));
+    Answer { node, read, copy }
 }
 
 fn decode(shared: &Shared, key: &str, node: &Node, bytes: &[u8]) -> Option<DocumentCopy> {
@@ -85,21 +112,55 @@ fn decode(shared: &Shared, key: &str, node: &Node, bytes: &[u8]) -> Option<Docum
     }
 }
 
-/// Writes the winner of `reading` to every replica that answered with a
-/// missing, older or undecodable copy — an `add` where the key was
-/// missing, a CAS-guarded replace otherwise, so a write that landed since
-/// the read is never overwritten. An expired winner is not written back.
-/// Failures are only logged: the next read tries again.
+/// Writes the winner of `reading` to every node that answered with a
+/// missing, older or undecodable copy — except a missing copy on a node
+/// past the two replicas (the extra read): that node is not a replica.
+/// Where the key was missing the write is an `add`, otherwise a
+/// CAS-guarded replace, so a write that landed since the read is never
+/// overwritten. An expired winner is not written back. Failures are only
+/// logged: the next read tries again.
 pub(crate) async fn repair(shared: &Shared, key: &str, reading: &Reading, now_ms: u64) {
     let Some(winner) = reading.winner() else {
         return;
     };
+    let replicas: Vec<&Answer> = reading.answers.iter().take(REPLICAS).collect();
+    let extra = reading
+        .answers
+        .iter()
+        .skip(REPLICAS)
+        .filter(|answer| answer.read.is_some());
+    let targets: Vec<&Answer> = replicas.into_iter().chain(extra).collect();
+    overwrite_older(shared, key, &targets, winner, now_ms).await;
+}
+
+/// After a delete wrote `mark` to the replicas: the mark also replaces
+/// every older copy `reading` found on a node past them, so that copy
+/// cannot come back when the replicas are gone.
+pub(crate) async fn mark_beyond_replicas(
+    shared: &Shared,
+    key: &str,
+    reading: &Reading,
+    mark: &DocumentCopy,
+    now_ms: u64,
+) {
+    let beyond: Vec<&Answer> = reading
+        .answers
+        .iter()
+        .skip(REPLICAS)
+        .filter(|answer| answer.read.is_some())
+        .collect();
+    overwrite_older(shared, key, &beyond, mark, now_ms).await;
+}
+
+/// Writes `winner` over every answer in `targets` that holds a missing,
+/// older or undecodable copy (add / CAS-guarded replace).
+async fn overwrite_older(shared: &Shared, key: &str, targets: &[&Answer], winner: &DocumentCopy, now_ms: u64) {
     let Some(remaining_ms) = winner.expires_at_ms.checked_sub(now_ms).filter(|ms| *ms > 0) else {
         return;
     };
-    let stale: Vec<(&Answer, WriteMode)> = reading
-        .answers
+    let stale: Vec<(&Answer, WriteMode)> = targets
         .iter()
+        .copied()
         .filter(|answer| answer.copy.as_ref().is_none_or(|copy| copy.version < winner.version))
         .map(|answer| {
             let mode = match &answer.read {

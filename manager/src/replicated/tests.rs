@@ -261,3 +261,101 @@ async fn sealed_documents_roundtrip_and_hide_their_body() {
     assert!(!raw.windows(8).any(|w| w == b"visible?"));
     assert_eq!(f.body("d").await.as_deref(), Some("visible?"));
 }
+
+#[tokio::test]
+async fn the_copy_written_past_a_dead_node_is_found_when_a_replica_later_lacks_it() {
+    let f = Fixture::new("n1:h:1 n2:h:2 n3:h:3");
+    f.store.save("d", b"v1", in_an_hour()).await.unwrap();
+    let replicas = f.store.replicas_of("d");
+    let (first, second) = (replicas[0].clone(), replicas[1].clone());
+    let stale = f.raw(&first, "d").await.unwrap();
+    f.node(&first).set_down(true);
+    f.store.save("d", b"v2", in_an_hour()).await.unwrap();
+    // The first node returns with its old copy and nobody loads the
+    // document; then the second node loses its copy (restart, eviction).
+    f.node(&first).put_raw(&f.store.storage_key("d").unwrap(), &stale);
+    f.set_down(&first, false).await;
+    f.node(&second).clear();
+    assert_eq!(
+        f.body("d").await.as_deref(),
+        Some("v2"),
+        "the third node's newer copy is looked at when a replica lacks the document"
+    );
+    assert_eq!(
+        f.raw(&first, "d").await,
+        f.raw(&second, "d").await,
+        "both replicas repaired"
+    );
+}
+
+#[tokio::test]
+async fn a_delete_finds_and_marks_a_copy_left_past_a_dead_node() {
+    let f = Fixture::new("n1:h:1 n2:h:2 n3:h:3");
+    f.store.save("d", b"v1", in_an_hour()).await.unwrap();
+    let replicas = f.store.replicas_of("d");
+    let (first, second) = (replicas[0].clone(), replicas[1].clone());
+    let third = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != first && *n != second)
+        .unwrap();
+    f.node(&first).set_down(true);
+    f.store.save("d", b"v2", in_an_hour()).await.unwrap();
+    f.set_down(&first, false).await;
+    f.node(&first).clear();
+    f.node(&second).clear();
+    // Only the third node holds the document now.
+    f.store.delete("d").await.unwrap();
+    assert_eq!(f.body("d").await, None);
+    f.node(&first).set_down(true);
+    f.node(&second).set_down(true);
+    assert_eq!(
+        f.body("d").await,
+        None,
+        "with both replicas gone, the third node's copy must not bring it back"
+    );
+    assert!(f.raw(third, "d").await.is_some());
+}
+
+#[tokio::test]
+async fn a_deletion_mark_lives_as_long_as_the_longest_lived_copy() {
+    let f = Fixture::new("n1:h:1 n2:h:2");
+    let far = SystemTime::now() + Duration::from_secs(86_400 * 40);
+    f.store.save("d", b"x", far).await.unwrap();
+    f.store.delete("d").await.unwrap();
+    let key = f.store.storage_key("d").unwrap();
+    for node in &f.nodes {
+        let (bytes, ttl) = node.get_with_ttl(&key).await.unwrap().expect("a mark");
+        let ttl = ttl.expect("marks expire");
+        assert!(ttl > Duration::from_secs(86_400 * 39), "mark TTL {ttl:?}");
+        assert!(matches!(
+            f.store.shared.store.codec.decode(&key, &bytes, crate::store::envelope::Format::Document),
+            Ok(crate::store::envelope::Stored::Document(copy)) if copy.body.is_none()
+        ));
+    }
+    // Deleting again (a replayed logout) never shortens the mark.
+    f.store.delete("d").await.unwrap();
+    let (_, ttl) = f.nodes[0].get_with_ttl(&key).await.unwrap().unwrap();
+    assert!(ttl.unwrap() > Duration::from_secs(86_400 * 39));
+}
+
+#[tokio::test]
+async fn a_copy_past_its_expiry_is_not_returned_even_while_memcached_keeps_it() {
+    let f = Fixture::new("n1:h:1 n2:h:2");
+    let key = f.store.storage_key("d").unwrap();
+    let copy = crate::store::envelope::encode_document(crate::store::envelope::DocumentCopyRef {
+        version: 1,
+        expires_at_ms: unix_ms(SystemTime::now()) - 1000,
+        body: Some(b"old"),
+    });
+    for node in &f.nodes {
+        node.put_raw(&key, &copy);
+    }
+    assert_eq!(f.body("d").await, None);
+    let far = crate::store::envelope::encode_document(crate::store::envelope::DocumentCopyRef {
+        version: 2,
+        expires_at_ms: u64::MAX,
+        body: Some(b"far"),
+    });
+    f.nodes[0].put_raw(&key, &far);
+    assert_eq!(f.body("d").await.as_deref(), Some("far"), "no overflow on any expiry");
+}
