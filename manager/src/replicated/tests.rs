@@ -359,3 +359,47 @@ async fn a_copy_past_its_expiry_is_not_returned_even_while_memcached_keeps_it() 
     f.nodes[0].put_raw(&key, &far);
     assert_eq!(f.body("d").await.as_deref(), Some("far"), "no overflow on any expiry");
 }
+
+#[tokio::test]
+async fn instances_that_disagree_about_a_node_still_see_each_others_writes() {
+    // Two instances on the same nodes; the slow one never probes again, so
+    // it keeps a node it once saw failing for down while the other uses it.
+    let f = Fixture::new("n1:h:1 n2:h:2 n3:h:3");
+    let slow_config = Config::builder()
+        .memcached_nodes("n1:h:1 n2:h:2 n3:h:3")
+        .node_probe_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let backends = f.nodes.iter().map(|n| Arc::clone(n) as Arc<dyn NodeBackend>).collect();
+    let slow = ReplicatedStore::with_backends(slow_config, backends).unwrap();
+    for i in 0..20 {
+        let id = format!("doc{i}");
+        f.store.save(&id, b"v1", in_an_hour()).await.unwrap();
+        let first = f.store.replicas_of(&id)[0].clone();
+        f.node(&first).set_down(true);
+        assert_eq!(slow.load(&id).await.unwrap().unwrap().body, b"v1");
+        f.node(&first).set_down(false);
+        assert!(
+            !slow.replicas_of(&id).contains(&first),
+            "the slow instance still avoids {first}"
+        );
+        assert!(f.store.replicas_of(&id).contains(&first), "the other one uses it");
+        slow.save(&id, b"v2", in_an_hour()).await.unwrap();
+        assert_eq!(
+            f.body(&id).await.as_deref(),
+            Some("v2"),
+            "{id}: a write past the node is seen"
+        );
+        f.store.save(&id, b"v3", in_an_hour()).await.unwrap();
+        assert_eq!(
+            slow.load(&id).await.unwrap().unwrap().body,
+            b"v3",
+            "{id}: and the other way round"
+        );
+        // Make the slow instance see the node again for the next round.
+        f.node(&first).set_down(false);
+        slow.shared.store.nodes.iter().for_each(|n| {
+            n.observe(true, tokio::time::Instant::now());
+        });
+    }
+}
