@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::config::Config;
@@ -306,25 +306,14 @@ async fn probe_nodes(inner: Weak<ManagerInner>, interval: Duration) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let mut probes = JoinSet::new();
-        for index in 0..strong.store.nodes.len() {
-            if strong.store.nodes.get(index).is_retired() {
-                continue;
-            }
-            let store = Arc::clone(&strong.store);
-            let sentinel_key = strong.sentinel_key.clone();
-            probes.spawn(async move {
-                let outcome = store.nodes.get(index).probe(&sentinel_key).await;
-                (index, outcome)
-            });
-        }
+        let probes = strong.store.nodes.probe_all(&strong.sentinel_key);
         drop(strong);
-        let mut lost_data = Vec::new();
-        while let Some(result) = probes.join_next().await {
-            if let Ok((index, ProbeOutcome::LostData)) = result {
-                lost_data.push(index);
-            }
-        }
+        let lost_data: Vec<usize> = probes
+            .await
+            .into_iter()
+            .filter(|(_, outcome)| *outcome == ProbeOutcome::LostData)
+            .map(|(index, _)| index)
+            .collect();
         let Some(strong) = inner.upgrade() else {
             return;
         };

@@ -12,7 +12,7 @@ use crate::inner::ManagerInner;
 #[cfg(feature = "warp")]
 use crate::request::context::RequestSlots;
 use crate::stats::Statistics;
-use crate::store::backend::{InMemoryNode, MemcachedNode, NodeBackend};
+use crate::store::backend::{MemcachedNode, NodeBackend};
 
 /// The session manager. Cheap to clone; clones share everything.
 ///
@@ -47,30 +47,18 @@ impl SessionManager {
     /// Must be called inside a tokio runtime: it spawns the backup
     /// dispatcher, the node prober and the expiry sweep.
     pub async fn start(config: Config) -> Result<Self, Error> {
-        let mut backends: Vec<Arc<dyn NodeBackend>> = Vec::new();
-        if config.enabled {
-            match config.nodes() {
-                None => backends.push(Arc::new(InMemoryNode::new())),
-                Some(specs) => {
-                    for spec in specs {
-                        let node = MemcachedNode::connect(&spec.address(), config.operation_timeout)
-                            .await
-                            .map_err(|source| Error::Backend {
-                                node: spec.label(),
-                                source,
-                            })?;
-                        backends.push(Arc::new(node));
-                    }
-                }
-            }
-        }
+        let backends = if config.enabled {
+            crate::store::backend::connect(config.nodes(), config.operation_timeout).await?
+        } else {
+            Vec::new()
+        };
         Ok(Self::with_backends(config, backends)?)
     }
 
     /// Starts a manager on backends supplied by the caller, one per node in
     /// the configured order (one for the embedded store when no node is
     /// configured, none when `enabled` is false). Used by tests with
-    /// [`InMemoryNode`]s, and for custom stores.
+    /// [`InMemoryNode`](crate::backend::InMemoryNode)s, and for custom stores.
     ///
     /// # Errors
     /// A [`ConfigError`] naming `memcachedNodes` when the number of backends

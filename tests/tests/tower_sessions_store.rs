@@ -455,109 +455,156 @@ fn sessions_on(cluster: &Cluster, node: &str, users: &[User]) -> usize {
 
 const USERS: usize = 16;
 
+/// Three nodes, two example-app instances and `USERS` users under way.
+struct Scenario {
+    cluster: Cluster,
+    apps: Vec<DemoApp>,
+    client: reqwest::Client,
+    load: Option<Load>,
+}
+
+impl Scenario {
+    /// Starts everything and lets the load run a while, so every node
+    /// holds sessions.
+    async fn start() -> Scenario {
+        let cluster = Cluster::start(3);
+        let apps = two_instances(&cluster);
+        let load = Load::start(&apps, USERS);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Scenario {
+            cluster,
+            apps,
+            client: http_client_without_cookies(),
+            load: Some(load),
+        }
+    }
+
+    /// How many sessions `node` holds, asserting it is enough for a fault
+    /// there to land.
+    fn sessions_held(&self, node: &str) -> usize {
+        let held = self
+            .cluster
+            .node(node)
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("doc:"))
+            .count();
+        assert!(
+            held >= USERS / 3,
+            "the fault must land: {node} holds only {held} sessions"
+        );
+        held
+    }
+
+    /// Counts the requests from now on as after the fault.
+    fn fault_landed(&self) {
+        let load = self.load.as_ref().expect("load under way");
+        load.fault.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the load and checks that it went on after the fault and lost
+    /// nothing.
+    async fn finish_load(&mut self) -> Vec<User> {
+        let (users, tally) = self.load.take().expect("load under way").finish().await;
+        assert!(
+            tally.after_fault.load(Ordering::Relaxed) >= (USERS * 10) as u64,
+            "the load went on after the fault"
+        );
+        assert_nothing_lost(&self.client, &self.apps, &users, &tally).await;
+        users
+    }
+
+    async fn statistic(&self, name: &str) -> u64 {
+        statistic(&self.client, &self.apps, name).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_app_survives_a_node_kill_under_load() {
-    let mut cluster = Cluster::start(3);
-    let apps = two_instances(&cluster);
-    let client = http_client_without_cookies();
-    let load = Load::start(&apps, USERS);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let victim = "n2";
-    let victim_keys = cluster
-        .node(victim)
-        .keys()
-        .into_iter()
-        .filter(|k| k.starts_with("doc:"))
-        .count();
-    assert!(
-        victim_keys >= USERS / 3,
-        "the fault must land: {victim} holds only {victim_keys} sessions"
-    );
-    cluster.node_mut(victim).kill();
-    load.fault.store(true, Ordering::Relaxed);
+    let mut scenario = Scenario::start().await;
+    let held = scenario.sessions_held("n2");
+    scenario.cluster.node_mut("n2").kill();
+    scenario.fault_landed();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (users, tally) = load.finish().await;
-    assert!(
-        tally.after_fault.load(Ordering::Relaxed) >= (USERS * 20) as u64,
-        "the load went on after the kill"
-    );
-    assert_nothing_lost(&client, &apps, &users, &tally).await;
+    let users = scenario.finish_load().await;
     // Every session is back to two copies, on the live nodes.
     for user in &users {
-        assert_eq!(cluster.locate(&key_of(user)), ["n1", "n3"], "{}", key_of(user));
+        assert_eq!(scenario.cluster.locate(&key_of(user)), ["n1", "n3"], "{}", key_of(user));
     }
-    assert!(statistic(&client, &apps, "copies_recreated").await >= victim_keys as u64);
+    assert!(scenario.statistic("copies_recreated").await >= held as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_app_refills_a_node_restarted_empty() {
-    let mut cluster = Cluster::start(3);
-    let apps = two_instances(&cluster);
-    let client = http_client_without_cookies();
-    let load = Load::start(&apps, USERS);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let held = cluster
-        .node("n1")
-        .keys()
-        .into_iter()
-        .filter(|k| k.starts_with("doc:"))
-        .count();
-    assert!(held >= USERS / 3, "the fault must land: n1 holds only {held} sessions");
-    cluster.node_mut("n1").restart_empty();
-    load.fault.store(true, Ordering::Relaxed);
+    let mut scenario = Scenario::start().await;
+    scenario.sessions_held("n1");
+    scenario.cluster.node_mut("n1").restart_empty();
+    scenario.fault_landed();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (users, tally) = load.finish().await;
-    assert_nothing_lost(&client, &apps, &users, &tally).await;
-    assert!(statistic(&client, &apps, "copies_recreated").await > 0);
+    let users = scenario.finish_load().await;
+    assert!(scenario.statistic("copies_recreated").await > 0);
     // Once more with reads only: the loads alone refill it.
-    let held = sessions_on(&cluster, "n1", &users);
+    let held = sessions_on(&scenario.cluster, "n1", &users);
     assert!(held >= USERS / 3, "n1 holds only {held} of the sessions");
-    cluster.node_mut("n1").restart_empty();
-    wait_all_available(&client, &apps, 3).await;
-    let recreated = statistic(&client, &apps, "copies_recreated").await;
-    let no_load = Tally::default();
-    assert_nothing_lost(&client, &apps, &users, &no_load).await;
+    scenario.cluster.node_mut("n1").restart_empty();
+    wait_all_available(&scenario.client, &scenario.apps, 3).await;
+    let recreated = scenario.statistic("copies_recreated").await;
+    assert_nothing_lost(&scenario.client, &scenario.apps, &users, &Tally::default()).await;
     assert_eq!(
-        sessions_on(&cluster, "n1", &users),
+        sessions_on(&scenario.cluster, "n1", &users),
         held,
         "n1 holds its sessions again, refilled by their loads"
     );
-    assert_eq!(
-        statistic(&client, &apps, "copies_recreated").await,
-        recreated + held as u64
-    );
+    assert_eq!(scenario.statistic("copies_recreated").await, recreated + held as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_app_keeps_the_newest_copy_when_a_frozen_node_returns() {
-    let cluster = Cluster::start(3);
-    let apps = two_instances(&cluster);
-    let client = http_client_without_cookies();
-    let load = Load::start(&apps, USERS);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let held = cluster
-        .node("n3")
-        .keys()
-        .into_iter()
-        .filter(|k| k.starts_with("doc:"))
-        .count();
-    assert!(held >= USERS / 3, "the fault must land: n3 holds only {held} sessions");
-    cluster.node("n3").freeze();
-    load.fault.store(true, Ordering::Relaxed);
+    let mut scenario = Scenario::start().await;
+    let held = scenario.sessions_held("n3");
+    scenario.cluster.node("n3").freeze();
+    scenario.fault_landed();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    // n3 comes back holding the copies it had when it froze: all stale now.
-    cluster.node("n3").thaw();
-    wait_all_available(&client, &apps, 3).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (users, tally) = load.finish().await;
-    assert_nothing_lost(&client, &apps, &users, &tally).await;
-    // Each instance may have had one write in flight to n3 when it froze:
-    // it lands at the thaw, between a load's read and its repair, so the
-    // CAS-guarded repair is refused (and that request's save overwrites the
-    // copy anyway). Every other stale copy must have been read and replaced.
-    let replaced = statistic(&client, &apps, "stale_copies_replaced").await;
+    let users = scenario.finish_load().await;
+    // n3 comes back holding the copies it had when it froze.
+    scenario.cluster.node("n3").thaw();
+    wait_all_available(&scenario.client, &scenario.apps, 3).await;
+    let copies = |user: &User| -> Vec<Option<Vec<u8>>> {
+        ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| scenario.cluster.node(n).get_raw(&key_of(user)))
+            .collect()
+    };
+    let on_n3: Vec<&User> = users.iter().filter(|u| copies(u)[2].is_some()).collect();
     assert!(
-        replaced + 2 >= held as u64,
-        "the stale copies were read and replaced: {replaced} of {held}"
+        on_n3.len() >= held.min(USERS / 3),
+        "n3 kept its copies: {}",
+        on_n3.len()
+    );
+    for user in &on_n3 {
+        let [a, b, c] = <[Option<Vec<u8>>; 3]>::try_from(copies(user)).unwrap();
+        assert!(
+            c != a && c != b,
+            "{}: n3's copy is stale (every session changed meanwhile)",
+            key_of(user)
+        );
+    }
+    // Reads alone (both instances, every user) must return the newest
+    // count and replace every stale copy.
+    let replaced_before = scenario.statistic("stale_copies_replaced").await;
+    assert_nothing_lost(&scenario.client, &scenario.apps, &users, &Tally::default()).await;
+    for user in &on_n3 {
+        let all = copies(user);
+        let held_by: Vec<&Vec<u8>> = all.iter().flatten().collect();
+        assert!(
+            held_by.len() >= 2 && held_by.iter().all(|c| *c == held_by[0]),
+            "{}: copies agree",
+            key_of(user)
+        );
+    }
+    assert_eq!(
+        scenario.statistic("stale_copies_replaced").await,
+        replaced_before + on_n3.len() as u64,
+        "each stale copy was read and replaced once"
     );
 }

@@ -70,7 +70,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
 use crate::cluster::NodeStatus;
@@ -79,7 +78,7 @@ use crate::error::{ConfigError, Error};
 use crate::session::id::SessionId;
 use crate::stats::Stats;
 use crate::store::Store;
-use crate::store::backend::{InMemoryNode, MemcachedNode, NodeBackend, WriteMode};
+use crate::store::backend::{NodeBackend, WriteMode};
 use crate::store::codec::Codec;
 use crate::store::envelope::{DocumentCopy, DocumentCopyRef};
 use crate::store::keys::Keys;
@@ -160,21 +159,7 @@ impl ReplicatedStore {
     /// [`Error::Config`] when `enabled` is false; [`Error::Backend`] when a
     /// node's address cannot be used.
     pub async fn start(config: Config) -> Result<Self, Error> {
-        let mut backends: Vec<Arc<dyn NodeBackend>> = Vec::new();
-        match config.nodes() {
-            None => backends.push(Arc::new(InMemoryNode::new())),
-            Some(specs) => {
-                for spec in specs {
-                    let node = MemcachedNode::connect(&spec.address(), config.operation_timeout)
-                        .await
-                        .map_err(|source| Error::Backend {
-                            node: spec.label(),
-                            source,
-                        })?;
-                    backends.push(Arc::new(node));
-                }
-            }
-        }
+        let backends = crate::store::backend::connect(config.nodes(), config.operation_timeout).await?;
         Ok(Self::with_backends(config, backends)?)
     }
 
@@ -425,12 +410,8 @@ async fn probe_nodes(shared: std::sync::Weak<Shared>, interval: Duration) {
         let Some(strong) = shared.upgrade() else {
             return;
         };
-        let mut probes = JoinSet::new();
-        for node in strong.store.nodes.iter().filter(|node| !node.is_retired()) {
-            let sentinel_key = strong.sentinel_key.clone();
-            probes.spawn(async move { node.probe(&sentinel_key).await });
-        }
+        let probes = strong.store.nodes.probe_all(&strong.sentinel_key);
         drop(strong);
-        while probes.join_next().await.is_some() {}
+        probes.await;
     }
 }

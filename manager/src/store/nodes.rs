@@ -275,6 +275,24 @@ impl Nodes {
         }
     }
 
+    /// Probes every node in force at once, each in its own task (see
+    /// [`Node::probe`]); the future owns what it needs (it holds no
+    /// reference to the list) and yields what each probe learned.
+    pub(crate) fn probe_all(&self, sentinel_key: &str) -> impl Future<Output = Vec<(NodeIndex, ProbeOutcome)>> + use<> {
+        let mut probes = tokio::task::JoinSet::new();
+        for (index, node) in self.iter().enumerate().filter(|(_, node)| !node.is_retired()) {
+            let sentinel_key = sentinel_key.to_owned();
+            probes.spawn(async move { (index, node.probe(&sentinel_key).await) });
+        }
+        async move {
+            let mut outcomes = Vec::new();
+            while let Some(joined) = probes.join_next().await {
+                outcomes.extend(joined.ok());
+            }
+            outcomes
+        }
+    }
+
     /// Ids of the nodes currently considered available.
     pub(crate) fn available_labels(&self) -> Vec<String> {
         self.snapshot()

@@ -15,3 +15,32 @@ pub use self::memcached::MemcachedNode;
 #[cfg(feature = "fuzzing")]
 pub(crate) use self::memcached::parse_replies_for_fuzzing;
 pub use self::node_backend::{Expiry, Item, NodeBackend, Versioned, WriteMode, WriteOutcome};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::store::node::NodeSpec;
+
+/// One backend per configured node, in order: a [`MemcachedNode`] for
+/// each of `specs` (dialed lazily), or one [`InMemoryNode`] — the embedded
+/// store — when no node is configured.
+pub(crate) async fn connect(
+    specs: Option<&[NodeSpec]>,
+    operation_timeout: Duration,
+) -> Result<Vec<Arc<dyn NodeBackend>>, Error> {
+    let Some(specs) = specs else {
+        return Ok(vec![Arc::new(InMemoryNode::new())]);
+    };
+    let mut backends: Vec<Arc<dyn NodeBackend>> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let node = MemcachedNode::connect(&spec.address(), operation_timeout)
+            .await
+            .map_err(|source| Error::Backend {
+                node: spec.label(),
+                source,
+            })?;
+        backends.push(Arc::new(node));
+    }
+    Ok(backends)
+}
