@@ -30,7 +30,9 @@
 //!   request still succeeds, and the missing copy is re-created on the
 //!   replacement at the session's next load. A node that comes back empty
 //!   is refilled the same way; one that comes back with old copies (cut
-//!   off, frozen) loses to the newer copy, which replaces them.
+//!   off, frozen) loses to the newer copy, which replaces them. A read
+//!   that finds fewer than two copies also reads the next node of the
+//!   ranking, where writes went while a replica was down.
 //! - **Create** never overwrites: it is an atomic `add`, and a taken id
 //!   (even one deleted lately) gets a new random id.
 //! - **Delete** (logout, `cycle_id`, `flush`) leaves a deletion mark as
