@@ -22,6 +22,9 @@ use crate::store::nodes::Node;
 /// One replica's answer.
 struct Answer {
     node: Arc<Node>,
+    /// One of the document's replicas in this reading (not the extra read
+    /// past them).
+    replica: bool,
     /// The raw item with its CAS token; `None`: the key is missing.
     read: Option<Versioned>,
     /// The copy it holds; `None` when missing or not decodable.
@@ -34,12 +37,15 @@ pub(crate) struct Reading {
 }
 
 impl Reading {
-    /// The copy with the highest version (a deletion mark included).
+    /// The copy with the highest version (a deletion mark included). Two
+    /// different copies with one version (two writers in one microsecond)
+    /// are ordered by their bytes, so every instance picks the same one and
+    /// repairs the other.
     pub(crate) fn winner(&self) -> Option<&DocumentCopy> {
         self.answers
             .iter()
             .filter_map(|answer| answer.copy.as_ref())
-            .max_by_key(|copy| copy.version)
+            .max_by(|a, b| a.version.cmp(&b.version).then_with(|| a.body.cmp(&b.body)))
     }
 
     /// How long a deletion mark must live: until the latest expiry of any
@@ -78,7 +84,7 @@ pub(crate) async fn read(shared: &Shared, key: &str) -> Result<Reading, Error> {
         .tried
         .into_iter()
         .filter_map(|(_, outcome)| outcome.ok())
-        .map(|(node, read)| answer(shared, key, node, read))
+        .map(|(node, read)| answer(shared, key, node, read, true))
         .collect();
     let mut reading = Reading { answers };
     if reading.copies() < REPLICAS {
@@ -88,16 +94,21 @@ pub(crate) async fn read(shared: &Shared, key: &str) -> Result<Reading, Error> {
         if let Some(node) = next {
             // A failure here only leaves the reading as it was.
             if let Ok(read) = node.call(|b| b.get_with_cas(key)).await {
-                reading.answers.push(answer(shared, key, Arc::clone(node), read));
+                reading.answers.push(answer(shared, key, Arc::clone(node), read, false));
             }
         }
     }
     Ok(reading)
 }
 
-fn answer(shared: &Shared, key: &str, node: Arc<Node>, read: Option<Versioned>) -> Answer {
+fn answer(shared: &Shared, key: &str, node: Arc<Node>, read: Option<Versioned>, replica: bool) -> Answer {
     let copy = read.as_ref().and_then(|read| decode(shared, key, &node, &read.value));
-    Answer { node, read, copy }
+    Answer {
+        node,
+        replica,
+        read,
+        copy,
+    }
 }
 
 fn decode(shared: &Shared, key: &str, node: &Node, bytes: &[u8]) -> Option<DocumentCopy> {
@@ -127,8 +138,7 @@ pub(crate) async fn repair(shared: &Shared, key: &str, reading: &Reading, now_ms
     let extra = reading
         .answers
         .iter()
-        .skip(REPLICAS)
-        .filter(|answer| answer.read.is_some());
+        .filter(|answer| !answer.replica && answer.read.is_some());
     let targets: Vec<&Answer> = replicas.into_iter().chain(extra).collect();
     overwrite_older(shared, key, &targets, winner, now_ms).await;
 }
@@ -146,14 +156,14 @@ pub(crate) async fn mark_beyond_replicas(
     let beyond: Vec<&Answer> = reading
         .answers
         .iter()
-        .skip(REPLICAS)
-        .filter(|answer| answer.read.is_some())
+        .filter(|answer| !answer.replica && answer.read.is_some())
         .collect();
     overwrite_older(shared, key, &beyond, mark, now_ms).await;
 }
 
 /// Writes `winner` over every answer in `targets` that holds a missing,
-/// older or undecodable copy (add / CAS-guarded replace).
+/// undecodable or other (older, or a same-version loser) copy (add /
+/// CAS-guarded replace).
 async fn overwrite_older(shared: &Shared, key: &str, targets: &[&Answer], winner: &DocumentCopy, now_ms: u64) {
     let Some(remaining_ms) = winner.expires_at_ms.checked_sub(now_ms).filter(|ms| *ms > 0) else {
         return;
@@ -161,7 +171,7 @@ async fn overwrite_older(shared: &Shared, key: &str, targets: &[&Answer], winner
     let stale: Vec<(&Answer, WriteMode)> = targets
         .iter()
         .copied()
-        .filter(|answer| answer.copy.as_ref().is_none_or(|copy| copy.version < winner.version))
+        .filter(|answer| answer.copy.as_ref() != Some(winner))
         .map(|answer| {
             let mode = match &answer.read {
                 None => WriteMode::Add,

@@ -117,7 +117,11 @@ async fn a_dead_replica_is_replaced_and_its_stale_copy_loses_when_it_returns() {
         .into_iter()
         .find(|n| *n != first && *n != second)
         .unwrap();
-    assert!(f.raw(third, "d").await.is_some(), "the next node took the second copy");
+    assert_eq!(
+        f.raw(third, "d").await,
+        f.raw(&second, "d").await,
+        "the next node took the second copy of v2"
+    );
     // The dead node comes back with the copy it had (cut off, not restarted).
     f.node(&first).put_raw(&f.store.storage_key("d").unwrap(), &stale);
     f.set_down(&first, false).await;
@@ -402,4 +406,21 @@ async fn instances_that_disagree_about_a_node_still_see_each_others_writes() {
             n.observe(true, tokio::time::Instant::now());
         });
     }
+}
+
+#[tokio::test]
+async fn two_different_copies_of_one_version_settle_on_the_same_one() {
+    let f = Fixture::new("n1:h:1 n2:h:2");
+    let key = f.store.storage_key("d").unwrap();
+    let copy = |body: &'static [u8]| {
+        crate::store::envelope::encode_document(crate::store::envelope::DocumentCopyRef {
+            version: 7,
+            expires_at_ms: unix_ms(in_an_hour()),
+            body: Some(body),
+        })
+    };
+    f.nodes[0].put_raw(&key, &copy(b"a"));
+    f.nodes[1].put_raw(&key, &copy(b"b"));
+    assert_eq!(f.body("d").await.as_deref(), Some("b"), "ordered by bytes, whatever the answer order");
+    assert_eq!(f.raw("n1", "d").await, f.raw("n2", "d").await, "and the other copy repaired");
 }
