@@ -134,12 +134,11 @@ pub(crate) async fn repair(shared: &Shared, key: &str, reading: &Reading, now_ms
     let Some(winner) = reading.winner() else {
         return;
     };
-    let replicas: Vec<&Answer> = reading.answers.iter().take(REPLICAS).collect();
-    let extra = reading
+    let targets: Vec<&Answer> = reading
         .answers
         .iter()
-        .filter(|answer| !answer.replica && answer.read.is_some());
-    let targets: Vec<&Answer> = replicas.into_iter().chain(extra).collect();
+        .filter(|answer| answer.replica || answer.read.is_some())
+        .collect();
     overwrite_older(shared, key, &targets, winner, now_ms).await;
 }
 

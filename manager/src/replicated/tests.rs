@@ -421,6 +421,14 @@ async fn two_different_copies_of_one_version_settle_on_the_same_one() {
     };
     f.nodes[0].put_raw(&key, &copy(b"a"));
     f.nodes[1].put_raw(&key, &copy(b"b"));
-    assert_eq!(f.body("d").await.as_deref(), Some("b"), "ordered by bytes, whatever the answer order");
-    assert_eq!(f.raw("n1", "d").await, f.raw("n2", "d").await, "and the other copy repaired");
+    assert_eq!(
+        f.body("d").await.as_deref(),
+        Some("b"),
+        "ordered by bytes, whatever the answer order"
+    );
+    assert_eq!(
+        f.raw("n1", "d").await,
+        f.raw("n2", "d").await,
+        "and the other copy repaired"
+    );
 }
