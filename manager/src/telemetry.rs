@@ -74,6 +74,8 @@ pub(crate) const STORE_OPERATION: &str = "memcached_sessions_store_operation_dur
 pub(crate) const BACKUPS: &str = "memcached_sessions_backups_total";
 /// Name of the node availability gauge (label `node`).
 pub(crate) const NODE_UP: &str = "memcached_sessions_node_up";
+/// Name of the replicated store's event counter (label `event`).
+pub(crate) const REPLICATED_EVENTS: &str = "memcached_sessions_replicated_events_total";
 
 /// Counters exported under a name of their own (with a `result` label)
 /// instead of `<counter>_total`.
@@ -136,6 +138,12 @@ pub(crate) fn catalog() -> Vec<MetricDoc> {
         kind: Kind::Counter,
         labels: "`node`; `result`: `written`, `touched`, `failed`",
         meaning: "Sticky: backups by node and outcome.".to_owned(),
+    });
+    docs.push(MetricDoc {
+        name: REPLICATED_EVENTS.to_owned(),
+        kind: Kind::Counter,
+        labels: "`event`: `copy_recreated`, `stale_copy_replaced`, `single_copy_write`, `id_taken`, `decode_failure`",
+        meaning: "The replicated store (`tower-sessions-memcached`): copies re-created on a replica that lacked them, older or undecodable copies replaced, writes that reached one replica only, creates that found their id taken, stored bytes that did not decode.".to_owned(),
     });
     docs.push(MetricDoc {
         name: NODE_UP.to_owned(),
@@ -221,6 +229,11 @@ pub(crate) fn export(statistics: &Statistics, last: &mut CounterSnapshot, nodes:
     for (label, up) in nodes {
         node_up(label, *up);
     }
+}
+
+/// Counts one event of the replicated store (see [`REPLICATED_EVENTS`]).
+pub(crate) fn replicated_event(event: &'static str) {
+    metrics::counter!(REPLICATED_EVENTS, "event" => event).increment(1);
 }
 
 /// Sets a node's availability gauge.

@@ -200,6 +200,7 @@ impl ReplicatedStore {
             Codec::new(config.sealer.clone()),
             Arc::new(Stats::default()),
         );
+        crate::telemetry::describe();
         let shared = Arc::new(Shared {
             store,
             counters: Counters::default(),
@@ -259,7 +260,7 @@ impl ReplicatedStore {
         match writing::write(&self.shared, &key, copy, remaining, WriteMode::Add).await? {
             Written::Stored(_) => Ok(Created::Stored),
             Written::Taken => {
-                self.shared.counters.ids_taken.fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.count_id_taken();
                 Ok(Created::IdTaken)
             }
         }

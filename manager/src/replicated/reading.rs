@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::replicated::fan_out::on_replicas;
 use crate::replicated::placement::{REPLICAS, ranking};
-use crate::replicated::shared::Shared;
+use crate::replicated::shared::{Counters, Shared};
 use crate::store::backend::{Expiry, Versioned, WriteMode, WriteOutcome};
 use crate::store::envelope::{self, DocumentCopy, Format, Stored};
 use crate::store::nodes::Node;
@@ -116,7 +116,7 @@ fn decode(shared: &Shared, key: &str, node: &Node, bytes: &[u8]) -> Option<Docum
         Ok(Stored::Document(copy)) => Some(copy),
         Ok(_) => None,
         Err(error) => {
-            shared.counters.count_decode_failure(&shared.store.stats);
+            Counters::count_decode_failure(&shared.store.stats);
             tracing::warn!(node = %node.label(), %error, "a stored document copy was rejected; treating it as missing");
             None
         }

@@ -10,6 +10,7 @@ use crate::replicated::versions::VersionClock;
 use crate::stats::Stats;
 use crate::store::Store;
 use crate::store::backend::WriteMode;
+use crate::telemetry;
 
 /// What the store's handles and its prober share.
 pub(crate) struct Shared {
@@ -39,19 +40,30 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// A repair stored: `Add` re-created a missing copy, a replace
+    /// replaced an older or undecodable one.
     pub(crate) fn count_repair(&self, mode: WriteMode) {
-        let counter = match mode {
-            WriteMode::Add => &self.copies_recreated,
-            WriteMode::Set | WriteMode::IfCas(_) => &self.stale_copies_replaced,
+        let (counter, event) = match mode {
+            WriteMode::Add => (&self.copies_recreated, "copy_recreated"),
+            WriteMode::Set | WriteMode::IfCas(_) => (&self.stale_copies_replaced, "stale_copy_replaced"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        telemetry::replicated_event(event);
     }
 
     pub(crate) fn count_single_copy_write(&self) {
         self.single_copy_writes.fetch_add(1, Ordering::Relaxed);
+        telemetry::replicated_event("single_copy_write");
     }
 
-    pub(crate) fn count_decode_failure(&self, stats: &Stats) {
+    pub(crate) fn count_id_taken(&self) {
+        self.ids_taken.fetch_add(1, Ordering::Relaxed);
+        telemetry::replicated_event("id_taken");
+    }
+
+    /// Stored bytes that did not decode (kept in the shared `Stats`).
+    pub(crate) fn count_decode_failure(stats: &Stats) {
         Stats::count(&stats.counters.decode_failures);
+        telemetry::replicated_event("decode_failure");
     }
 }

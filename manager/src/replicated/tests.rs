@@ -432,3 +432,38 @@ async fn two_different_copies_of_one_version_settle_on_the_same_one() {
         "and the other copy repaired"
     );
 }
+
+#[test]
+fn repairs_are_counted_as_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let f = Fixture::new("n1:h:1 n2:h:2");
+            f.store.save("d", b"x", in_an_hour()).await.unwrap();
+            f.node("n1").clear();
+            f.node("n2").put_raw(&f.store.storage_key("d").unwrap(), b"junk");
+            assert_eq!(f.body("d").await, None, "nothing decodable left");
+            f.store.save("d", b"y", in_an_hour()).await.unwrap();
+            f.node("n1").clear();
+            assert_eq!(f.body("d").await.as_deref(), Some("y"));
+        });
+    });
+    let events: std::collections::HashMap<String, u64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == crate::telemetry::REPLICATED_EVENTS)
+        .filter_map(|(key, _, _, value)| match value {
+            DebugValue::Counter(n) => Some((key.key().labels().next()?.value().to_owned(), n)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events.get("copy_recreated"), Some(&1), "{events:?}");
+    assert_eq!(events.get("decode_failure"), Some(&1), "{events:?}");
+}
