@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
 
 use crate::config::Config;
 use crate::error::ConfigError;
 use crate::events::Listeners;
 use crate::non_sticky::NonSticky;
+use crate::periodic;
 use crate::session::id::SessionId;
 use crate::session::state::SessionState;
 use crate::stats::{CounterSnapshot, Statistics, Stats};
@@ -265,14 +265,8 @@ impl Drop for ManagerInner {
 /// Exports the statistics and node states as metrics every `interval`
 /// (see [`crate::telemetry`]).
 async fn export_metrics(inner: Weak<ManagerInner>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut exported = CounterSnapshot::default();
-    loop {
-        ticker.tick().await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
+    periodic::every(inner, interval, move |inner| {
         let nodes: Vec<(String, bool)> = inner
             .store
             .nodes
@@ -280,57 +274,52 @@ async fn export_metrics(inner: Weak<ManagerInner>, interval: Duration) {
             .map(|node| (node.label(), node.is_available()))
             .collect();
         telemetry::export(&inner.statistics(), &mut exported, &nodes);
-    }
+        std::future::ready(())
+    })
+    .await;
 }
 
 /// Expires idle sessions from memory (and memcached) every `interval`.
 async fn sweep_expired(sticky: Weak<Sticky>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let Some(sticky) = sticky.upgrade() else {
-            return;
-        };
+    periodic::every(sticky, interval, |sticky| {
         sticky.sweep_expired();
-    }
+        std::future::ready(())
+    })
+    .await;
 }
 
 /// Probes every node every `interval`; retries what could not be written
 /// when due; re-writes the sessions of a node that lost its data.
 async fn probe_nodes(inner: Weak<ManagerInner>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
+    periodic::every(inner, interval, |strong| {
         let probes = strong.store.nodes.probe_all(&strong.sentinel_key);
-        drop(strong);
-        let lost_data: Vec<usize> = probes
-            .await
-            .into_iter()
-            .filter(|(_, outcome)| *outcome == ProbeOutcome::LostData)
-            .map(|(index, _)| index)
-            .collect();
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        strong.store.spawn_repair_retry();
-        let Some(sticky) = strong.sticky().cloned() else {
-            continue;
-        };
-        drop(strong);
-        crate::sticky::relocate::retry_unsynced(&sticky);
-        for index in lost_data {
-            let restored = sticky.restore_node(index);
-            sticky
-                .stats
-                .counters
-                .backups_restored
-                .fetch_add(restored, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(node = %sticky.store.nodes.get(index).label(), sessions = restored, "re-writing sessions to a node that lost its data");
+        let inner = Arc::downgrade(strong);
+        async move {
+            let lost_data: Vec<usize> = probes
+                .await
+                .into_iter()
+                .filter(|(_, outcome)| *outcome == ProbeOutcome::LostData)
+                .map(|(index, _)| index)
+                .collect();
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            strong.store.spawn_repair_retry();
+            let Some(sticky) = strong.sticky().cloned() else {
+                return;
+            };
+            drop(strong);
+            crate::sticky::relocate::retry_unsynced(&sticky);
+            for index in lost_data {
+                let restored = sticky.restore_node(index);
+                sticky
+                    .stats
+                    .counters
+                    .backups_restored
+                    .fetch_add(restored, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(node = %sticky.store.nodes.get(index).label(), sessions = restored, "re-writing sessions to a node that lost its data");
+            }
         }
-    }
+    })
+    .await;
 }

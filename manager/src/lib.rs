@@ -225,6 +225,7 @@ mod id_gates;
 mod inner;
 mod manager;
 mod non_sticky;
+mod periodic;
 pub mod replicated;
 mod request;
 mod session;

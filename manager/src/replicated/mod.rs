@@ -70,7 +70,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::time::MissedTickBehavior;
 
 use crate::cluster::NodeStatus;
 use crate::config::Config;
@@ -404,15 +403,11 @@ fn remaining(expires_at: SystemTime) -> Option<Duration> {
 /// Probes every node every `interval` (availability: a node marked down
 /// comes back here); stops when the store is dropped.
 async fn probe_nodes(shared: std::sync::Weak<Shared>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        let probes = strong.store.nodes.probe_all(&strong.sentinel_key);
-        drop(strong);
-        probes.await;
-    }
+    crate::periodic::every(shared, interval, |shared| {
+        let probes = shared.store.nodes.probe_all(&shared.sentinel_key);
+        async move {
+            probes.await;
+        }
+    })
+    .await;
 }
