@@ -496,16 +496,14 @@ impl Scenario {
         held
     }
 
-    /// Counts the requests from now on as after the fault.
-    fn fault_landed(&self) {
-        let load = self.load.as_ref().expect("load under way");
+    /// Counts the requests from now on as after the fault, lets the load
+    /// run on for 2.5 s, stops it and checks that it went on after the
+    /// fault and lost nothing.
+    async fn run_on_after_fault(&mut self) -> Vec<User> {
+        let load = self.load.take().expect("load under way");
         load.fault.store(true, Ordering::Relaxed);
-    }
-
-    /// Stops the load and checks that it went on after the fault and lost
-    /// nothing.
-    async fn finish_load(&mut self) -> Vec<User> {
-        let (users, tally) = self.load.take().expect("load under way").finish().await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (users, tally) = load.finish().await;
         assert!(
             tally.after_fault.load(Ordering::Relaxed) >= (USERS * 10) as u64,
             "the load went on after the fault"
@@ -524,9 +522,7 @@ async fn the_example_app_survives_a_node_kill_under_load() {
     let mut scenario = Scenario::start().await;
     let held = scenario.sessions_held("n2");
     scenario.cluster.node_mut("n2").kill();
-    scenario.fault_landed();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let users = scenario.finish_load().await;
+    let users = scenario.run_on_after_fault().await;
     // Every session is back to two copies, on the live nodes.
     for user in &users {
         assert_eq!(scenario.cluster.locate(&key_of(user)), ["n1", "n3"], "{}", key_of(user));
@@ -542,9 +538,7 @@ async fn the_example_app_refills_a_node_restarted_empty() {
     let mut scenario = Scenario::start().await;
     scenario.sessions_held("n1");
     scenario.cluster.node_mut("n1").restart_empty();
-    scenario.fault_landed();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let users = scenario.finish_load().await;
+    let users = scenario.run_on_after_fault().await;
     assert!(scenario.statistic("copies_recreated").await > 0);
     // Once more with reads only: the loads alone refill it.
     let held = sessions_on(&scenario.cluster, "n1", &users);
@@ -566,9 +560,7 @@ async fn the_example_app_keeps_the_newest_copy_when_a_frozen_node_returns() {
     let mut scenario = Scenario::start().await;
     let held = scenario.sessions_held("n3");
     scenario.cluster.node("n3").freeze();
-    scenario.fault_landed();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let users = scenario.finish_load().await;
+    let users = scenario.run_on_after_fault().await;
     // n3 comes back holding the copies it had when it froze.
     scenario.cluster.node("n3").thaw();
     wait_all_available(&scenario.client, &scenario.apps, 3).await;

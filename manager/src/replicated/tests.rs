@@ -31,6 +31,19 @@ impl Fixture {
         Self { store, nodes }
     }
 
+    /// `id`'s ranking on the three nodes: its two replicas, then the next
+    /// node.
+    fn ranked(&self, id: &str) -> (String, String, String) {
+        let replicas = self.store.replicas_of(id);
+        let (first, second) = (replicas[0].clone(), replicas[1].clone());
+        let third = ["n1", "n2", "n3"]
+            .into_iter()
+            .find(|n| *n != first && *n != second)
+            .unwrap()
+            .to_owned();
+        (first, second, third)
+    }
+
     fn node(&self, label: &str) -> &InMemoryNode {
         let index = label[1..].parse::<usize>().unwrap() - 1;
         &self.nodes[index]
@@ -107,18 +120,13 @@ async fn documents_roundtrip_on_exactly_two_nodes() {
 async fn a_dead_replica_is_replaced_and_its_stale_copy_loses_when_it_returns() {
     let f = Fixture::new("n1:h:1 n2:h:2 n3:h:3");
     f.store.save("d", b"v1", in_an_hour()).await.unwrap();
-    let replicas = f.store.replicas_of("d");
-    let (first, second) = (replicas[0].clone(), replicas[1].clone());
+    let (first, second, third) = f.ranked("d");
     let stale = f.raw(&first, "d").await.unwrap();
     f.node(&first).set_down(true);
     assert_eq!(f.body("d").await.as_deref(), Some("v1"), "read from the other copy");
     f.store.save("d", b"v2", in_an_hour()).await.unwrap();
-    let third = ["n1", "n2", "n3"]
-        .into_iter()
-        .find(|n| *n != first && *n != second)
-        .unwrap();
     assert_eq!(
-        f.raw(third, "d").await,
+        f.raw(&third, "d").await,
         f.raw(&second, "d").await,
         "the next node took the second copy of v2"
     );
@@ -270,8 +278,7 @@ async fn sealed_documents_roundtrip_and_hide_their_body() {
 async fn the_copy_written_past_a_dead_node_is_found_when_a_replica_later_lacks_it() {
     let f = Fixture::new("n1:h:1 n2:h:2 n3:h:3");
     f.store.save("d", b"v1", in_an_hour()).await.unwrap();
-    let replicas = f.store.replicas_of("d");
-    let (first, second) = (replicas[0].clone(), replicas[1].clone());
+    let (first, second, _) = f.ranked("d");
     let stale = f.raw(&first, "d").await.unwrap();
     f.node(&first).set_down(true);
     f.store.save("d", b"v2", in_an_hour()).await.unwrap();
@@ -296,12 +303,7 @@ async fn the_copy_written_past_a_dead_node_is_found_when_a_replica_later_lacks_i
 async fn a_delete_finds_and_marks_a_copy_left_past_a_dead_node() {
     let f = Fixture::new("n1:h:1 n2:h:2 n3:h:3");
     f.store.save("d", b"v1", in_an_hour()).await.unwrap();
-    let replicas = f.store.replicas_of("d");
-    let (first, second) = (replicas[0].clone(), replicas[1].clone());
-    let third = ["n1", "n2", "n3"]
-        .into_iter()
-        .find(|n| *n != first && *n != second)
-        .unwrap();
+    let (first, second, third) = f.ranked("d");
     f.node(&first).set_down(true);
     f.store.save("d", b"v2", in_an_hour()).await.unwrap();
     f.set_down(&first, false).await;
@@ -317,7 +319,7 @@ async fn a_delete_finds_and_marks_a_copy_left_past_a_dead_node() {
         None,
         "with both replicas gone, the third node's copy must not bring it back"
     );
-    assert!(f.raw(third, "d").await.is_some());
+    assert!(f.raw(&third, "d").await.is_some());
 }
 
 #[tokio::test]
