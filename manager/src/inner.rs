@@ -51,24 +51,8 @@ impl ManagerInner {
     /// Builds the manager on one backend per node of `config` (see
     /// `SessionManager::with_backends`) and starts its background tasks.
     pub(crate) fn start(config: Config, backends: Vec<Arc<dyn NodeBackend>>) -> Result<Arc<Self>, ConfigError> {
-        let specs = if !config.enabled {
-            Vec::new()
-        } else {
-            config
-                .nodes()
-                .map(<[NodeSpec]>::to_vec)
-                .unwrap_or_else(|| vec![NodeSpec::embedded()])
-        };
-        if specs.len() != backends.len() {
-            return Err(ConfigError::new(
-                "memcachedNodes",
-                format!(
-                    "{} backends were given for {} configured nodes (one per node, in order)",
-                    backends.len(),
-                    specs.len()
-                ),
-            ));
-        }
+        let specs = config.node_specs();
+        crate::store::backend::check_one_per_node(&specs, &backends)?;
         let config = Arc::new(config);
         telemetry::describe();
         let stats = Arc::new(Stats::default());

@@ -494,6 +494,25 @@ impl Memcached {
             .unwrap_or_else(|err| panic!("memcached {}: {command:?} failed: {err}", self.addr()))
     }
 
+    /// The remaining TTL memcached reports for `key` (`mg <key> t`):
+    /// `None` on a miss, `Some(-1)` for "never expires".
+    ///
+    /// # Panics
+    ///
+    /// On I/O errors or an unexpected reply.
+    pub fn remaining_ttl(&self, key: &str) -> Option<i64> {
+        let reply = self.meta(&format!("mg {key} t"), None);
+        match reply.code() {
+            "EN" => None,
+            "HD" => reply
+                .header
+                .split(' ')
+                .find_map(|flag| flag.strip_prefix('t'))
+                .map(|t| t.parse().unwrap_or_else(|_| panic!("bad TTL in {:?}", reply.header))),
+            _ => panic!("unexpected reply to mg {key} t: {:?}", reply.header),
+        }
+    }
+
     /// Like [`meta`](Self::meta) but returns I/O and protocol errors.
     ///
     /// # Errors

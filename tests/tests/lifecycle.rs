@@ -302,21 +302,6 @@ async fn garbage_cookies_are_no_session() {
     assert_eq!(counters.decode_failures, 0);
 }
 
-/// The remaining TTL memcached reports for `key` (`mg <key> t`): `None` on a
-/// miss, `Some(-1)` for "never expires".
-fn remaining_ttl(node: &integration_tests::Memcached, key: &str) -> Option<i64> {
-    let reply = node.meta(&format!("mg {key} t"), None);
-    match reply.code() {
-        "EN" => None,
-        "HD" => reply
-            .header
-            .split(' ')
-            .find_map(|flag| flag.strip_prefix('t'))
-            .map(|t| t.parse().unwrap_or_else(|_| panic!("bad TTL in {:?}", reply.header))),
-        _ => panic!("unexpected reply to mg {key} t: {:?}", reply.header),
-    }
-}
-
 /// Asserts that `ttl` is `expected` seconds, less at most a few seconds of
 /// test time. (memcached's clock ticks once a second, so an absolute expiry
 /// time can read up to a second longer than it was when sent.)
@@ -345,10 +330,10 @@ async fn inactivity_intervals_over_30_days_are_kept_that_long_in_memcached() {
     let mut client = SessionClient::new(sticky.base_url());
     client.post("/incr").await.ok();
     let id = client.cookie().unwrap().to_owned();
-    assert_ttl_about(remaining_ttl(node, &id), 40 * DAY + 300, "sticky session");
+    assert_ttl_about(node.remaining_ttl(&id), 40 * DAY + 300, "sticky session");
     // A read that extends the TTL: not due for a long time, so nothing changes.
     assert_eq!(client.get("/session").await.ok().count(), 1);
-    assert_ttl_about(remaining_ttl(node, &id), 40 * DAY + 300, "sticky session after a read");
+    assert_ttl_about(node.remaining_ttl(&id), 40 * DAY + 300, "sticky session after a read");
 
     // Two nodes: the primary copy and its backup on the other one.
     let pair = Cluster::start(2);
@@ -366,33 +351,25 @@ async fn inactivity_intervals_over_30_days_are_kept_that_long_in_memcached() {
     let primary = pair.node(id_node(&id).unwrap());
     let backup = pair.nodes.iter().find(|n| n.port() != primary.port()).unwrap();
     let backup_key = format!("bak:{id}");
-    assert_ttl_about(remaining_ttl(primary, &id), 40 * DAY, "non-sticky primary copy");
-    assert_ttl_about(remaining_ttl(backup, &backup_key), 50 * DAY, "non-sticky backup copy");
+    assert_ttl_about(primary.remaining_ttl(&id), 40 * DAY, "non-sticky primary copy");
+    assert_ttl_about(backup.remaining_ttl(&backup_key), 50 * DAY, "non-sticky backup copy");
     // The read that slides the primary's TTL (`mg … T`) sends the long TTL
     // too; a request carrying the id without using the session touches
     // both copies with them.
     assert_eq!(client.get("/session").await.ok().count(), 1);
-    assert_ttl_about(remaining_ttl(primary, &id), 40 * DAY, "primary copy after a read");
+    assert_ttl_about(primary.remaining_ttl(&id), 40 * DAY, "primary copy after a read");
     client.get("/plain").await.ok();
-    assert_ttl_about(remaining_ttl(primary, &id), 40 * DAY, "primary copy after a touch");
-    assert_ttl_about(
-        remaining_ttl(backup, &backup_key),
-        50 * DAY,
-        "backup copy after a touch",
-    );
+    assert_ttl_about(primary.remaining_ttl(&id), 40 * DAY, "primary copy after a touch");
+    assert_ttl_about(backup.remaining_ttl(&backup_key), 50 * DAY, "backup copy after a touch");
     // A change rewrites both copies with the long TTLs.
     assert_eq!(client.post("/incr").await.ok().count(), 2);
-    assert_ttl_about(remaining_ttl(primary, &id), 40 * DAY, "primary copy after a write");
-    assert_ttl_about(
-        remaining_ttl(backup, &backup_key),
-        50 * DAY,
-        "backup copy after a write",
-    );
+    assert_ttl_about(primary.remaining_ttl(&id), 40 * DAY, "primary copy after a write");
+    assert_ttl_about(backup.remaining_ttl(&backup_key), 50 * DAY, "backup copy after a write");
 
     let forever = app(&cluster, "c", 0).await;
     let mut client = SessionClient::new(forever.base_url());
     client.post("/incr").await.ok();
-    assert_eq!(remaining_ttl(node, client.cookie().unwrap()), Some(-1), "0 means never");
+    assert_eq!(node.remaining_ttl(client.cookie().unwrap()), Some(-1), "0 means never");
 }
 
 /// Issue 11: a logout racing reads of the same session on the same

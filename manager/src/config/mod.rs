@@ -104,6 +104,16 @@ impl Config {
         self.nodes.as_deref()
     }
 
+    /// The nodes to run on: the configured ones, the embedded store's
+    /// pseudo node when none is configured, none when `enabled` is false.
+    pub(crate) fn node_specs(&self) -> Vec<NodeSpec> {
+        if !self.enabled {
+            return Vec::new();
+        }
+        self.nodes()
+            .map_or_else(|| vec![NodeSpec::embedded()], <[NodeSpec]>::to_vec)
+    }
+
     /// Sticky (primary copy in process) or non-sticky mode.
     pub fn sticky(&self) -> bool {
         self.sticky

@@ -81,7 +81,6 @@ use crate::store::backend::{NodeBackend, WriteMode};
 use crate::store::codec::Codec;
 use crate::store::envelope::{DocumentCopy, DocumentCopyRef};
 use crate::store::keys::Keys;
-use crate::store::node::NodeSpec;
 use crate::store::nodes::Nodes;
 
 use self::shared::{Counters, Shared};
@@ -176,20 +175,8 @@ impl ReplicatedStore {
                 "the replicated store has no disabled mode: leave `enabled` at true",
             ));
         }
-        let specs = config
-            .nodes()
-            .map(<[NodeSpec]>::to_vec)
-            .unwrap_or_else(|| vec![NodeSpec::embedded()]);
-        if specs.len() != backends.len() {
-            return Err(ConfigError::new(
-                "memcachedNodes",
-                format!(
-                    "{} backends were given for {} configured nodes (one per node, in order)",
-                    backends.len(),
-                    specs.len()
-                ),
-            ));
-        }
+        let specs = config.node_specs();
+        crate::store::backend::check_one_per_node(&specs, &backends)?;
         let keys = Keys::new(config.storage_key_prefix.clone(), config.key_hasher.clone());
         let instance_token = SessionId::generate(None, None).as_str()[..16].to_owned();
         let sentinel_key = keys.sentinel(&instance_token);

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::store::backend::{InMemoryNode, NodeBackend};
+use crate::store::node::NodeSpec;
 
 struct Fixture {
     store: ReplicatedStore,

@@ -19,7 +19,7 @@ pub use self::node_backend::{Expiry, Item, NodeBackend, Versioned, WriteMode, Wr
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::store::node::NodeSpec;
 
 /// One backend per configured node, in order: a [`MemcachedNode`] for
@@ -43,4 +43,20 @@ pub(crate) async fn connect(
         backends.push(Arc::new(node));
     }
     Ok(backends)
+}
+
+/// Refuses `backends` unless there is exactly one per node of `specs`,
+/// in order.
+pub(crate) fn check_one_per_node(specs: &[NodeSpec], backends: &[Arc<dyn NodeBackend>]) -> Result<(), ConfigError> {
+    if specs.len() == backends.len() {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "memcachedNodes",
+        format!(
+            "{} backends were given for {} configured nodes (one per node, in order)",
+            backends.len(),
+            specs.len()
+        ),
+    ))
 }
